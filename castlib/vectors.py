@@ -1,0 +1,213 @@
+"""`SteeringVector`: per-layer directions plus everything needed to re-apply them.
+
+A steering vector is a map ``l -> v_l`` (one float32 vector of the residual width per decoder
+block it touches) with metadata: the model id, hidden size and depth it was made on, the site
+(``"block_output"``: the output of decoder block l, where castlib both reads and writes), the
+method that produced it and its parameters, and the castlib version.
+
+Vectors are values: ``a + b`` and ``a - b`` add layer-wise (a layer missing on one side counts
+as zero), ``c * a`` scales, and ``save``/``load`` round-trip exactly through safetensors with
+the metadata stored in the file header.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._version import __version__
+
+__all__ = ["SteeringVector", "SITE"]
+
+SITE = "block_output"
+
+
+@dataclass(frozen=True, eq=False)
+class SteeringVector:
+    """Per-layer steering directions with their provenance.
+
+    Attributes:
+        layers: ``{layer index: tensor [hidden_size]}``.
+        model_id: id or path of the model the vector was extracted from.
+        hidden_size: residual-stream width of that model.
+        n_layers: number of decoder blocks of that model.
+        site: where it was read and is written (``"block_output"``).
+        method: the method that made it (e.g. ``"cast"``).
+        params: the method's parameters (JSON-serialisable).
+        version: castlib version that made it.
+    """
+
+    layers: Mapping[int, torch.Tensor]
+    model_id: str
+    hidden_size: int
+    n_layers: int
+    site: str = SITE
+    method: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    version: str = __version__
+
+    def __post_init__(self) -> None:
+        clean: dict[int, torch.Tensor] = {}
+        for layer, vec in self.layers.items():
+            layer = int(layer)
+            if not 0 <= layer < self.n_layers:
+                raise IndexError(f"layer {layer} out of range for a {self.n_layers}-layer model")
+            vec = torch.as_tensor(vec).detach()
+            if vec.shape != (self.hidden_size,):
+                raise ValueError(
+                    f"layer {layer}: vector of shape {tuple(vec.shape)}, expected "
+                    f"({self.hidden_size},)"
+                )
+            if not torch.isfinite(vec).all():
+                raise ValueError(f"layer {layer}: vector has non-finite values")
+            clean[layer] = vec.to(torch.float32).cpu()
+        object.__setattr__(self, "layers", dict(sorted(clean.items())))
+        object.__setattr__(self, "params", dict(self.params))
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_tensor(
+        cls,
+        tensor: torch.Tensor,
+        model_id: str,
+        n_layers: int,
+        layers: list[int] | None = None,
+        **meta: Any,
+    ) -> SteeringVector:
+        """From a ``[n_layers_given, hidden]`` tensor (rows = ``layers``, default all)."""
+        if tensor.ndim != 2:
+            raise ValueError(f"expected a [layers, hidden] tensor, got {tuple(tensor.shape)}")
+        layers = list(range(tensor.shape[0])) if layers is None else list(layers)
+        if len(layers) != tensor.shape[0]:
+            raise ValueError(f"{tensor.shape[0]} rows but {len(layers)} layer indices")
+        return cls(
+            layers={layer: tensor[i] for i, layer in enumerate(layers)},
+            model_id=model_id,
+            hidden_size=tensor.shape[1],
+            n_layers=n_layers,
+            **meta,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def layer_ids(self) -> list[int]:
+        return list(self.layers)
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        return self.layers[layer]
+
+    def select(self, layers: list[int] | int) -> SteeringVector:
+        """The same vector restricted to ``layers``."""
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        missing = [layer for layer in layers if layer not in self.layers]
+        if missing:
+            raise KeyError(f"layers {missing} not in this vector (has {self.layer_ids})")
+        return replace(self, layers={layer: self.layers[layer] for layer in layers})
+
+    def norms(self) -> dict[int, float]:
+        return {layer: float(v.norm()) for layer, v in self.layers.items()}
+
+    def check_compatible(self, lm: Any) -> None:
+        """Raise a clear error when ``lm`` has another width or depth than the vector's model."""
+        if lm.hidden_size != self.hidden_size or lm.n_layers != self.n_layers:
+            raise ValueError(
+                f"steering vector made on {self.model_id!r} (hidden {self.hidden_size}, "
+                f"{self.n_layers} layers) cannot be applied to {lm.name!r} "
+                f"(hidden {lm.hidden_size}, {lm.n_layers} layers)"
+            )
+
+    # -- arithmetic ---------------------------------------------------------------------
+    def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if (other.hidden_size, other.n_layers) != (self.hidden_size, self.n_layers):
+            raise ValueError(
+                f"cannot combine vectors of models with different shapes "
+                f"({self.hidden_size}x{self.n_layers} vs {other.hidden_size}x{other.n_layers})"
+            )
+        layers = dict(self.layers)
+        for layer, vec in other.layers.items():
+            layers[layer] = layers[layer] + sign * vec if layer in layers else sign * vec
+        op = "+" if sign > 0 else "-"
+        return replace(
+            self,
+            layers=layers,
+            method=f"({self.method}){op}({other.method})",
+            params={"left": dict(self.params), "right": dict(other.params)},
+        )
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, -1.0)
+
+    def __mul__(self, scalar: float) -> SteeringVector:
+        if isinstance(scalar, bool) or not isinstance(scalar, (int, float)):
+            return NotImplemented
+        return replace(self, layers={k: v * float(scalar) for k, v in self.layers.items()})
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scalar: float) -> SteeringVector:
+        return self * (1.0 / scalar)
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        return (
+            self.metadata() == other.metadata()
+            and self.layer_ids == other.layer_ids
+            and all(torch.equal(self.layers[k], other.layers[k]) for k in self.layers)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- persistence ----------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "hidden_size": self.hidden_size,
+            "n_layers": self.n_layers,
+            "site": self.site,
+            "method": self.method,
+            "params": self.params,
+            "version": self.version,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the vector as safetensors (tensors ``layer.<l>``; metadata in the header)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"layer.{k}": v.contiguous() for k, v in self.layers.items()}
+        save_file(tensors, str(path), metadata={"castlib": json.dumps(self.metadata())})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SteeringVector:
+        """Read a vector written by `save`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if "castlib" not in header:
+                raise ValueError(f"{path} is not a castlib steering vector (no castlib metadata)")
+            meta = json.loads(header["castlib"])
+            layers = {int(key.split(".", 1)[1]): f.get_tensor(key) for key in f.keys()}
+        return cls(layers=layers, **meta)
+
+    def __repr__(self) -> str:
+        return (
+            f"SteeringVector(method={self.method!r}, model={self.model_id!r}, "
+            f"layers={self.layer_ids}, hidden={self.hidden_size})"
+        )
