@@ -88,8 +88,10 @@ def answer_token_ids(tokenizer: object, answers: Sequence[str]) -> list[list[int
     """Token ids of each answer's continuation (no special tokens); empty ones raise."""
     ids = tokenizer([continuation(a) for a in answers], add_special_tokens=False)["input_ids"]
     for a, row in zip(answers, ids, strict=True):
-        if len(row) == 0:
-            raise ValueError(f"label word {a!r} tokenises to nothing; choose another label word")
+        if not a.strip() or len(row) == 0:
+            raise ValueError(
+                f"label word {a!r} is blank or tokenises to nothing; choose another label word"
+            )
     return ids
 
 
@@ -175,7 +177,7 @@ def score_prompts(
             scores = _single_token_scores(lm, prompt_ids, firsts, batch_size, show)
         else:
             scores = _multi_token_scores(lm, prompt_ids, answer_ids, batch_size, show)
-    return scores, [len(r) for r in prompt_ids]
+    return scores.clone(), [len(r) for r in prompt_ids]  # a normal tensor, not an inference one
 
 
 def build_prompts(

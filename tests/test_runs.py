@@ -1,0 +1,374 @@
+"""Tests for castlib.runs: config expansion, validation, papermill batch, resume and aggregation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from castlib import runs as R
+
+
+def make_notebook(path: Path, *, fail_on: int | None = None) -> Path:
+    """A tiny parameterised notebook writing results.json (raising when x == fail_on)."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('x = 1\noutput_dir = "."')
+    params.metadata["tags"] = ["parameters"]
+    body = "import json, pathlib\n"
+    if fail_on is not None:
+        body += f'if x == {fail_on}:\n    raise ValueError(f"boom at x={{x}}")\n'
+    body += (
+        'records = [{"method": "a", "accuracy": x / 10}]\n'
+        'pathlib.Path(output_dir, "results.json").write_text(json.dumps(records))\n'
+    )
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kernel_name() -> str:
+    """The native Python kernel (the running interpreter, via ipykernel)."""
+    pytest.importorskip("ipykernel")
+    from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager
+
+    if NATIVE_KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
+        pytest.skip(f"no {NATIVE_KERNEL_NAME!r} kernelspec available")
+    return NATIVE_KERNEL_NAME
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    make_notebook(tmp_path / "nbs" / "good.ipynb")
+    make_notebook(tmp_path / "nbs" / "bad.ipynb", fail_on=2)
+    return tmp_path
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def test_grid_expansion_and_ids(workdir: Path) -> None:
+    cfg = R.parse_config(
+        {
+            "output_dir": "out",
+            "defaults": {"n": 5, "seed": 99},
+            "runs": [
+                {
+                    "notebook": "nbs/good.ipynb",
+                    "parameters": {"model": "org/gemma-3-270m"},
+                    "grid": {"alpha": [4.0, 8], "seed": [0, 1], "flag": [True]},
+                },
+                {"notebook": "nbs/bad.ipynb", "name": "solo", "parameters": {"x": 3}},
+            ],
+        }
+    )
+    assert cfg.output_dir == (workdir / "out").resolve()
+    ids = [r.run_id for r in cfg.runs]
+    assert ids == [
+        "good/alpha=4.0__seed=0__flag=true",
+        "good/alpha=4.0__seed=1__flag=true",
+        "good/alpha=8__seed=0__flag=true",
+        "good/alpha=8__seed=1__flag=true",
+        "solo/default",
+    ]
+    first = cfg.runs[0]
+    assert first.notebook == (workdir / "nbs" / "good.ipynb").resolve()
+    assert first.parameters == {
+        "n": 5,
+        "seed": 0,
+        "model": "org/gemma-3-270m",
+        "alpha": 4.0,
+        "flag": True,
+    }
+    assert first.grid == {"alpha": 4.0, "seed": 0, "flag": True}
+    assert first.run_dir(cfg.output_dir) == cfg.output_dir / "good" / "alpha=4.0__seed=0__flag=true"
+    assert cfg.runs[-1].parameters == {"n": 5, "seed": 99, "x": 3}
+    # deterministic
+    again = R.parse_config({"output_dir": "out", "runs": [{"notebook": "nbs/good.ipynb"}]})
+    assert [r.run_id for r in again.runs] == ["good/default"]
+
+
+def test_ids_safe_long_and_unique(workdir: Path) -> None:
+    cfg = R.parse_config(
+        {
+            "output_dir": "out",
+            "runs": [
+                {"notebook": "nbs/good.ipynb", "grid": {"model": ["a/b c", "a_b c"]}},
+                {"notebook": "nbs/good.ipynb", "grid": {"tasks": [["x" * 30] * 4]}},
+                # same notebook, no grid, different fixed parameters -> hashed, distinct ids
+                {"notebook": "nbs/bad.ipynb", "parameters": {"x": 1}},
+                {"notebook": "nbs/bad.ipynb", "parameters": {"x": 3}},
+            ],
+        }
+    )
+    ids = [r.run_id for r in cfg.runs]
+    assert len(set(ids)) == len(ids)
+    for run_id in ids:
+        assert all(part and not part.startswith(".") for part in run_id.split("/"))
+        assert all(c.isalnum() or c in "._+-=/" for c in run_id), run_id
+        assert len(run_id.split("/")[1]) <= R.MAX_ID_PART
+    # "a/b c" and "a_b c" sanitise alike: both get a hash suffix
+    assert ids[0].startswith("good/model=a_b_c__") and ids[1].startswith("good/model=a_b_c__")
+    assert ids[2].startswith("good/tasks=x") and len(ids[2].split("/")[1]) == R.MAX_ID_PART
+    assert ids[3].startswith("bad/default__") and ids[4].startswith("bad/default__")
+    # stable across parses
+    cfg2 = R.parse_config(
+        {
+            "output_dir": "out",
+            "runs": [
+                {"notebook": "nbs/bad.ipynb", "parameters": {"x": 1}},
+                {"notebook": "nbs/bad.ipynb", "parameters": {"x": 3}},
+            ],
+        }
+    )
+    assert [r.run_id for r in cfg2.runs] == ids[3:]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"output_dir": "o", "runs": [{"notebook": "nbs/missing.ipynb"}]}, "notebook not found"),
+        (
+            {"output_dir": "o", "runs": [{"notebook": "nbs/good.ipynb", "grid": {"x": 3}}]},
+            "grid values must be a list",
+        ),
+        ({"output_dir": "o", "run": [{"notebook": "nbs/good.ipynb"}]}, "unknown key 'run'"),
+        (
+            {"output_dir": "o", "runs": [{"notebook": "nbs/good.ipynb", "grdi": {}}]},
+            "did you mean 'grid'",
+        ),
+        ({"output_dir": "o", "runs": []}, "at least one run"),
+        ({"output_dir": "o"}, "at least one run"),
+        ({"runs": [{"notebook": "nbs/good.ipynb"}]}, "missing required key 'output_dir'"),
+        (
+            {"output_dir": "o", "runs": [{"notebook": "nbs/good.ipynb", "grid": {"x": [1, 1]}}]},
+            "duplicate run id 'good/x=1'",
+        ),
+        (
+            {"output_dir": "o", "runs": [{"notebook": "nbs/good.ipynb"}] * 2},
+            "duplicate run id",
+        ),
+        (
+            {"output_dir": "o", "runs": [{"notebook": "nbs/good.ipynb", "grid": {"x": []}}]},
+            "must not be empty",
+        ),
+        (
+            {
+                "output_dir": "o",
+                "runs": [{"notebook": "nbs/good.ipynb", "parameters": {"output_dir": 1}}],
+            },
+            "set by the runner",
+        ),
+        (
+            {
+                "output_dir": "o",
+                "defaults": {"not-valid": 1},
+                "runs": [{"notebook": "nbs/good.ipynb"}],
+            },
+            "not a Python identifier",
+        ),
+        (
+            {
+                "output_dir": "o",
+                "runs": [
+                    {"notebook": "nbs/good.ipynb", "parameters": {"x": 1}, "grid": {"x": [2]}}
+                ],
+            },
+            "both in 'parameters' and 'grid'",
+        ),
+    ],
+)
+def test_validation_errors(workdir: Path, config: dict, message: str) -> None:
+    with pytest.raises(R.ConfigError, match=message):
+        R.parse_config(config)
+
+
+def test_cli_config_error_exit_code(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(workdir / "c.yaml", {"output_dir": "o", "runs": []})
+    assert R.main([str(path)]) == 2
+    assert "at least one run" in capsys.readouterr().err
+
+
+def test_notebook_found_next_to_config(workdir: Path) -> None:
+    path = write_config(
+        workdir / "nbs" / "c.yaml", {"output_dir": "o", "runs": [{"notebook": "good.ipynb"}]}
+    )
+    cfg = R.load_config(path)
+    assert cfg.runs[0].notebook == (workdir / "nbs" / "good.ipynb").resolve()
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def test_batch_failure_resume_force_aggregate(
+    workdir: Path, kernel_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        workdir / "runs.yaml",
+        {
+            "output_dir": "out",
+            "runs": [
+                {"notebook": "nbs/good.ipynb", "grid": {"x": [1, 3]}},
+                {"notebook": "nbs/bad.ipynb", "grid": {"x": [1, 2]}},
+            ],
+        },
+    )
+    out = workdir / "out"
+    args = [str(config), "--kernel", kernel_name, "--no-progress"]
+
+    assert R.main([*args, "--dry-run"]) == 0
+    assert "good/x=1" in capsys.readouterr().out
+    assert not out.exists() or not any(out.rglob("run.json"))
+
+    # first batch: the bad x=2 run fails, the others still run; exit code is nonzero
+    assert R.main(args) == 1
+    status = {
+        p.parent.relative_to(out).as_posix(): json.loads(p.read_text())
+        for p in out.rglob("run.json")
+    }
+    assert sorted(status) == ["bad/x=1", "bad/x=2", "good/x=1", "good/x=3"]
+    assert {k: v["status"] for k, v in status.items()} == {
+        "bad/x=1": "ok",
+        "bad/x=2": "failed",
+        "good/x=1": "ok",
+        "good/x=3": "ok",
+    }
+    failed = status["bad/x=2"]
+    assert failed["error"]["type"] == "ValueError"
+    assert "boom at x=2" in failed["error"]["message"]
+    assert failed["error"]["cell"]["index"] is not None
+    assert failed["parameters"] == {"x": 2}
+    assert failed["seconds"] >= 0 and failed["started"] <= failed["finished"]
+    assert (out / "bad" / "x=2" / "bad.ipynb").is_file()
+    assert not (out / "bad" / "x=2" / "results.json").exists()
+    assert status["good/x=3"]["parameters"] == {"x": 3}
+
+    # aggregation done by the batch
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 3
+    assert {"run_id", "notebook", "x", "method", "accuracy"} <= set(summary.columns)
+    acc = dict(zip(summary["run_id"], summary["accuracy"], strict=True))
+    assert acc == pytest.approx({"good/x=1": 0.1, "good/x=3": 0.3, "bad/x=1": 0.1})
+    table = pd.read_csv(out / "runs.csv")
+    assert len(table) == 4
+    assert {"run_id", "notebook", "status", "seconds", "error"} <= set(table.columns)
+    row = table.set_index("run_id").loc["bad/x=2"]
+    assert row["status"] == "failed" and "boom" in row["error"]
+    assert row["error_cell"] == failed["error"]["cell"]["index"]
+    assert "error_cell,x" in (out / "runs.csv").read_text().splitlines()[0]
+    assert ",2,2\n" in (out / "runs.csv").read_text()  # cell index written as an integer
+    assert (out / "figures" / "accuracy_by_method.png").is_file()
+    assert (out / "figures" / "accuracy_by_x.png").is_file()
+
+    # resume: finished runs are skipped (run.json untouched)
+    good = sorted((out / "good").rglob("run.json"))
+    before = {p: (p.stat().st_mtime_ns, p.read_text()) for p in good}
+    assert R.main([*args, "--only", "good/"]) == 0
+    assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in good} == before
+    assert "0 ok, 0 failed, 2 skipped" in capsys.readouterr().out
+
+    # --force reruns the selected run only
+    assert R.main([*args, "--only", "good/x=3", "--force"]) == 0
+    x3 = out / "good" / "x=3" / "run.json"
+    assert x3.read_text() != before[x3]
+    x1 = out / "good" / "x=1" / "run.json"
+    assert x1.read_text() == before[x1][1]
+
+
+def test_run_with_changed_parameters_is_not_complete(workdir: Path) -> None:
+    run = R.Run(workdir / "nbs" / "good.ipynb", {"x": 1}, "good/x=1", {"x": 1}, "nbs/good.ipynb")
+    run_dir = run.run_dir(workdir / "out")
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text("[]")
+    (run_dir / "run.json").write_text(json.dumps({"status": "ok", "parameters": {"x": 1}}))
+    assert R.is_complete(run, workdir / "out")
+    (run_dir / "run.json").write_text(json.dumps({"status": "ok", "parameters": {"x": 5}}))
+    assert not R.is_complete(run, workdir / "out")
+    (run_dir / "run.json").write_text(json.dumps({"status": "failed", "parameters": {"x": 1}}))
+    assert not R.is_complete(run, workdir / "out")
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _fake_run(out: Path, run_id: str, params: dict, records: object, status: str = "ok") -> None:
+    run_dir = out / run_id
+    run_dir.mkdir(parents=True)
+    record = {
+        "run_id": run_id,
+        "notebook": "nbs/x.ipynb",
+        "status": status,
+        "parameters": params,
+        "seconds": 1.5,
+        "error": None if status == "ok" else {"type": "E", "message": "m"},
+    }
+    (run_dir / "run.json").write_text(json.dumps(record))
+    if records is not None:
+        (run_dir / "results.json").write_text(json.dumps(records))
+
+
+def test_aggregate_only_columns_and_collisions(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    recs = [
+        {"method": "cast", "target": "t1", "accuracy": 0.5},
+        {"method": "zero", "target": "t1", "accuracy": 0.25},
+    ]
+    _fake_run(out, "nb/seed=0", {"seed": 0, "method": "ignored", "layers": [1, 2]}, recs)
+    _fake_run(out, "nb/seed=1", {"seed": 1, "method": "ignored", "layers": [1, 2]}, recs[:1])
+    _fake_run(out, "nb/seed=2", {"seed": 2}, [{"method": "cast"}], status="failed")
+    assert R.main(["--aggregate-only", str(out)]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 3
+    assert list(summary.columns[:2]) == ["run_id", "notebook"]
+    assert {"seed", "param_method", "layers", "method", "target", "accuracy"} <= set(
+        summary.columns
+    )
+    assert set(summary["param_method"]) == {"ignored"}
+    assert set(summary["method"]) == {"cast", "zero"}
+    assert summary["layers"].iloc[0] == "[1, 2]"
+    table = pd.read_csv(out / "runs.csv")
+    assert list(table["status"]) == ["ok", "ok", "failed"]
+    assert table["error"].fillna("").tolist() == ["", "", "E: m"]
+    assert (out / "figures" / "accuracy_by_target_method.png").is_file()
+    assert (out / "figures" / "accuracy_by_seed.png").is_file()
+
+
+def test_aggregate_without_metric_skips_figures(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _fake_run(out, "nb/default", {}, {"loss": 1.0})  # one record as a bare object
+    df = R.aggregate(out)
+    assert df[["run_id", "loss"]].values.tolist() == [["nb/default", 1.0]]
+    assert not (out / "figures").exists()
+
+
+def test_aggregate_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        R.aggregate(tmp_path / "nope")
+    assert R.main(["--aggregate-only", str(tmp_path / "nope")]) == 2
+
+
+def test_run_without_results_counts_as_failed(workdir: Path, kernel_name: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('output_dir = "."\nprint("no results")')]
+    nbformat.write(nb, workdir / "nbs" / "nores.ipynb")
+    cfg = R.parse_config({"output_dir": "out", "runs": [{"notebook": "nbs/nores.ipynb"}]})
+    (outcome,) = R.run_batch(cfg, kernel_name=kernel_name, progress=False)
+    assert outcome.status == "failed" and "MissingResultsError" in outcome.error
+    record = json.loads((workdir / "out" / "nores" / "default" / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"]["cell"] is None

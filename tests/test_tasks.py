@@ -1,0 +1,119 @@
+import pytest
+
+from castlib.prompts import (
+    CrossTask,
+    FewShot,
+    cross_task,
+    input_block,
+    k_shot,
+    zero_shot,
+)
+from castlib.tasks import TaskFormatError, list_tasks, load_task, resolve_data_dir
+from tests.conftest import write_task
+
+CLS_META = {
+    "kind": "classification",
+    "labels": ["negative", "positive"],
+    "instruction": "Classify the sentiment.",
+    "fields": ["text"],
+}
+MC_META = {
+    "kind": "multiple_choice",
+    "labels": ["A", "B", "C", "D"],
+    "instruction": "Answer the question.",
+    "fields": ["passage", "question"],
+    "field_roles": {"passage": "context", "question": "question"},
+}
+
+
+@pytest.fixture()
+def data(tmp_path):
+    write_task(
+        tmp_path,
+        "cls",
+        CLS_META,
+        {
+            "train": [{"id": "t0", "text": "good", "label": "positive"}],
+            "test": [{"id": "e0", "text": "bad", "label": "negative"}],
+        },
+    )
+    write_task(
+        tmp_path,
+        "mc",
+        MC_META,
+        {
+            "train": [
+                {
+                    "id": "m0",
+                    "passage": "P.",
+                    "question": "Q?",
+                    "options": ["x", "y", "z"],
+                    "label": 2,
+                }
+            ],
+            "test": [
+                {"id": "m1", "passage": "R.", "question": "S?", "options": ["u", "v"], "label": 0}
+            ],
+        },
+    )
+    return tmp_path
+
+
+def test_load_and_label_space(data):
+    cls, mc = load_task("cls", data), load_task("mc", data)
+    assert cls.test[0].label == 0 and cls.answer(cls.test[0]) == "negative"
+    assert mc.train[0].label == 2 and mc.answer(mc.train[0]) == "C"
+    assert mc.label_space(mc.test[0]) == ("A", "B")
+    assert list_tasks(data) == ["cls", "mc"]
+
+
+def test_data_dir_from_env(data, monkeypatch):
+    monkeypatch.setenv("CASTLIB_DATA", str(data))
+    assert resolve_data_dir() == data
+    assert load_task("cls").name == "cls"
+
+
+def test_unknown_task_lists_available(data):
+    with pytest.raises(KeyError, match="available: cls, mc"):
+        load_task("nope", data)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ('{"id": "x", "text": "a", "label": "maybe"}', "not in"),
+        ('{"id": "x", "label": "positive"}', "field 'text'"),
+        ("{not json", "invalid JSON"),
+    ],
+)
+def test_malformed_row_names_file_and_line(data, row, message):
+    path = data / "cls" / "test.jsonl"
+    path.write_text('{"id": "ok", "text": "fine", "label": "positive"}\n' + row + "\n")
+    with pytest.raises(TaskFormatError, match=rf"test\.jsonl:2: .*{message}"):
+        load_task("cls", data)
+
+
+def test_prompt_formats(data):
+    cls, mc = load_task("cls", data), load_task("mc", data)
+    assert zero_shot(cls, cls.test[0]) == "Classify the sentiment.\n\nText: bad\nAnswer:"
+    assert input_block(mc, mc.train[0]) == "Context: P.\nQuestion: Q?\nA. x\nB. y\nC. z"
+    assert k_shot(cls, cls.test[0], cls.train) == (
+        "Classify the sentiment.\n\nText: good\nAnswer: positive\n\nText: bad\nAnswer:"
+    )
+    assert cross_task(mc, mc.train, cls, cls.test[0]) == (
+        "Answer the question.\n\nContext: P.\nQuestion: Q?\nA. x\nB. y\nC. z\nAnswer: C\n\n"
+        "Classify the sentiment.\n\nText: bad\nAnswer:"
+    )
+    assert FewShot(tuple(cls.train))(cls, cls.test[0]) == k_shot(cls, cls.test[0], cls.train)
+    assert CrossTask(mc, tuple(mc.train))(cls, cls.test[0]) == cross_task(
+        mc, mc.train, cls, cls.test[0]
+    )
+
+
+def test_every_shared_task_loads(shared_data):
+    names = list_tasks(shared_data)
+    assert "sst2" in names and len(names) > 10
+    for name in names:
+        task = load_task(name, shared_data)
+        assert len(task.test) > 0
+        assert zero_shot(task, task.test[0]).endswith("Answer:")
