@@ -163,11 +163,19 @@ def score_prompts(
     answers: Sequence[str],
     batch_size: int = 16,
     progress: bool | None = None,
+    prefix_cache: bool = False,
 ) -> tuple[torch.Tensor, list[int]]:
     """Log-probabilities of each answer continuation after each prompt.
 
+    With ``prefix_cache=True`` the prompts' shared demonstration prefix runs once and is reused
+    from its key/value cache (`castlib.prefix_cache.score_prompts_cached`; not with steering).
+
     Returns ``(scores [n_prompts, n_answers], prompt token counts)``.
     """
+    if prefix_cache:
+        from .prefix_cache import score_prompts_cached
+
+        return score_prompts_cached(lm, prompts, answers, batch_size=batch_size, progress=progress)
     prompt_ids = encode(lm.tokenizer, prompts)
     answer_ids = answer_token_ids(lm.tokenizer, answers)
     show = progress if progress is not None else len(prompts) > 4 * batch_size
@@ -205,6 +213,7 @@ def evaluate(
     batch_size: int = 16,
     examples: Sequence[Example] | None = None,
     progress: bool | None = None,
+    prefix_cache: bool = False,
 ) -> EvalResult:
     """Score ``task`` (its ``split``, first ``limit`` examples, or the given ``examples``).
 
@@ -212,6 +221,8 @@ def evaluate(
         prompt: None (zero-shot), a builder ``(task, example) -> str``, or one prompt per
             example.
         batch_size: prompts per forward pass.
+        prefix_cache: run the prompts' shared demonstration prefix once and score each query
+            against its key/value cache (`castlib.prefix_cache`; refused while steering).
 
     Works inside a `castlib.steer` context (the steering applies to every forward pass).
     """
@@ -226,7 +237,9 @@ def evaluate(
         raise ValueError(f"no examples to evaluate in {task.name}/{split}")
     start = time.perf_counter()
     prompts = build_prompts(task, examples, prompt)
-    scores, n_tokens = score_prompts(lm, prompts, task.labels, batch_size, progress)
+    scores, n_tokens = score_prompts(
+        lm, prompts, task.labels, batch_size, progress, prefix_cache=prefix_cache
+    )
     for row, ex in enumerate(examples):
         n_valid = len(task.label_space(ex))
         scores[row, n_valid:] = float("-inf")

@@ -1,0 +1,52 @@
+"""The ``castlib`` console script.
+
+castlib data fetch [TASK ...] --data-dir DIR     download tasks from the Hugging Face hub
+castlib data list [--data-dir DIR]               list the tasks in the data directory
+castlib quickstart [...]                         the README's main job
+castlib run CONFIG.yaml [...]                    run a papermill batch (castlib.runs)
+castlib bench --json PATH [...]                  the benchmark suite (castlib.bench)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, rest = args[0], args[1:]
+    if command == "data":
+        if rest[:1] == ["fetch"]:
+            from .fetch import main as fetch_main
+
+            return fetch_main(rest[1:])
+        if rest[:1] == ["list"]:
+            from .tasks import list_tasks
+
+            data_dir = rest[2] if rest[1:2] == ["--data-dir"] and len(rest) > 2 else None
+            print("\n".join(list_tasks(data_dir)))
+            return 0
+        print("usage: castlib data fetch|list ...", file=sys.stderr)
+        return 2
+    if command == "quickstart":
+        from .quickstart import main as quickstart_main
+
+        return quickstart_main(rest)
+    if command == "run":
+        from .runs import main as runs_main
+
+        return runs_main(rest)
+    if command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(rest)
+    print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
