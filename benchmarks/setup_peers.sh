@@ -9,7 +9,7 @@
 #
 # A venv made from another venv's python inherits the *base* interpreter's site-packages, not
 # the project venv's, so a .pth file adds the project venv's site-packages (torch, transformers,
-# castlib itself) after the bench venv's own. The peers are installed with --no-deps because
+# the editable castlib) with site.addsitedir, after the bench venv's own. The peers are installed with --no-deps because
 # their pins predate this stack (steering-vectors 0.12 pins transformers<5, repeng 0.4 pins
 # numpy<2); their remaining small dependencies (scikit-learn for repeng) are installed normally.
 set -euo pipefail
@@ -25,7 +25,7 @@ if [ ! -x "$BENCH_VENV/bin/python" ]; then
 fi
 PROJECT_SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 BENCH_SITE="$("$BENCH_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-echo "$PROJECT_SITE" > "$BENCH_SITE/_castlib_project_venv.pth"
+echo "import site; site.addsitedir('$PROJECT_SITE')" > "$BENCH_SITE/_castlib_project_venv.pth"
 
 "$BENCH_VENV/bin/python" -m pip install --quiet --no-deps "steering-vectors>=0.12" "repeng>=0.4"
 "$BENCH_VENV/bin/python" -m pip install --quiet scikit-learn

@@ -1,0 +1,335 @@
+"""The protocol every method follows, and the result record it produces.
+
+    method = castlib.methods.get(name)(**params)
+    method.fit(lm, sources, target, seed=0)     # never reads the target's test split
+    record = method.evaluate(lm, target, split="test", limit=None)
+    method.save(folder); castlib.methods.load(folder).evaluate(lm, target)
+
+A method's parameters are a frozen dataclass (``Params``) of plain values; ``fit`` stores its
+state (a steering vector, chosen demonstrations, ...) on the method; ``evaluate`` runs
+`castlib.evaluate` on the target with the method applied and returns a flat, JSON-ready
+result record (see `RESULT_FIELDS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import tracemalloc
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .._version import __version__
+from ..evaluate import evaluate
+from ..models import LanguageModel
+from ..tasks import Example, Task, load_task
+from ..vectors import SteeringVector
+
+__all__ = [
+    "Method",
+    "RESULT_FIELDS",
+    "TaskRef",
+    "resolve_task",
+    "resolve_tasks",
+    "measure",
+]
+
+TaskRef = str | Task
+
+#: Keys of every result record (methods may add more).
+RESULT_FIELDS = (
+    "model",
+    "method",
+    "params",
+    "seed",
+    "sources",
+    "target",
+    "split",
+    "accuracy",
+    "macro_f1",
+    "n",
+    "layer",
+    "alpha",
+    "selected_ids",
+    "prompt_tokens_per_query",
+    "fit_seconds",
+    "eval_seconds",
+    "peak_memory_mb",
+    "trainable_params",
+    "castlib_version",
+)
+
+
+def resolve_task(task: TaskRef, data_dir: str | Path | None = None) -> Task:
+    """A loaded task, from a name or a `Task`."""
+    return task if isinstance(task, Task) else load_task(task, data_dir)
+
+
+def resolve_tasks(
+    tasks: TaskRef | Sequence[TaskRef], data_dir: str | Path | None = None
+) -> list[Task]:
+    if isinstance(tasks, (str, Task)):
+        tasks = [tasks]
+    out = [resolve_task(t, data_dir) for t in tasks]
+    if not out:
+        raise ValueError("at least one source task is needed")
+    return out
+
+
+def example_to_json(ex: Example) -> dict[str, Any]:
+    """A JSON form of an example (saved methods are self-contained, no data needed)."""
+    return {"id": ex.id, "fields": dict(ex.fields), "label": ex.label, "options": ex.options}
+
+
+def example_from_json(doc: dict[str, Any]) -> Example:
+    options = doc.get("options")
+    return Example(
+        id=doc["id"],
+        fields=doc["fields"],
+        label=doc["label"],
+        options=None if options is None else tuple(options),
+    )
+
+
+def task_to_json(task: Task) -> dict[str, Any]:
+    """What prompts need of a task (no splits)."""
+    return {
+        "name": task.name,
+        "kind": task.kind,
+        "labels": list(task.labels),
+        "instruction": task.instruction,
+        "fields": list(task.fields),
+        "field_roles": dict(task.field_roles),
+        "language": task.language,
+    }
+
+
+def task_from_json(doc: dict[str, Any]) -> Task:
+    return Task(
+        name=doc["name"],
+        kind=doc["kind"],
+        labels=tuple(doc["labels"]),
+        instruction=doc["instruction"],
+        fields=tuple(doc["fields"]),
+        splits={},
+        field_roles=doc.get("field_roles", {}),
+        language=doc.get("language", "en"),
+    )
+
+
+@contextmanager
+def measure(device: torch.device) -> Iterator[dict[str, float]]:
+    """Wall seconds and peak memory (MiB) of the block: CUDA peak allocation on CUDA, peak
+    Python/torch-CPU heap growth traced by tracemalloc on CPU."""
+    out: dict[str, float] = {}
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        tracing = tracemalloc.is_tracing()
+        if not tracing:
+            tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out["seconds"] = time.perf_counter() - start
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(device) - base
+        else:
+            peak = tracemalloc.get_traced_memory()[1] - base
+            if not tracing:
+                tracemalloc.stop()
+        out["peak_memory_mb"] = max(peak, 0) / 2**20
+
+
+class Method:
+    """Base class: parameters, fit/evaluate protocol, result records, save/load."""
+
+    name: ClassVar[str] = ""
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        batch_size: int = 16
+        data_dir: str | None = None
+
+    def __init__(self, **params: Any) -> None:
+        fields = {f.name for f in dataclasses.fields(self.Params)}
+        unknown = sorted(set(params) - fields)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown parameter(s) {unknown}; valid: {sorted(fields)}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        self.params = self.Params(**params)
+        self.check_params()
+        self.fitted = False
+        self.seed: int | None = None
+        self.sources: list[str] = []
+        self.target: str | None = None
+        self.model_id: str | None = None
+        self.info: dict[str, Any] = {}  # fitted facts reported in the record (layer, alpha, ...)
+        self.fit_stats: dict[str, float] = {"seconds": 0.0, "peak_memory_mb": 0.0}
+
+    # -- to override ------------------------------------------------------------------------
+    def check_params(self) -> None:
+        """Validate ``self.params`` (raise ValueError with a clear message)."""
+
+    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+        """Compute the method's state. Must not read ``target.split("test")``."""
+
+    def applied(self, lm: LanguageModel) -> AbstractContextManager[Any]:
+        """Context in which ``lm`` runs with the method applied (steering hooks, adapters)."""
+        return nullcontext()
+
+    def prompt_builder(self, lm: LanguageModel, target: Task) -> Any:
+        """The prompt builder for the target (None: zero-shot)."""
+        return None
+
+    def prompts(self, lm: LanguageModel, target: Task, examples: Sequence[Example]) -> Any:
+        """The prompts of ``examples`` (a builder or a list); default: `prompt_builder`."""
+        return self.prompt_builder(lm, target)
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable fitted state besides the steering vector."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `state`."""
+
+    vector: SteeringVector | None = None
+
+    # -- protocol ---------------------------------------------------------------------------
+    def fit(
+        self,
+        lm: LanguageModel,
+        sources: TaskRef | Sequence[TaskRef],
+        target: TaskRef,
+        seed: int = 0,
+    ) -> Method:
+        """Fit on (model, source tasks, target task, seed); the target's test split is never
+        read."""
+        src = resolve_tasks(sources, self.params.data_dir)
+        tgt = resolve_task(target, self.params.data_dir)
+        torch.manual_seed(seed)
+        with measure(lm.device) as stats:
+            self._fit(lm, src, tgt, seed)
+        self.fit_stats = stats
+        self.fitted = True
+        self.seed = seed
+        self.sources = [t.name for t in src]
+        self.target = tgt.name
+        self.model_id = lm.name
+        return self
+
+    def evaluate(
+        self,
+        lm: LanguageModel,
+        target: TaskRef,
+        split: str = "test",
+        limit: int | None = None,
+        progress: bool | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate the fitted method on ``target``'s ``split``; returns the result record."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit(...) before evaluate(...)")
+        tgt = resolve_task(target, self.params.data_dir)
+        if self.target is not None and tgt.name != self.target:
+            raise ValueError(f"{self.name} was fitted for target {self.target!r}, not {tgt.name!r}")
+        if self.vector is not None:
+            self.vector.check_compatible(lm)
+        examples = list(tgt.split(split))
+        if limit is not None:
+            examples = examples[:limit]
+        with measure(lm.device) as stats:
+            prompt = self.prompts(lm, tgt, examples)
+            with self.applied(lm):
+                result = evaluate(
+                    lm,
+                    tgt,
+                    prompt=prompt,
+                    split=split,
+                    examples=examples,
+                    batch_size=self.params.batch_size,
+                    progress=progress,
+                )
+        self.last_result = result
+        return self.record(lm, result, stats)
+
+    def record(self, lm: LanguageModel, result: Any, stats: dict[str, float]) -> dict[str, Any]:
+        params = json.loads(json.dumps(dataclasses.asdict(self.params)))  # tuples -> lists
+        params.pop("data_dir", None)
+        rec: dict[str, Any] = {
+            "model": lm.name,
+            "method": self.name,
+            "params": params,
+            "seed": self.seed,
+            "sources": list(self.sources),
+            "target": result.task,
+            "split": result.split,
+            "accuracy": result.accuracy,
+            "macro_f1": result.macro_f1,
+            "n": result.n,
+            "layer": self.info.get("layer"),
+            "alpha": self.info.get("alpha"),
+            "selected_ids": list(self.info.get("selected_ids", [])),
+            "prompt_tokens_per_query": result.prompt_tokens_per_query,
+            "fit_seconds": self.fit_stats["seconds"],
+            "eval_seconds": stats["seconds"],
+            "peak_memory_mb": max(self.fit_stats["peak_memory_mb"], stats["peak_memory_mb"]),
+            "trainable_params": self.info.get("trainable_params", 0),
+            "castlib_version": __version__,
+        }
+        for key, value in self.info.items():
+            rec.setdefault(key, value)
+        return rec
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write ``method.json`` (name, parameters, fitted state) and, if any, the steering
+        vector as ``vector.safetensors``."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: nothing to save before fit(...)")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.vector is not None:
+            self.vector.save(folder / "vector.safetensors")
+        doc = {
+            "method": self.name,
+            "params": dataclasses.asdict(self.params),
+            "seed": self.seed,
+            "sources": self.sources,
+            "target": self.target,
+            "model_id": self.model_id,
+            "info": self.info,
+            "fit_stats": self.fit_stats,
+            "state": self.state(),
+            "castlib_version": __version__,
+        }
+        (folder / "method.json").write_text(json.dumps(doc, indent=1))
+        return folder
+
+    @classmethod
+    def _restore(cls, folder: Path, doc: dict[str, Any]) -> Method:
+        method = cls(**doc["params"])
+        vec = folder / "vector.safetensors"
+        method.vector = SteeringVector.load(vec) if vec.is_file() else None
+        method.seed = doc["seed"]
+        method.sources = list(doc["sources"])
+        method.target = doc["target"]
+        method.model_id = doc["model_id"]
+        method.info = dict(doc["info"])
+        method.fit_stats = dict(doc["fit_stats"])
+        method.load_state(doc["state"])
+        method.fitted = True
+        return method
+
+    def __repr__(self) -> str:
+        state = f"fitted for {self.sources}->{self.target}" if self.fitted else "not fitted"
+        return f"{type(self).__name__}({self.params}, {state})"

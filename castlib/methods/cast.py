@@ -1,0 +1,195 @@
+"""CAST: Cross-task Activation Steering Transfer (Tang et al., 2025, arXiv:2507.13236).
+
+Following CAST_SPEC "The method":
+
+1. Candidate embeddings. For each source candidate x (``n_candidates`` per source task, pooled),
+   e(x) = h_{l_e}(P0(x)) / ||h_{l_e}(P0(x))||, with l_e = L // 2 by default (``embed_layer``).
+   Unlabelled target queries (``n_queries`` inputs of the target's train pool; never its test
+   split) are embedded the same way.
+2. Selection of m samples S (``selection``: ``cast`` = kNN graph over candidates + queries,
+   T-step diffusion, greedy coverage F(S) = sum_q max_{s in S} A_T[q, s] with diversity penalty
+   gamma * max_{s in S} cos(e_u, e_s); or ``random``/``similarity``/``influence``/``diversity``),
+   see `castlib.selection`.
+3. Contrastive representation-enhanced activations. For each s in S with its gold answer,
+   D_s = k demonstrations drawn (seeded) from the selected samples of the same source task
+   without s (topped up from that task's candidates when fewer than k are selected), and
+       delta_l(s) = h_l(Pk(s; D_s)) - h_l(P0(s)),     v_l = mean_s delta_l(s)     (``mean``)
+   ``pca``: the first principal direction of {delta_l(s)}, sign-aligned with the mean and scaled
+   to its norm; ``fewshot_only``: v_l = mean_s h_l(Pk(s; D_s)), applied as a replacement target
+   (h <- (1 - alpha) h + alpha v_l). With several source tasks and ``source_weighting =
+   "similarity"``, v_l = sum_t w_t v_l^(t) with w = softmax_t(cos(mean_x h_{l_e}(P0(x_t)),
+   mean_q h_{l_e}(P0(q))) / tau).
+4. Steering: the target runs zero-shot with alpha * v_l added at l* (``layer_window`` > 1 steers
+   l*..l*+w-1 with alpha split evenly), at the last prompt token (or ``positions="all"``),
+   optionally norm-preserving.
+5. (l*, alpha) are chosen by the ``source`` (default) or ``target_dev`` protocol
+   (`castlib.methods.steering`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import torch
+
+from ..analysis import first_principal_direction
+from ..models import LanguageModel
+from ..prompts import zero_shot
+from ..record import record_activations
+from ..selection import SELECTION_METHODS, select
+from ..tasks import Example, Task
+from .steering import SteeringMethod, icl_activations, make_vector
+
+__all__ = ["CAST", "CONTRASTS"]
+
+CONTRASTS = ("mean", "pca", "fewshot_only")
+
+
+class CAST(SteeringMethod):
+    """CAST (see the module docstring for the math)."""
+
+    name = "cast"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(SteeringMethod.Params):
+        m: int = 32
+        k: int = 4
+        selection: str = "cast"
+        contrast: str = "mean"
+        n_candidates: int = 256
+        n_queries: int = 64
+        embed_layer: int | None = None
+        graph_k: int = 10
+        diffusion_steps: int = 2
+        gamma: float = 0.5
+        source_weighting: str = "none"
+        tau: float = 0.1
+
+    def check_params(self) -> None:
+        super().check_params()
+        p = self.params
+        if p.selection not in SELECTION_METHODS:
+            raise ValueError(f"selection must be one of {SELECTION_METHODS}, got {p.selection!r}")
+        if p.contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {CONTRASTS}, got {p.contrast!r}")
+        if p.source_weighting not in ("none", "similarity"):
+            raise ValueError("source_weighting must be 'none' or 'similarity'")
+        if p.m < 1 or p.k < 0 or p.n_candidates < p.m:
+            raise ValueError(f"need m >= 1, k >= 0 and n_candidates >= m (got {p})")
+        if p.tau <= 0:
+            raise ValueError("tau must be > 0")
+
+    @property
+    def op(self) -> str:  # type: ignore[override]
+        return "replace" if self.params.contrast == "fewshot_only" else "add"
+
+    def _embed(
+        self, lm: LanguageModel, items: list[tuple[Task, Example]], layer: int
+    ) -> torch.Tensor:
+        prompts = [zero_shot(task, ex) for task, ex in items]
+        acts = record_activations(lm, prompts, layers=[layer], batch_size=self.params.batch_size)
+        return acts[:, 0]
+
+    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+        p = self.params
+        rng = random.Random(seed)
+        l_e = lm.check_layers([p.embed_layer if p.embed_layer is not None else lm.n_layers // 2])[0]
+
+        # 1. candidates (pooled over sources) and unlabelled target queries
+        candidates: list[tuple[Task, Example]] = []
+        for task in sources:
+            pool = list(task.train)
+            if len(pool) < 2:
+                raise ValueError(f"source task {task.name} has fewer than 2 train examples")
+            candidates += [(task, ex) for ex in rng.sample(pool, min(p.n_candidates, len(pool)))]
+        if len(candidates) < p.m:
+            raise ValueError(f"only {len(candidates)} source candidates for m={p.m}")
+        cand_h = self._embed(lm, candidates, l_e)
+        queries = list(target.train)
+        queries = rng.sample(queries, min(p.n_queries, len(queries))) if p.n_queries > 0 else []
+        query_h = self._embed(lm, [(target, q) for q in queries], l_e) if queries else None
+
+        # 2. selection
+        chosen = select(
+            torch.nn.functional.normalize(cand_h, dim=-1),
+            p.m,
+            method=p.selection,
+            queries=None if query_h is None else torch.nn.functional.normalize(query_h, dim=-1),
+            k=p.graph_k,
+            steps=p.diffusion_steps,
+            gamma=p.gamma,
+            seed=seed,
+        )
+        selected = [candidates[i] for i in chosen]
+
+        # 3. contrastive ICL activations: demos from the same task's selected samples
+        items = []
+        for task, s in selected:
+            same = [ex for t, ex in selected if t.name == task.name and ex.id != s.id]
+            demos = rng.sample(same, min(p.k, len(same)))
+            if len(demos) < p.k:
+                extra = [
+                    ex
+                    for t, ex in candidates
+                    if t.name == task.name and ex.id != s.id and ex not in demos
+                ]
+                demos += rng.sample(extra, min(p.k - len(demos), len(extra)))
+            items.append((task, s, demos))
+        h_k, h_0 = icl_activations(lm, items, batch_size=p.batch_size)
+        per_source = {}
+        for task in sources:
+            rows = [i for i, (t, _, _) in enumerate(items) if t.name == task.name]
+            if rows:
+                per_source[task.name] = self._contrast(h_k[rows], h_0[rows])
+        weights = self._source_weights(sources, per_source, candidates, cand_h, query_h)
+        vec = sum(weights[name] * v for name, v in per_source.items())
+        self.vector = make_vector(lm, vec, self.name, self._vector_params())
+        self.info.update(
+            selected_ids=[f"{t.name}:{ex.id}" for t, ex in selected],
+            embed_layer=l_e,
+            source_weights=weights,
+        )
+        # 5. (l*, alpha)
+        used = {ex.id for _, ex in candidates}
+        self.tune(lm, sources, target, used, rng)
+
+    def _contrast(self, h_k: torch.Tensor, h_0: torch.Tensor) -> torch.Tensor:
+        """Per-layer vector ``[L, hidden]`` from few-shot/zero-shot states ``[n, L, hidden]``."""
+        contrast = self.params.contrast
+        if contrast == "fewshot_only":
+            return h_k.mean(0)
+        deltas = h_k - h_0
+        mean = deltas.mean(0)
+        if contrast == "mean":
+            return mean
+        out = torch.empty_like(mean)
+        for layer in range(mean.shape[0]):
+            d = first_principal_direction(deltas[:, layer], align_with=mean[layer])
+            out[layer] = d / d.norm().clamp_min(1e-12) * mean[layer].norm()
+        return out
+
+    def _source_weights(
+        self,
+        sources: list[Task],
+        per_source: dict[str, torch.Tensor],
+        candidates: list[tuple[Task, Example]],
+        cand_h: torch.Tensor,
+        query_h: torch.Tensor | None,
+    ) -> dict[str, float]:
+        names = list(per_source)
+        if self.params.source_weighting == "none" or len(names) == 1 or query_h is None:
+            return {name: 1.0 / len(names) for name in names}
+        target_mean = query_h.mean(0)
+        sims = []
+        for name in names:
+            rows = [i for i, (t, _) in enumerate(candidates) if t.name == name]
+            sims.append(torch.cosine_similarity(cand_h[rows].mean(0), target_mean, dim=0))
+        w = torch.softmax(torch.stack(sims) / self.params.tau, dim=0)
+        return {name: float(x) for name, x in zip(names, w, strict=True)}
+
+    def _vector_params(self) -> dict[str, Any]:
+        p = dataclasses.asdict(self.params)
+        p.pop("data_dir", None)
+        return p

@@ -1,0 +1,73 @@
+"""In-context vectors (Liu, Ye, Xing & Zou, ICML 2024).
+
+From n source samples with k demonstrations each, the per-layer deltas
+delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x)) give v_l = the first principal direction of
+{delta_l(x)} (sign-aligned with their mean, scaled to the mean's norm). At inference alpha * v_l
+is added at every layer and every position, and each steered state is rescaled to its original
+norm (norm preservation). alpha is chosen by the spec's tuning protocols; the layer grid is not
+used (all layers are steered, each with the full alpha).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from ..analysis import first_principal_direction
+from ..models import LanguageModel
+from ..steer import steer
+from ..tasks import Task
+from .steering import SteeringMethod, icl_activations, make_vector
+
+__all__ = ["ICV"]
+
+
+class ICV(SteeringMethod):
+    name = "icv"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(SteeringMethod.Params):
+        alphas: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2)
+        positions: str = "all"
+        norm_preserving: bool = True
+        k: int = 4
+        n_samples: int = 32
+
+    def steering(self, lm: LanguageModel, layer: int, alpha: float) -> AbstractContextManager[Any]:
+        return steer(
+            lm,
+            self.vector,
+            alpha=alpha,
+            positions=self.params.positions,
+            norm_preserving=self.params.norm_preserving,
+        )
+
+    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+        p = self.params
+        rng = random.Random(seed)
+        items, used = [], set()
+        for i in range(p.n_samples):
+            task = sources[i % len(sources)]
+            picks = rng.sample(list(task.train), p.k + 1)
+            used.update(ex.id for ex in picks)
+            items.append((task, picks[-1], picks[:-1]))
+        h_k, h_0 = icl_activations(lm, items, batch_size=p.batch_size)
+        deltas = h_k - h_0
+        mean = deltas.mean(0)
+        vec = torch.stack(
+            [
+                first_principal_direction(deltas[:, layer], align_with=mean[layer])
+                * mean[layer].norm()
+                for layer in range(lm.n_layers)
+            ]
+        )
+        self.vector = make_vector(lm, vec, self.name, {"k": p.k, "n_samples": p.n_samples})
+        self.tune(lm, sources, target, used, rng, layers=[0])
+        self.info["layer"] = "all"
+
+    def applied(self, lm: LanguageModel) -> AbstractContextManager[Any]:
+        return self.steering(lm, 0, self.info["alpha"])

@@ -1,0 +1,192 @@
+"""Shared machinery of the steering methods: activation extraction and (layer, alpha) tuning.
+
+Tuning (CAST_SPEC step 5) never touches the target's test split. For every candidate layer l
+and scale alpha, the tuning set is scored zero-shot with ``alpha * v_l`` added, and the pair
+with the highest accuracy wins (ties: the higher mean log-probability of the gold answer, then
+the earlier grid point). Two protocols:
+
+    source      held-out examples of the source task(s) (disjoint from those the vector was
+                made from), each scored on its own source task: no target labels at all;
+    target_dev  at most 32 labelled examples from the target's train pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from ..evaluate import evaluate
+from ..models import LanguageModel
+from ..prompts import k_shot, zero_shot
+from ..record import record_activations
+from ..steer import steer
+from ..tasks import Example, Task
+from ..vectors import SteeringVector
+from .base import Method
+
+__all__ = [
+    "SteeringMethod",
+    "PROTOCOLS",
+    "default_layers",
+    "icl_activations",
+    "tuning_set",
+    "make_vector",
+]
+
+PROTOCOLS = ("source", "target_dev")
+MAX_TARGET_DEV = 32
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """Candidate steering layers: five points spread over the middle half of the model."""
+    return sorted({min(n_layers - 1, round(n_layers * f)) for f in (0.25, 0.375, 0.5, 0.625, 0.75)})
+
+
+def icl_activations(
+    lm: LanguageModel,
+    items: Sequence[tuple[Task, Example, Sequence[Example]]],
+    batch_size: int = 16,
+    layers: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h(Pk(x; D)), h(P0(x)))`` for each (task, x, D): two ``[n, layers, hidden]`` tensors."""
+    few = [k_shot(task, x, demos) for task, x, demos in items]
+    zero = [zero_shot(task, x) for task, x, _ in items]
+    h_k = record_activations(lm, few, layers=layers, batch_size=batch_size)
+    h_0 = record_activations(lm, zero, layers=layers, batch_size=batch_size)
+    return h_k, h_0
+
+
+def make_vector(
+    lm: LanguageModel, per_layer: torch.Tensor, method: str, params: dict[str, Any]
+) -> SteeringVector:
+    """A `SteeringVector` over all layers from a ``[n_layers, hidden]`` tensor."""
+    return SteeringVector.from_tensor(
+        per_layer, model_id=lm.name, n_layers=lm.n_layers, method=method, params=params
+    )
+
+
+def tuning_set(
+    protocol: str,
+    sources: Sequence[Task],
+    target: Task,
+    n: int,
+    exclude: set[str],
+    rng: random.Random,
+) -> list[tuple[Task, Example]]:
+    """The (task, example) pairs (layer, alpha) are chosen on; never target test rows."""
+    if protocol == "source":
+        per = max(1, n // len(sources))
+        out = []
+        for task in sources:
+            pool = [ex for ex in task.train if ex.id not in exclude]
+            out += [(task, ex) for ex in rng.sample(pool, min(per, len(pool)))]
+        return out
+    if protocol == "target_dev":
+        pool = list(target.train)
+        k = min(n, MAX_TARGET_DEV, len(pool))
+        if k == 0:
+            raise ValueError(f"target_dev protocol: target {target.name} has no train examples")
+        return [(target, ex) for ex in rng.sample(pool, k)]
+    raise ValueError(f"unknown tuning protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
+class SteeringMethod(Method):
+    """A method that steers the zero-shot target run with a fitted vector."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(Method.Params):
+        layers: tuple[int, ...] | None = None  # candidate l*; None: default_layers(L)
+        alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+        protocol: str = "source"
+        n_tune: int = 32
+        positions: str = "last"
+        norm_preserving: bool = False
+        layer_window: int = 1  # steer l*..l*+w-1, alpha split evenly
+
+    op: str = "add"
+
+    def check_params(self) -> None:
+        p = self.params
+        if p.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {p.protocol!r}")
+        if p.positions not in ("last", "all"):
+            raise ValueError(f"positions must be 'last' or 'all', got {p.positions!r}")
+        if not p.alphas:
+            raise ValueError("alphas must not be empty")
+        if p.layer_window < 1:
+            raise ValueError("layer_window must be >= 1")
+        if p.n_tune < 1:
+            raise ValueError("n_tune must be >= 1")
+
+    # -- steering ---------------------------------------------------------------------------
+    def steer_layers(self, lm: LanguageModel, layer: int) -> list[int]:
+        return list(range(layer, min(lm.n_layers, layer + self.params.layer_window)))
+
+    def steering(self, lm: LanguageModel, layer: int, alpha: float) -> AbstractContextManager[Any]:
+        layers = self.steer_layers(lm, layer)
+        return steer(
+            lm,
+            self.vector,
+            alpha=alpha / len(layers),
+            layers=layers,
+            positions=self.params.positions,
+            norm_preserving=self.params.norm_preserving,
+            op=self.op,
+        )
+
+    def applied(self, lm: LanguageModel) -> AbstractContextManager[Any]:
+        return self.steering(lm, self.info["layer"], self.info["alpha"])
+
+    # -- tuning -----------------------------------------------------------------------------
+    def tune(
+        self,
+        lm: LanguageModel,
+        sources: Sequence[Task],
+        target: Task,
+        exclude: set[str],
+        rng: random.Random,
+        layers: Sequence[int] | None = None,
+        alphas: Sequence[float] | None = None,
+    ) -> None:
+        """Choose (l*, alpha) by the configured protocol; stores the grid in ``self.info``."""
+        p = self.params
+        candidates = lm.check_layers(list(layers or p.layers or default_layers(lm.n_layers)))
+        alphas = list(alphas or p.alphas)
+        tune = tuning_set(p.protocol, sources, target, p.n_tune, exclude, rng)
+        by_task: dict[str, tuple[Task, list[Example]]] = {}
+        for task, ex in tune:
+            by_task.setdefault(task.name, (task, []))[1].append(ex)
+        grid = []
+        for layer in candidates:
+            for alpha in alphas:
+                correct, n, margin = 0.0, 0, 0.0
+                with self.steering(lm, layer, alpha):
+                    for task, exs in by_task.values():
+                        res = evaluate(lm, task, examples=exs, batch_size=p.batch_size)
+                        correct += res.accuracy * res.n
+                        n += res.n
+                        margin += sum(
+                            row["log_probs"][ex.label]
+                            for row, ex in zip(res.predictions, exs, strict=True)
+                        )
+                grid.append(
+                    {
+                        "layer": layer,
+                        "alpha": alpha,
+                        "accuracy": correct / n,
+                        "gold_logp": margin / n,
+                    }
+                )
+        best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))
+        self.info.update(
+            layer=best["layer"],
+            alpha=best["alpha"],
+            protocol=p.protocol,
+            tuning_grid=grid,
+            tuning_n=len(tune),
+        )

@@ -1,0 +1,18 @@
+"""Zero-shot baseline: the target prompt P0(x) alone, y_hat = argmax_a log P(" a" | P0(x))."""
+
+from __future__ import annotations
+
+from ..models import LanguageModel
+from ..tasks import Task
+from .base import Method
+
+__all__ = ["ZeroShotMethod"]
+
+
+class ZeroShotMethod(Method):
+    """Nothing to fit; the reference every other method is compared with."""
+
+    name = "zero_shot"
+
+    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+        return None
