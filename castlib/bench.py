@@ -1,0 +1,1280 @@
+"""Benchmarks: castlib's overheads, CAST vs in-context learning cost, and peer libraries.
+
+    python -m castlib.bench --json benchmarks/results/bench.json [--quick] [--device cpu|cuda]
+        [--dtype auto] [--n N] [--threads T] [--sections overheads,peers,icl,fitting,length]
+
+Every number that matters is a *ratio of two timings taken in the same run, on the same model
+and the same prompts* (financial_phrasebank queries, sst2 demonstrations from the shared data):
+absolute seconds depend on the machine and its load, ratios much less. Timing protocol: each
+measured function runs once to warm up, then the functions of a group run in interleaved rounds
+(A B C, C B A, A B C, ...); a ratio is the median over rounds of the per-round ratio (paired,
+so slow drifts of the machine cancel) and absolute times are medians.
+
+Sections (each a function usable on a tiny test model; `run_bench` runs the chosen ones):
+
+* ``overheads`` -- on identical left-padded batches of zero-shot prompts:
+  ``eval_vs_forward`` = throughput of `castlib.evaluate` / throughput of the bare
+  ``lm.model(**inputs, use_cache=False, logits_to_keep=1)`` (goal >= 0.9);
+  ``record_vs_forward`` = throughput of `record_activations` (all layers) / bare backbone
+  ``lm.base(**inputs, use_cache=False)`` (goal >= 1.0);
+  ``steer_last_overhead`` / ``steer_all_overhead`` = forward time under `castlib.steer`
+  (positions="last") at 1 layer / at all layers, over the unsteered forward (goal <= 1.03).
+* ``peers`` -- steering-vectors and repeng (when importable, else ``"unavailable"``; install
+  them with ``benchmarks/setup_peers.sh``): steered-forward time vs castlib's on the same
+  batches, vector, scale and layer, with matched position semantics; agreement of their
+  recorded activations and steered logits with castlib's.
+* ``icl`` -- CAST inference (zero-shot + steering) vs zero-shot vs cross-task k-shot ICL
+  (k = 1, 4, 16; naive, and with the shared demonstration prefix cached by
+  `castlib.prefix_cache`): prompt tokens, per-query latency, peak memory.
+  ``cast_vs_zero_shot_latency``, ``icl4_vs_zero_shot_latency``, ``icl4_vs_zero_shot_tokens``.
+* ``fitting`` -- the one-off cost of fitting a CAST vector vs m: embedding the candidate pool
+  (`record_activations` at l_e), `castlib.selection.select` (method "cast"), and extracting
+  few-shot / zero-shot activations of the m selected samples at every layer.
+* ``length`` -- per-query latency vs prompt length (64..2048 tokens): k-shot ICL with as many
+  demonstrations as fit in the length, CAST at its zero-shot length, and a zero-shot input of
+  that length steered and unsteered.
+
+On CPU the bench uses one intra-op thread by default (``--threads``): on a shared machine
+OpenMP worker threads that wait for a busy core make small operations (hooks, indexing) orders
+of magnitude slower and the timings meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ._version import __version__
+from .evaluate import evaluate, score_prompts
+from .models import LanguageModel
+from .padding import Batch, encode, iter_batches, last_token_index
+from .prefix_cache import (
+    build_prefix_cache,
+    joint_tokenisation_matches,
+    score_suffixes,
+    split_shared_prefix,
+)
+from .prompts import cross_task, k_shot, zero_shot
+from .record import record_activations
+from .selection import select
+from .steer import steer
+from .tasks import Example, Task
+
+__all__ = [
+    "BenchConfig",
+    "quick_config",
+    "full_config",
+    "interleaved",
+    "paired_ratio",
+    "PeakMemory",
+    "embed_candidates",
+    "fit_cast_vector",
+    "bench_overheads",
+    "bench_peers",
+    "bench_icl",
+    "bench_fitting",
+    "bench_length",
+    "run_bench",
+    "format_table",
+    "main",
+]
+
+SECTIONS = ("overheads", "peers", "icl", "fitting", "length")
+
+#: The headline ratio keys, their goal (None: no goal, reported only) and definition.
+RATIO_KEYS: dict[str, tuple[str | None, str]] = {
+    "eval_vs_forward": (
+        ">= 0.9",
+        "castlib.evaluate throughput / bare lm.model(**inputs, use_cache=False, "
+        "logits_to_keep=1) throughput on identical batches",
+    ),
+    "record_vs_forward": (
+        ">= 1.0",
+        "record_activations (all layers) throughput / bare lm.base(**inputs, use_cache=False) "
+        "throughput on identical batches",
+    ),
+    "steer_last_overhead": (
+        "<= 1.03",
+        "forward time under castlib.steer at 1 layer (positions='last') / unsteered",
+    ),
+    "steer_all_overhead": (
+        "<= 1.03",
+        "forward time under castlib.steer at all layers (positions='last') / unsteered",
+    ),
+    "cast_vs_zero_shot_latency": (
+        None,
+        "per-query latency of zero-shot + steering (1 layer) / zero-shot",
+    ),
+    "icl4_vs_zero_shot_latency": (
+        None,
+        "per-query latency of cross-task 4-shot ICL (naive) / zero-shot",
+    ),
+    "icl4_vs_zero_shot_tokens": (None, "prompt tokens per query, 4-shot ICL / zero-shot"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchConfig:
+    """Sizes of every section (see `quick_config` and `full_config`)."""
+
+    source: str = "sst2"
+    target: str = "financial_phrasebank"
+    n: int = 64  # queries of the overheads section
+    batch_size: int = 16
+    repeats: int = 5
+    warmup: int = 1
+    layer: int | None = None  # steering layer l* (default L // 2)
+    alpha: float = 2.0
+    n_peer: int = 32
+    n_latency: int = 16
+    latency_batch_size: int = 1
+    ks: tuple[int, ...] = (1, 4, 16)
+    ms: tuple[int, ...] = (8, 16, 32, 64)
+    pool: int = 256
+    n_select_queries: int = 32
+    k_demos: int = 4
+    fitting_repeats: int = 3
+    lengths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+    n_length: int = 2
+    seed: int = 0
+    sections: tuple[str, ...] = SECTIONS
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.sections if s not in SECTIONS]
+        if unknown:
+            raise ValueError(f"unknown sections {unknown}; choose from {SECTIONS}")
+        if self.n < 1 or self.batch_size < 1 or self.repeats < 1:
+            raise ValueError("n, batch_size and repeats must be >= 1")
+
+
+def full_config(**overrides: Any) -> BenchConfig:
+    """The full run (about 20-30 minutes on 1 CPU thread for Gemma 3 270M)."""
+    return replace(BenchConfig(), **overrides)
+
+
+def quick_config(**overrides: Any) -> BenchConfig:
+    """A run of a few minutes on 1 CPU thread for Gemma 3 270M."""
+    base = BenchConfig(
+        n=32,
+        repeats=3,
+        n_peer=16,
+        n_latency=4,
+        ms=(4, 8),
+        pool=32,
+        n_select_queries=8,
+        fitting_repeats=1,
+        lengths=(64, 512, 2048),
+        n_length=1,
+    )
+    return replace(base, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# timing and memory
+# ----------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    device: torch.device | None = None,
+    desc: str | None = None,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Time each function ``repeats`` times in interleaved rounds after ``warmup`` runs each.
+
+    Round r runs the functions in order (r even) or in reverse order (r odd), so each pair of
+    functions is measured close together and neither always runs first. Returns seconds per
+    run: ``{name: [t_round0, t_round1, ...]}``.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+            _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in tqdm(range(repeats), desc=desc or "timing", disable=not progress, leave=False):
+        gc.collect()
+        for name in names if r % 2 == 0 else names[::-1]:
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of ``a[r] / b[r]`` (times measured in the same round)."""
+    return float(statistics.median(x / y for x, y in zip(a, b, strict=True)))
+
+
+def _median(xs: Iterable[float]) -> float:
+    return float(statistics.median(list(xs)))
+
+
+def _malloc_trim() -> None:
+    """Return freed heap memory to the OS (glibc), so RSS deltas start from a low baseline."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+class PeakMemory:
+    """Peak memory used inside the block, in bytes above the level at entry.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (reset at entry). CPU: the process RSS sampled
+    every ``interval`` seconds by a background thread (psutil), after ``gc.collect`` and
+    ``malloc_trim`` at entry. ``peak_bytes`` is None when it cannot be measured.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.001) -> None:
+        self.device = device
+        self.interval = interval
+        self.peak_bytes: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._base = 0
+        self._max = 0
+        self.method = ""
+
+    def _sample(self, proc: Any) -> None:
+        while not self._stop.is_set():
+            self._max = max(self._max, proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated delta"
+            return self
+        _malloc_trim()
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil is a transitive dependency
+            self.method = "unavailable (no psutil)"
+            return self
+        proc = psutil.Process()
+        self._base = self._max = proc.memory_info().rss
+        self.method = "psutil RSS delta (1 ms sampling, after malloc_trim)"
+        self._thread = threading.Thread(target=self._sample, args=(proc,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device) - self._base)
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = int(max(0, self._max - self._base))
+
+
+def _peak_memory(device: torch.device, fn: Callable[[], object]) -> tuple[int | None, str]:
+    with PeakMemory(device) as mem:
+        fn()
+    return mem.peak_bytes, mem.method
+
+
+# ----------------------------------------------------------------------------------------------
+# workload helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _batches(lm: LanguageModel, prompts: Sequence[str], batch_size: int) -> list[Batch]:
+    ids = encode(lm.tokenizer, prompts)
+    return list(iter_batches(ids, batch_size, lm.tokenizer.pad_token_id, "left", lm.device))
+
+
+def _forward_lm(lm: LanguageModel, batches: Sequence[Batch]) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                lm.model(**b.model_inputs(), use_cache=False, logits_to_keep=1)
+
+    return run
+
+
+def _forward_base(lm: LanguageModel, batches: Sequence[Batch]) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                lm.base(**b.model_inputs(), use_cache=False)
+
+    return run
+
+
+def _last_logits(lm: LanguageModel, batch: Batch) -> torch.Tensor:
+    with torch.inference_mode():
+        out = lm.model(**batch.model_inputs(), use_cache=False, logits_to_keep=1)
+    return out.logits[:, -1].float().cpu()
+
+
+def _n_tokens(lm: LanguageModel, prompts: Sequence[str]) -> list[int]:
+    return [len(r) for r in encode(lm.tokenizer, prompts)]
+
+
+def _steer_layer(lm: LanguageModel, cfg: BenchConfig) -> int:
+    return lm.check_layers(cfg.layer if cfg.layer is not None else lm.n_layers // 2)[0]
+
+
+def embed_candidates(
+    lm: LanguageModel,
+    source: Task,
+    target_queries: Sequence[Example],
+    target: Task,
+    pool: int,
+    embed_layer: int | None = None,
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot activations at l_e (default L // 2) of the first ``pool`` source training
+    examples and of the target queries: the embeddings CAST selection runs on."""
+    layer_e = lm.n_layers // 2 if embed_layer is None else embed_layer
+    cand = record_activations(
+        lm,
+        [zero_shot(source, x) for x in source.train[:pool]],
+        [layer_e],
+        batch_size,
+        progress=False,
+    )
+    queries = record_activations(
+        lm, [zero_shot(target, x) for x in target_queries], [layer_e], batch_size, progress=False
+    )
+    return cand[:, 0], queries[:, 0]
+
+
+def fit_cast_vector(
+    lm: LanguageModel,
+    source: Task,
+    target_queries: Sequence[Example],
+    target: Task,
+    m: int,
+    pool: int,
+    k_demos: int = 4,
+    embed_layer: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
+    """Fit a single-source CAST vector and time its components.
+
+    1. embed: zero-shot activations at l_e (default L // 2) of ``pool`` source candidates and
+       of the target queries (skipped when ``embeddings`` are given);
+    2. select: ``castlib.selection.select(method="cast", m=m)``;
+    3. extract: ``v_l = mean_s h_l(Pk(s; D_s)) - h_l(P0(s))`` at every layer, D_s = ``k_demos``
+       other selected samples (seeded).
+
+    Returns ``(vector [n_layers, hidden], seconds per component, (candidate, query)
+    embeddings)``.
+    """
+    times: dict[str, float] = {}
+    candidates = list(source.train[:pool])
+    if m > len(candidates):
+        raise ValueError(f"m={m} exceeds the candidate pool ({len(candidates)})")
+    start = time.perf_counter()
+    if embeddings is None:
+        embeddings = embed_candidates(
+            lm, source, target_queries, target, pool, embed_layer, batch_size
+        )
+    times["embed_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    chosen = select(embeddings[0], m, method="cast", queries=embeddings[1], seed=seed)
+    times["select_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    rng = random.Random(seed)
+    picked = [candidates[i] for i in chosen]
+    few, zero = [], []
+    for s in picked:
+        others = [d for d in picked if d.id != s.id]
+        demos = rng.sample(others, min(k_demos, len(others)))
+        few.append(k_shot(source, s, demos))
+        zero.append(zero_shot(source, s))
+    acts = record_activations(lm, few + zero, None, batch_size, progress=False)
+    vector = (acts[: len(few)] - acts[len(few) :]).mean(dim=0)
+    times["extract_s"] = time.perf_counter() - start
+    times["total_s"] = times["embed_s"] + times["select_s"] + times["extract_s"]
+    return vector, times, embeddings
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+# ----------------------------------------------------------------------------------------------
+
+
+def bench_overheads(
+    lm: LanguageModel, target: Task, vector: torch.Tensor, cfg: BenchConfig
+) -> dict[str, Any]:
+    """castlib.evaluate / record / steer vs the bare forward passes on identical batches."""
+    examples = list(target.test[: cfg.n])
+    prompts = [zero_shot(target, ex) for ex in examples]
+    batches = _batches(lm, prompts, cfg.batch_size)
+    layer = _steer_layer(lm, cfg)
+    v1 = {layer: vector[layer]}
+    forward = _forward_lm(lm, batches)
+
+    def run_eval() -> None:
+        evaluate(lm, target, examples=examples, batch_size=cfg.batch_size, progress=False)
+
+    def run_record() -> None:
+        record_activations(lm, prompts, None, cfg.batch_size, progress=False)
+
+    def steered(mapping: object, positions: str = "last") -> Callable[[], None]:
+        def run() -> None:
+            with steer(lm, mapping, alpha=cfg.alpha, positions=positions):
+                forward()
+
+        return run
+
+    fns = {
+        "forward": forward,
+        "evaluate": run_eval,
+        "backbone": _forward_base(lm, batches),
+        "record_all_layers": run_record,
+        "steer_1_layer_last": steered(v1),
+        "steer_all_layers_last": steered(vector),
+        "steer_1_layer_all_positions": steered(v1, "all"),
+    }
+    times = interleaved(fns, cfg.repeats, cfg.warmup, lm.device, "overheads", progress=cfg.progress)
+    tokens = sum(int(b.attention_mask.sum()) for b in batches)
+    return {
+        "eval_vs_forward": paired_ratio(times["forward"], times["evaluate"]),
+        "record_vs_forward": paired_ratio(times["backbone"], times["record_all_layers"]),
+        "steer_last_overhead": paired_ratio(times["steer_1_layer_last"], times["forward"]),
+        "steer_all_overhead": paired_ratio(times["steer_all_layers_last"], times["forward"]),
+        "steer_positions_all_overhead": paired_ratio(
+            times["steer_1_layer_all_positions"], times["forward"]
+        ),
+        "n_queries": len(prompts),
+        "batch_size": cfg.batch_size,
+        "n_batches": len(batches),
+        "real_tokens": tokens,
+        "padded_tokens": sum(b.input_ids.numel() for b in batches),
+        "steer_layer": layer,
+        "median_s": {name: _median(t) for name, t in times.items()},
+        "times_s": times,
+    }
+
+
+# --- peers -------------------------------------------------------------------------------------
+
+
+def _import_steering_vectors() -> tuple[Any, str] | None:
+    try:
+        import steering_vectors
+    except Exception:  # noqa: BLE001 - any import failure means "unavailable"
+        return None
+    return steering_vectors, getattr(steering_vectors, "__version__", "?")
+
+
+def _import_repeng() -> tuple[Any, str, list[str]] | None:
+    notes = []
+    try:
+        import numpy as np
+
+        if not hasattr(np, "float_"):
+            # repeng 0.4 annotates with np.float_ (removed in NumPy 2) at class-definition time
+            np.float_ = np.float64
+            notes.append("np.float_ aliased to np.float64 before import (repeng 0.4 pins numpy<2)")
+        import repeng
+        import repeng.control
+        import repeng.extract
+    except Exception:  # noqa: BLE001
+        return None
+    try:
+        from importlib.metadata import version
+
+        ver = version("repeng")
+    except Exception:  # noqa: BLE001  # pragma: no cover
+        ver = "?"
+    return repeng, ver, notes
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    a, b = a.float(), b.float()
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "max_abs_diff": float((a - b).abs().max()),
+        "max_abs": float(a.abs().max()),
+    }
+
+
+def _sv_record_last(
+    sv: Any, lm: LanguageModel, batches: Sequence[Batch], layer: int
+) -> torch.Tensor:
+    rows = []
+    with torch.inference_mode():
+        for b in batches:
+            with sv.record_activations(lm.model, layer_nums=[layer]) as rec:
+                lm.model(**b.model_inputs(), use_cache=False, logits_to_keep=1)
+            act = rec[layer][0]
+            last = last_token_index(b.attention_mask)
+            rows.append((b.indices, act[torch.arange(act.shape[0]), last].float().cpu()))
+    out = torch.empty(sum(len(i) for i, _ in rows), rows[0][1].shape[-1])
+    for idx, r in rows:
+        out[idx] = r
+    return out
+
+
+def bench_peers(
+    lm: LanguageModel, target: Task, vector: torch.Tensor, cfg: BenchConfig
+) -> dict[str, Any]:
+    """steering-vectors and repeng vs castlib on the same batches, vector, alpha and layer."""
+    prompts = [zero_shot(target, ex) for ex in target.test[: cfg.n_peer]]
+    batches = _batches(lm, prompts, cfg.batch_size)
+    layer = _steer_layer(lm, cfg)
+    vec = vector[layer].to(lm.device, lm.dtype)
+    forward = _forward_lm(lm, batches)
+    out: dict[str, Any] = {}
+
+    def castlib_run(positions: str) -> Callable[[], None]:
+        def run() -> None:
+            with steer(lm, {layer: vector[layer]}, alpha=cfg.alpha, positions=positions):
+                forward()
+
+        return run
+
+    ref_acts = record_activations(
+        lm, prompts, [layer, lm.n_layers - 1], cfg.batch_size, progress=False
+    )
+    with steer(lm, {layer: vector[layer]}, alpha=cfg.alpha, positions="all"):
+        ref_logits_all = _last_logits(lm, batches[0])
+    with steer(lm, {layer: vector[layer]}, alpha=cfg.alpha, positions="last"):
+        ref_logits_last = _last_logits(lm, batches[0])
+
+    # --- steering-vectors
+    found = _import_steering_vectors()
+    if found is None:
+        out["steering-vectors"] = "unavailable"
+    else:
+        sv, sv_version = found
+        steering = sv.SteeringVector({layer: vec}, layer_type="decoder_block")
+
+        def sv_all() -> None:
+            with steering.apply(lm.model, multiplier=cfg.alpha, min_token_index=0):
+                forward()
+
+        def sv_last() -> None:
+            # steering-vectors has no "last real token" rule: a per-batch token mask, re-patched
+            # for every batch (the way a user would do it)
+            with torch.inference_mode():
+                for b in batches:
+                    mask = torch.zeros_like(b.attention_mask, dtype=lm.dtype)
+                    mask[torch.arange(mask.shape[0]), last_token_index(b.attention_mask)] = 1
+                    with steering.apply(
+                        lm.model, multiplier=cfg.alpha, min_token_index=None, token_indices=mask
+                    ):
+                        lm.model(**b.model_inputs(), use_cache=False, logits_to_keep=1)
+
+        fns = {
+            "forward": forward,
+            "castlib_all_positions": castlib_run("all"),
+            "steering_vectors_all_positions": sv_all,
+            "castlib_last": castlib_run("last"),
+            "steering_vectors_last": sv_last,
+        }
+        times = interleaved(
+            fns, cfg.repeats, cfg.warmup, lm.device, "peer steering-vectors", cfg.progress
+        )
+        with steering.apply(lm.model, multiplier=cfg.alpha, min_token_index=0):
+            logits_all = _last_logits(lm, batches[0])
+        acts = _sv_record_last(sv, lm, batches, layer)
+        out["steering-vectors"] = {
+            "version": sv_version,
+            "apply_overhead_vs_castlib": paired_ratio(
+                times["steering_vectors_all_positions"], times["castlib_all_positions"]
+            ),
+            "apply_overhead_vs_castlib_last": paired_ratio(
+                times["steering_vectors_last"], times["castlib_last"]
+            ),
+            "steer_overhead": paired_ratio(
+                times["steering_vectors_all_positions"], times["forward"]
+            ),
+            "castlib_steer_overhead_all_positions": paired_ratio(
+                times["castlib_all_positions"], times["forward"]
+            ),
+            "activation_agreement": _agreement(ref_acts[:, 0], acts),
+            "steered_logits_agreement": _agreement(ref_logits_all, logits_all),
+            "median_s": {name: _median(t) for name, t in times.items()},
+            "notes": [
+                "layer indexing: decoder_block matcher 'model.layers.{num}' = castlib's "
+                "lm.blocks[l] (block outputs), identical sites",
+                "apply(min_token_index=0) adds at every position including left padding, like "
+                "castlib positions='all'; compared against castlib positions='all'",
+                "no last-real-token rule: 'last' is a per-batch token_indices mask, patched "
+                "per batch (compared against castlib positions='last')",
+                "its hook writes the block output in place (original[None] = ...)",
+                "activations recorded with steering_vectors.record_activations on castlib's "
+                "batches (it stores the full [batch, seq, hidden] output of each layer)",
+            ],
+        }
+
+    # --- repeng
+    found_r = _import_repeng()
+    if found_r is None:
+        out["repeng"] = "unavailable"
+    else:
+        repeng, rp_version, notes = found_r
+        control = repeng.extract.ControlVector(
+            model_type=lm.model.config.model_type,
+            directions={layer: vector[layer].float().numpy()},
+        )
+
+        def repeng_all() -> None:
+            wrapped = repeng.control.ControlModel(lm.model, [layer])
+            try:
+                wrapped.set_control(control, coeff=cfg.alpha)
+                with torch.inference_mode():
+                    for b in batches:
+                        wrapped(**b.model_inputs(), use_cache=False, logits_to_keep=1)
+            finally:
+                wrapped.unwrap()
+
+        def repeng_wrapped_no_control() -> None:
+            wrapped = repeng.control.ControlModel(lm.model, [layer])
+            try:
+                with torch.inference_mode():
+                    for b in batches:
+                        wrapped(**b.model_inputs(), use_cache=False, logits_to_keep=1)
+            finally:
+                wrapped.unwrap()
+
+        fns = {
+            "forward": forward,
+            "castlib_all_positions": castlib_run("all"),
+            "repeng_all_positions": repeng_all,
+            "repeng_wrapped_no_control": repeng_wrapped_no_control,
+        }
+        times = interleaved(fns, cfg.repeats, cfg.warmup, lm.device, "peer repeng", cfg.progress)
+        wrapped = repeng.control.ControlModel(lm.model, [layer])
+        try:
+            wrapped.set_control(control, coeff=cfg.alpha)
+            b = batches[0]
+            with torch.inference_mode():
+                logits_all = wrapped(**b.model_inputs(), use_cache=False, logits_to_keep=1)
+            logits_all = logits_all.logits[:, -1].float().cpu()
+        finally:
+            wrapped.unwrap()
+        if any(isinstance(m, repeng.control.ControlModule) for m in lm.blocks):  # pragma: no cover
+            raise RuntimeError("repeng's ControlModel was not unwrapped")
+        # repeng's own extraction: its tokenisation (padding side of the tokenizer, no
+        # position ids) and output_hidden_states[layer + 1]
+        hid = repeng.extract.batched_get_hiddens(
+            lm.model, lm.tokenizer, prompts, [layer, lm.n_layers - 1], cfg.batch_size
+        )
+        out["repeng"] = {
+            "version": rp_version,
+            "apply_overhead_vs_castlib": paired_ratio(
+                times["repeng_all_positions"], times["castlib_all_positions"]
+            ),
+            "steer_overhead": paired_ratio(times["repeng_all_positions"], times["forward"]),
+            "wrapper_overhead_no_control": paired_ratio(
+                times["repeng_wrapped_no_control"], times["forward"]
+            ),
+            "castlib_steer_overhead_all_positions": paired_ratio(
+                times["castlib_all_positions"], times["forward"]
+            ),
+            "activation_agreement": _agreement(ref_acts[:, 0], torch.as_tensor(hid[layer])),
+            "activation_agreement_last_layer": _agreement(
+                ref_acts[:, 1], torch.as_tensor(hid[lm.n_layers - 1])
+            ),
+            "steered_logits_agreement": _agreement(ref_logits_all, logits_all),
+            "steered_logits_vs_castlib_last": _agreement(ref_logits_last, logits_all),
+            "median_s": {name: _median(t) for name, t in times.items()},
+            "notes": [
+                *notes,
+                "ControlModel replaces model.layers[l] by a ControlModule wrapper (mutates the "
+                "model); each timed call wraps, sets the control, runs the batches and unwraps",
+                "adds coeff * direction at all positions, masking left padding via position_ids "
+                "(castlib positions='all' also adds at padding, which no real token attends to)",
+                "control layer ids index model.layers directly (= castlib's blocks[l]), but "
+                "extraction reads output_hidden_states[l + 1], whose last entry is after the "
+                "final norm, not the last block's output (see activation_agreement_last_layer)",
+                "extraction tokenises itself (tokenizer padding side, no position ids: with left "
+                "padding positions shift, which rotary attention makes nearly invariant)",
+            ],
+        }
+    out["layer"] = layer
+    out["alpha"] = cfg.alpha
+    out["n_queries"] = len(prompts)
+    return out
+
+
+# --- CAST vs ICL -------------------------------------------------------------------------------
+
+
+def bench_icl(
+    lm: LanguageModel, source: Task, target: Task, vector: torch.Tensor, cfg: BenchConfig
+) -> dict[str, Any]:
+    """Per-query cost of CAST (zero-shot + steering) vs zero-shot vs cross-task k-shot ICL."""
+    queries = list(target.test[: cfg.n_latency])
+    layer = _steer_layer(lm, cfg)
+    lb = cfg.latency_batch_size
+    labels = target.labels
+    zs = [zero_shot(target, q) for q in queries]
+    methods: dict[str, Callable[[], object]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    n_zs = _n_tokens(lm, zs)
+
+    def score(prompts: list[str]) -> Callable[[], object]:
+        return lambda: score_prompts(lm, prompts, labels, batch_size=lb, progress=False)
+
+    methods["zero_shot"] = score(zs)
+    info["zero_shot"] = {"prompt_tokens": n_zs, "computed_tokens": n_zs}
+
+    def cast() -> object:
+        with steer(lm, {layer: vector[layer]}, alpha=cfg.alpha):
+            return score_prompts(lm, zs, labels, batch_size=lb, progress=False)
+
+    methods["cast"] = cast
+    info["cast"] = {"prompt_tokens": n_zs, "computed_tokens": n_zs}
+    prefix_checks: dict[str, Any] = {}
+    for k in cfg.ks:
+        demos = list(source.train[:k])
+        prompts = [cross_task(source, demos, target, q) for q in queries]
+        n_naive = _n_tokens(lm, prompts)
+        methods[f"icl{k}_naive"] = score(prompts)
+        info[f"icl{k}_naive"] = {"prompt_tokens": n_naive, "computed_tokens": n_naive}
+        prefix, suffixes = split_shared_prefix(prompts)
+        pc = build_prefix_cache(lm, prefix)
+        n_suffix = [len(r) for r in encode(lm.tokenizer, suffixes, add_special_tokens=False)]
+        methods[f"icl{k}_cached"] = lambda pc=pc, suffixes=suffixes: score_suffixes(
+            lm, pc, suffixes, labels, batch_size=lb, progress=False
+        )
+        methods[f"icl{k}_prefix"] = lambda prefix=prefix: build_prefix_cache(lm, prefix)
+        info[f"icl{k}_cached"] = {
+            "prompt_tokens": [pc.n_tokens + s for s in n_suffix],
+            "computed_tokens": n_suffix,
+            "prefix_tokens": pc.n_tokens,
+        }
+        naive_scores, _ = score_prompts(lm, prompts, labels, batch_size=cfg.batch_size)
+        cached_scores, _ = score_suffixes(lm, pc, suffixes, labels, batch_size=cfg.batch_size)
+        matches = joint_tokenisation_matches(lm, prefix, suffixes)
+        prefix_checks[f"icl{k}"] = {
+            "max_abs_diff_vs_naive": float((naive_scores - cached_scores).abs().max()),
+            "joint_tokenisation_match_fraction": sum(matches) / len(matches),
+            "same_predictions": bool(
+                (naive_scores.argmax(1) == cached_scores.argmax(1)).all().item()
+            ),
+        }
+    times = interleaved(methods, cfg.repeats, cfg.warmup, lm.device, "icl latency", cfg.progress)
+    memory: dict[str, Any] = {}
+    mem_method = ""
+    for name, fn in methods.items():
+        if name.endswith("_prefix"):
+            continue
+        if name.endswith("_cached"):
+            prefix_fn = methods[name.replace("_cached", "_prefix")]
+            pair = (prefix_fn, fn)
+            memory[name], mem_method = _peak_memory(lm.device, lambda p=pair: (p[0](), p[1]()))
+        else:
+            memory[name], mem_method = _peak_memory(lm.device, fn)
+    n_q = len(queries)
+    n_test = len(target.test)
+    zs_lat = _median(times["zero_shot"]) / n_q
+    rows: dict[str, Any] = {}
+    for name in methods:
+        if name.endswith("_prefix"):
+            continue
+        per_query = _median(times[name]) / n_q
+        row = {
+            "prompt_tokens_per_query": sum(info[name]["prompt_tokens"]) / n_q,
+            "computed_tokens_per_query": sum(info[name]["computed_tokens"]) / n_q,
+            "latency_per_query_s": per_query,
+            "latency_vs_zero_shot": paired_ratio(times[name], times["zero_shot"]),
+            "tokens_vs_zero_shot": sum(info[name]["prompt_tokens"]) / sum(n_zs),
+            "peak_memory_bytes": memory[name],
+        }
+        base_mem = memory["zero_shot"]
+        row["peak_memory_vs_zero_shot"] = (
+            memory[name] / base_mem if memory[name] is not None and base_mem else None
+        )
+        if name.endswith("_cached"):
+            pname = name.replace("_cached", "_prefix")
+            prefix_s = _median(times[pname])
+            row["prefix_tokens"] = info[name]["prefix_tokens"]
+            row["prefix_once_s"] = prefix_s
+            row["prefix_vs_zero_shot_query"] = prefix_s / zs_lat
+            row[f"latency_per_query_amortised_over_{n_test}_s"] = per_query + prefix_s / n_test
+            row["prefix_check"] = prefix_checks[name.replace("_cached", "")]
+        rows[name] = row
+    out: dict[str, Any] = {
+        "cast_vs_zero_shot_latency": paired_ratio(times["cast"], times["zero_shot"]),
+        "n_queries": n_q,
+        "latency_batch_size": lb,
+        "steer_layer": layer,
+        "memory_method": mem_method,
+        "methods": rows,
+        "times_s": times,
+    }
+    if 4 in cfg.ks:
+        out["icl4_vs_zero_shot_latency"] = rows["icl4_naive"]["latency_vs_zero_shot"]
+        out["icl4_vs_zero_shot_tokens"] = rows["icl4_naive"]["tokens_vs_zero_shot"]
+    return out
+
+
+# --- fitting cost ------------------------------------------------------------------------------
+
+
+def bench_fitting(
+    lm: LanguageModel, source: Task, target: Task, cfg: BenchConfig
+) -> dict[str, Any]:
+    """One-off CAST fitting cost vs m: embed the pool, select, extract (see `fit_cast_vector`)."""
+    queries = list(target.test[: cfg.n_select_queries])
+    pool = min(cfg.pool, len(source.train))
+    embeddings = embed_candidates(lm, source, queries, target, pool, batch_size=cfg.batch_size)
+    components: dict[int, list[dict[str, float]]] = {m: [] for m in cfg.ms}
+
+    def fit(m: int) -> Callable[[], None]:
+        def run() -> None:
+            _, t, _ = fit_cast_vector(
+                lm,
+                source,
+                queries,
+                target,
+                m,
+                pool,
+                cfg.k_demos,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                embeddings=embeddings,
+            )
+            components[m].append(t)
+
+        return run
+
+    zs = [zero_shot(target, q) for q in queries]
+    fns: dict[str, Callable[[], object]] = {
+        "embed_pool": lambda: embed_candidates(
+            lm, source, queries, target, pool, batch_size=cfg.batch_size
+        ),
+        "zero_shot_queries": lambda: score_prompts(
+            lm, zs, target.labels, batch_size=cfg.latency_batch_size, progress=False
+        ),
+    }
+    fns.update({f"m{m}": fit(m) for m in cfg.ms})
+    times = interleaved(fns, cfg.fitting_repeats, 0, lm.device, "fitting cost", cfg.progress)
+    zs_query = _median(times["zero_shot_queries"]) / len(zs)
+    embed_s = _median(times["embed_pool"])
+    per_m = {}
+    for m in cfg.ms:
+        sel = _median(c["select_s"] for c in components[m])
+        ext = _median(c["extract_s"] for c in components[m])
+        per_m[str(m)] = {
+            "select_s": sel,
+            "extract_s": ext,
+            "extract_prompts": 2 * m,
+            "select_plus_extract_s": sel + ext,
+            "total_with_pool_embedding_s": embed_s + sel + ext,
+            "total_vs_zero_shot_query": (embed_s + sel + ext) / zs_query,
+            "select_plus_extract_vs_zero_shot_query": (sel + ext) / zs_query,
+        }
+    return {
+        "pool": pool,
+        "n_select_queries": len(queries),
+        "k_demos": cfg.k_demos,
+        "embed_pool_s": embed_s,
+        "embed_pool_prompts": pool + len(queries),
+        "zero_shot_query_s": zs_query,
+        "per_m": per_m,
+        "notes": [
+            "embedding the candidate pool (and the target queries) is independent of m (done "
+            "once per pool); selection + extraction scale with m",
+            "extraction: 2m prompts (k-shot and zero-shot of each selected sample) through "
+            "record_activations at every layer",
+            "x zero-shot query: the one-off cost in units of one zero-shot query's latency",
+        ],
+    }
+
+
+# --- latency vs prompt length ------------------------------------------------------------------
+
+
+def _icl_to_length(
+    lm: LanguageModel, source: Task, target: Task, query: Example, length: int
+) -> tuple[str, int, int]:
+    """Cross-task prompt with as many source demos as fit in ``length`` tokens (k >= 0)."""
+    best = zero_shot(target, query)
+    best_n, best_k = len(encode(lm.tokenizer, [best])[0]), 0
+    for k in range(1, len(source.train) + 1):
+        prompt = cross_task(source, list(source.train[:k]), target, query)
+        n = len(encode(lm.tokenizer, [prompt])[0])
+        if n > length:
+            break
+        best, best_n, best_k = prompt, n, k
+    return best, best_n, best_k
+
+
+def _long_input(lm: LanguageModel, target: Task, query: Example, length: int) -> tuple[str, int]:
+    """Zero-shot prompt whose input text is extended with other test sentences to ~length."""
+    field_name = target.fields[0]
+    text = query.fields[field_name]
+    pool = [ex.fields[field_name] for ex in target.test]
+    i = 0
+    best = zero_shot(target, query)
+    best_n = len(encode(lm.tokenizer, [best])[0])
+    while best_n < length and i < len(pool):
+        text = f"{text} {pool[i]}"
+        i += 1
+        ex = Example(id=query.id, fields={**query.fields, field_name: text}, label=query.label)
+        prompt = zero_shot(target, ex)
+        n = len(encode(lm.tokenizer, [prompt])[0])
+        if n > length:
+            break
+        best, best_n = prompt, n
+    return best, best_n
+
+
+def bench_length(
+    lm: LanguageModel, source: Task, target: Task, vector: torch.Tensor, cfg: BenchConfig
+) -> dict[str, Any]:
+    """Per-query latency vs prompt length: k-shot ICL vs zero-shot + steering."""
+    layer = _steer_layer(lm, cfg)
+    queries = list(target.test[: cfg.n_length])
+    labels = target.labels
+    lb = cfg.latency_batch_size
+    zs = [zero_shot(target, q) for q in queries]
+
+    def steered(prompts: list[str]) -> Callable[[], object]:
+        def run() -> object:
+            with steer(lm, {layer: vector[layer]}, alpha=cfg.alpha):
+                return score_prompts(lm, prompts, labels, batch_size=lb, progress=False)
+
+        return run
+
+    rows = {}
+    for length in tqdm(cfg.lengths, desc="latency vs length", disable=not cfg.progress):
+        icl = [_icl_to_length(lm, source, target, q, length) for q in queries]
+        long = [_long_input(lm, target, q, length) for q in queries]
+        icl_prompts = [p for p, _, _ in icl]
+        long_prompts = [p for p, _ in long]
+        fns = {
+            "cast": steered(zs),
+            "icl": lambda p=icl_prompts: score_prompts(
+                lm, p, labels, batch_size=lb, progress=False
+            ),
+            "long_steered": steered(long_prompts),
+            "long_unsteered": lambda p=long_prompts: score_prompts(
+                lm, p, labels, batch_size=lb, progress=False
+            ),
+        }
+        times = interleaved(fns, cfg.repeats, cfg.warmup, lm.device, f"length {length}", False)
+        n_q = len(queries)
+        rows[str(length)] = {
+            "icl_k": [k for _, _, k in icl],
+            "icl_tokens_per_query": sum(n for _, n, _ in icl) / n_q,
+            "icl_latency_per_query_s": _median(times["icl"]) / n_q,
+            "cast_tokens_per_query": sum(_n_tokens(lm, zs)) / n_q,
+            "cast_latency_per_query_s": _median(times["cast"]) / n_q,
+            "icl_vs_cast_latency": paired_ratio(times["icl"], times["cast"]),
+            "long_input_tokens_per_query": sum(n for _, n in long) / n_q,
+            "long_input_steered_latency_per_query_s": _median(times["long_steered"]) / n_q,
+            "long_input_unsteered_latency_per_query_s": _median(times["long_unsteered"]) / n_q,
+            "long_input_steer_overhead": paired_ratio(
+                times["long_steered"], times["long_unsteered"]
+            ),
+        }
+    return {
+        "n_queries": len(queries),
+        "latency_batch_size": lb,
+        "steer_layer": layer,
+        "per_length": rows,
+        "notes": [
+            "icl: cross-task prompt with the most source demonstrations that fit in the length",
+            "cast: zero-shot + steering at the query's own (zero-shot) length",
+            "long_input: a zero-shot prompt whose input is extended with other test sentences to "
+            "the length, steered and unsteered (CAST's cost when the input itself is long)",
+        ],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole run
+# ----------------------------------------------------------------------------------------------
+
+
+def _git_commit() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        return {"commit": commit, "dirty": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(lm: LanguageModel) -> dict[str, Any]:
+    import transformers
+
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "castlib": __version__,
+        "git": _git_commit(),
+        "model": lm.name,
+        "n_layers": lm.n_layers,
+        "hidden_size": lm.hidden_size,
+        "device": str(lm.device),
+        "dtype": str(lm.dtype).replace("torch.", ""),
+    }
+    if lm.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(lm.device)
+    try:
+        info["load_average"] = list(os.getloadavg())
+    except OSError:  # pragma: no cover
+        pass
+    return info
+
+
+def run_bench(
+    lm: LanguageModel,
+    cfg: BenchConfig,
+    source: Task | None = None,
+    target: Task | None = None,
+) -> dict[str, Any]:
+    """Run the sections of ``cfg`` and return the JSON-ready result (see the module doc)."""
+    from .tasks import load_task
+
+    source = source if source is not None else load_task(cfg.source)
+    target = target if target is not None else load_task(cfg.target)
+    started = time.perf_counter()
+    # a real (small) CAST vector for the timings: m = 4 samples of the source
+    vector, _, _ = fit_cast_vector(
+        lm,
+        source,
+        list(target.test[:4]),
+        target,
+        m=min(4, len(source.train)),
+        pool=min(16, len(source.train)),
+        k_demos=3,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+    result: dict[str, Any] = {
+        "meta": machine_info(lm),
+        "config": asdict(cfg),
+        "definitions": {k: d for k, (_, d) in RATIO_KEYS.items()},
+        "tasks": {"source": source.name, "target": target.name},
+    }
+    sections: dict[str, Any] = {}
+    if "overheads" in cfg.sections:
+        sections["overheads"] = bench_overheads(lm, target, vector, cfg)
+    if "peers" in cfg.sections:
+        sections["peers"] = bench_peers(lm, target, vector, cfg)
+    if "icl" in cfg.sections:
+        sections["icl"] = bench_icl(lm, source, target, vector, cfg)
+    if "fitting" in cfg.sections:
+        sections["fitting"] = bench_fitting(lm, source, target, cfg)
+    if "length" in cfg.sections:
+        sections["length"] = bench_length(lm, source, target, vector, cfg)
+    for name in ("overheads", "icl"):
+        for key in RATIO_KEYS:
+            if name in sections and key in sections[name]:
+                result[key] = sections[name][key]
+    if "peers" in sections:
+        result["peers"] = {
+            k: v for k, v in sections["peers"].items() if k in ("steering-vectors", "repeng")
+        }
+    goals = {}
+    for key, (goal, _) in RATIO_KEYS.items():
+        if goal is None or key not in result:
+            continue
+        op, bound = goal.split()
+        value = result[key]
+        holds = value >= float(bound) if op == ">=" else value <= float(bound)
+        goals[key] = {"goal": goal, "value": value, "holds": bool(holds)}
+    result["goals"] = goals
+    result["sections"] = sections
+    result["meta"]["seconds"] = time.perf_counter() - started
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text summary of a `run_bench` result."""
+    lines = []
+    meta = result.get("meta", {})
+    lines.append(
+        f"castlib bench: {meta.get('model')} on {meta.get('device')} ({meta.get('dtype')}), "
+        f"torch {meta.get('torch')}, {meta.get('torch_threads')} thread(s), "
+        f"commit {str((meta.get('git') or {}).get('commit'))[:10]}, {meta.get('date')}"
+    )
+    lines.append(f"{'ratio':<34}{'value':>10}  {'goal':<9}{'holds':<6}")
+    for key, (goal, _) in RATIO_KEYS.items():
+        if key not in result:
+            continue
+        holds = result.get("goals", {}).get(key, {}).get("holds")
+        mark = "" if holds is None else ("yes" if holds else "NO")
+        lines.append(f"{key:<34}{result[key]:>10.3f}  {goal or '-':<9}{mark:<6}")
+    for peer, row in (result.get("peers") or {}).items():
+        if not isinstance(row, dict):
+            lines.append(f"peer {peer}: {row}")
+            continue
+        act = row["activation_agreement"]
+        lines.append(
+            f"peer {peer} {row['version']}: apply time vs castlib "
+            f"{row['apply_overhead_vs_castlib']:.3f}, steer overhead {row['steer_overhead']:.3f}, "
+            f"activations cos {act['cosine_mean']:.6f} max|diff| {act['max_abs_diff']:.2e}"
+        )
+    sections = result.get("sections", {})
+    if "icl" in sections:
+        lines.append("")
+        lines.append(
+            f"{'method':<16}{'tokens/q':>9}{'computed/q':>11}{'latency/q s':>12}"
+            f"{'x zero-shot':>12}{'peak MiB':>10}"
+        )
+        for name, row in sections["icl"]["methods"].items():
+            mem = row["peak_memory_bytes"]
+            lines.append(
+                f"{name:<16}{row['prompt_tokens_per_query']:>9.1f}"
+                f"{row['computed_tokens_per_query']:>11.1f}{row['latency_per_query_s']:>12.4f}"
+                f"{row['latency_vs_zero_shot']:>12.2f}"
+                f"{(mem / 2**20 if mem is not None else float('nan')):>10.1f}"
+            )
+    if "fitting" in sections:
+        fit = sections["fitting"]
+        lines.append("")
+        lines.append(
+            f"fitting (pool {fit['pool']}: embed {fit['embed_pool_s']:.2f}s; "
+            f"zero-shot query {fit['zero_shot_query_s']:.4f}s)"
+        )
+        lines.append(f"{'m':>5}{'select s':>10}{'extract s':>11}{'total s':>9}{'x zs query':>12}")
+        for m, row in fit["per_m"].items():
+            lines.append(
+                f"{m:>5}{row['select_s']:>10.4f}{row['extract_s']:>11.3f}"
+                f"{row['total_with_pool_embedding_s']:>9.2f}{row['total_vs_zero_shot_query']:>12.1f}"
+            )
+    if "length" in sections:
+        lines.append("")
+        lines.append(
+            f"{'length':>7}{'icl k':>7}{'icl tok':>9}{'icl s':>9}{'cast s':>9}{'icl/cast':>10}"
+            f"{'long steer ovh':>16}"
+        )
+        for length, row in sections["length"]["per_length"].items():
+            lines.append(
+                f"{length:>7}{max(row['icl_k']):>7}{row['icl_tokens_per_query']:>9.0f}"
+                f"{row['icl_latency_per_query_s']:>9.3f}{row['cast_latency_per_query_s']:>9.3f}"
+                f"{row['icl_vs_cast_latency']:>10.2f}{row['long_input_steer_overhead']:>16.3f}"
+            )
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m castlib.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--json", required=True, help="where to write the JSON result")
+    p.add_argument("--quick", action="store_true", help="a run of a few minutes")
+    p.add_argument("--model", default=None, help="model id/path (default: the embedded Gemma)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--n", type=int, default=None, help="queries of the overheads section")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds")
+    p.add_argument("--layer", type=int, default=None, help="steering layer (default L // 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: 1 on CPU, see the module doc; 0: torch's default)",
+    )
+    p.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
+    )
+    p.add_argument("--source", default=None, help="source task (default sst2)")
+    p.add_argument("--target", default=None, help="target task (default financial_phrasebank)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .models import EMBEDDED_MODEL, load_model
+
+    overrides: dict[str, Any] = {
+        "sections": tuple(s.strip() for s in args.sections.split(",") if s.strip()),
+        "progress": not args.no_progress,
+    }
+    for name in ("n", "batch_size", "repeats", "layer", "source", "target"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    cfg = quick_config(**overrides) if args.quick else full_config(**overrides)
+    lm = load_model(args.model or EMBEDDED_MODEL, device=args.device, dtype=args.dtype)
+    threads = args.threads if args.threads is not None else (1 if lm.device.type == "cpu" else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    result = run_bench(lm, cfg)
+    result["meta"]["argv"] = list(sys.argv if argv is None else argv)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str))
+    print(format_table(result))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
