@@ -75,6 +75,9 @@ class ForwardInfo:
 
     attention_mask: torch.Tensor | None = None
     past_length: int = 0
+    #: True between the backbone's pre-hook and its forward hook: the fields describe the
+    #: forward pass in progress.
+    active: bool = False
 
 
 def _bind(forward: Callable[..., Any]) -> Callable[[tuple, dict], dict[str, Any]]:
@@ -89,8 +92,9 @@ def _bind(forward: Callable[..., Any]) -> Callable[[tuple, dict], dict[str, Any]
     return bind
 
 
-def watch_inputs(backbone: nn.Module, info: ForwardInfo) -> RemovableHandle:
-    """Pre-hook on the backbone that fills ``info`` before each forward pass."""
+def watch_inputs(backbone: nn.Module, info: ForwardInfo) -> list[RemovableHandle]:
+    """Hooks on the backbone that fill ``info`` before each forward pass and mark it stale
+    after; returns both handles."""
     bind = _bind(backbone.forward)
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -111,5 +115,12 @@ def watch_inputs(backbone: nn.Module, info: ForwardInfo) -> RemovableHandle:
             past = arguments.get("past_key_values")
             length = getattr(past, "get_seq_length", None)
             info.past_length = int(length()) if callable(length) else 0
+        info.active = True
 
-    return backbone.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    def post_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        info.active = False
+
+    return [
+        backbone.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        backbone.register_forward_hook(post_hook),
+    ]

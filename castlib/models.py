@@ -104,8 +104,15 @@ class LanguageModel:
 
     @property
     def base(self) -> nn.Module:
-        """The backbone without the LM head (the module that runs the blocks)."""
-        return self.model.base_model
+        """The backbone without the LM head: the module that owns the decoder blocks and
+        receives the attention mask (``model.model`` on Llama, ``model.model.decoder`` on OPT,
+        ``model.transformer`` on GPT-2)."""
+        if "." not in self.blocks_path:
+            return self.model
+        owner = _get_path(self.model, self.blocks_path.rsplit(".", 1)[0])
+        if not isinstance(owner, nn.Module):  # pragma: no cover - find_blocks checked the path
+            raise AttributeError(f"no module owns {self.blocks_path!r}")
+        return owner
 
     def check_layers(self, layers: Sequence[int] | int | None) -> list[int]:
         """Validate layer indices (negative ones count from the end) and return them sorted."""

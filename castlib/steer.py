@@ -81,7 +81,15 @@ class SteerHook:
                 )
             rows, cols = self.override.nonzero(as_tuple=True)
             return rows.to(hidden.device), cols.to(hidden.device)
-        if self.positions == "all" or self.info.past_length > 0:
+        if self.positions == "all":
+            return None
+        if not self.info.active:
+            raise RuntimeError(
+                "castlib could not see the attention mask of this forward pass (the decoder "
+                "blocks ran without their owning module's forward); positions='last' would be "
+                "guesswork. Use positions='all' or report the architecture."
+            )
+        if self.info.past_length > 0:
             return None
         mask = self.info.attention_mask
         if mask is None:
@@ -224,7 +232,8 @@ def steer(
     hooks = HookGroup()
     steer_hooks: dict[int, SteerHook] = {}
     try:
-        hooks.add(watch_inputs(lm.base, info))
+        for handle in watch_inputs(lm.base, info):
+            hooks.add(handle)
         for layer, vec in mapping.items():
             hook = SteerHook(
                 vec.detach().float().cpu(), alpha, positions, norm_preserving, op, info

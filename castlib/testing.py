@@ -15,7 +15,19 @@ from .models import LanguageModel, wrap_model
 
 __all__ = ["FAMILIES", "tiny_tokenizer", "tiny_model"]
 
-FAMILIES = ("llama", "qwen2", "gemma3", "gpt2", "gpt_neox", "mistral", "opt", "falcon", "phi3")
+FAMILIES = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3",
+    "gpt2",
+    "gpt_neox",
+    "mistral",
+    "opt",
+    "falcon",
+    "phi3",
+)
 
 _WORDS = (
     "the a an of to and is was in it that for on with as at by this movie review film good bad "
@@ -79,6 +91,15 @@ def _config(family: str, vocab: int, hidden: int, layers: int) -> object:
         return tf.MistralConfig(**llama_like, sliding_window=None)
     if family == "qwen2":
         return tf.Qwen2Config(**llama_like)
+    if family == "qwen3":
+        return tf.Qwen3Config(**llama_like, head_dim=hidden // heads)
+    if family == "gemma2":
+        return tf.Gemma2Config(
+            **llama_like,
+            head_dim=hidden // heads,
+            query_pre_attn_scalar=hidden // heads,
+            sliding_window=8,
+        )
     if family == "phi3":
         return tf.Phi3Config(**llama_like)
     if family == "gemma3":

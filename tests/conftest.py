@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from castlib.tasks import Example, Task
-from castlib.testing import tiny_model, tiny_tokenizer
+from castlib.testing import FAMILIES, tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-CORE_FAMILIES = ("llama", "qwen2", "gemma3", "gpt2", "gpt_neox")
+CORE_FAMILIES = FAMILIES  # every family castlib knows
 
 
 @pytest.fixture(scope="session")

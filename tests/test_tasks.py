@@ -117,3 +117,17 @@ def test_every_shared_task_loads(shared_data):
         task = load_task(name, shared_data)
         assert len(task.test) > 0
         assert zero_shot(task, task.test[0]).endswith("Answer:")
+
+
+def test_chat_template_wraps_any_builder(data):
+    from castlib.prompts import ChatTemplate
+    from castlib.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    cls = load_task("cls", data)
+    text = ChatTemplate(zero_shot, tok)(cls, cls.test[0])
+    assert text == "<user>Classify the sentiment.\n\nText: bad</s><assistant>Answer:"
