@@ -4,7 +4,8 @@
     method.fit(lm, sources=["sst2"], target="financial_phrasebank", seed=0)
     record = method.evaluate(lm, "financial_phrasebank", limit=200)
 
-Registered: cast, zero_shot, few_shot, cross_task_icl, task_vector, icv.
+Registered: cast, zero_shot, few_shot, cross_task_icl, task_vector, icv, function_vector, i2cl,
+lora, kasa.
 """
 
 from __future__ import annotations
@@ -16,14 +17,30 @@ from .base import RESULT_FIELDS, Method
 from .cast import CAST
 from .cross_task_icl import CrossTaskICL
 from .few_shot import FewShotMethod
+from .function_vector import FunctionVector
+from .i2cl import I2CL
 from .icv import ICV
+from .kasa import KaSA
+from .lora import LoRA
 from .task_vector import TaskVector
 from .zero_shot import ZeroShotMethod
 
 __all__ = ["Method", "RESULT_FIELDS", "REGISTRY", "get", "available", "register", "load"]
 
 REGISTRY: dict[str, type[Method]] = {
-    cls.name: cls for cls in (CAST, ZeroShotMethod, FewShotMethod, CrossTaskICL, TaskVector, ICV)
+    cls.name: cls
+    for cls in (
+        CAST,
+        ZeroShotMethod,
+        FewShotMethod,
+        CrossTaskICL,
+        TaskVector,
+        ICV,
+        FunctionVector,
+        I2CL,
+        LoRA,
+        KaSA,
+    )
 }
 
 

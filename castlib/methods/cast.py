@@ -92,12 +92,16 @@ class CAST(SteeringMethod):
         acts = record_activations(lm, prompts, layers=[layer], batch_size=self.params.batch_size)
         return acts[:, 0]
 
-    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+    def select_samples(
+        self, lm: LanguageModel, sources: list[Task], target: Task, rng: random.Random, seed: int
+    ) -> tuple[
+        list[tuple[Task, Example]], list[tuple[Task, Example]], torch.Tensor, torch.Tensor | None
+    ]:
+        """Steps 1-2: ``(selected, candidates, candidate states, query states)``; the random
+        draws come from ``rng`` in a fixed order (candidates per source, then queries)."""
         p = self.params
-        rng = random.Random(seed)
         l_e = lm.check_layers([p.embed_layer if p.embed_layer is not None else lm.n_layers // 2])[0]
-
-        # 1. candidates (pooled over sources) and unlabelled target queries
+        self.info["embed_layer"] = l_e
         candidates: list[tuple[Task, Example]] = []
         for task in sources:
             pool = list(task.train)
@@ -110,8 +114,6 @@ class CAST(SteeringMethod):
         queries = list(target.train)
         queries = rng.sample(queries, min(p.n_queries, len(queries))) if p.n_queries > 0 else []
         query_h = self._embed(lm, [(target, q) for q in queries], l_e) if queries else None
-
-        # 2. selection
         chosen = select(
             torch.nn.functional.normalize(cand_h, dim=-1),
             p.m,
@@ -122,7 +124,13 @@ class CAST(SteeringMethod):
             gamma=p.gamma,
             seed=seed,
         )
-        selected = [candidates[i] for i in chosen]
+        return [candidates[i] for i in chosen], candidates, cand_h, query_h
+
+    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+        p = self.params
+        rng = random.Random(seed)
+        # 1-2. candidate embeddings and selection
+        selected, candidates, cand_h, query_h = self.select_samples(lm, sources, target, rng, seed)
 
         # 3. contrastive ICL activations: demos from the same task's selected samples
         items = []
@@ -148,7 +156,6 @@ class CAST(SteeringMethod):
         self.vector = make_vector(lm, vec, self.name, self._vector_params())
         self.info.update(
             selected_ids=[f"{t.name}:{ex.id}" for t, ex in selected],
-            embed_layer=l_e,
             source_weights=weights,
         )
         # 5. (l*, alpha)

@@ -1,0 +1,363 @@
+"""Function vectors (Todd, Li, Sharma, Mueller, Wallace & Bau, ICLR 2024).
+
+Head outputs. In block l, the attention's output projection (``o_proj`` / ``c_proj`` /
+``dense`` / ``out_proj``) receives the concatenated head outputs ``z_l = [z_{l,1}; ...; z_{l,H}]``
+(``H`` heads of width ``d``); they are read with a forward pre-hook on that projection, at the last
+token of the prompt.
+
+1. Mean head activations: over ``n_prompts`` source few-shot prompts ``Pk(x; D)`` (k source
+   demonstrations, seeded), ``a_{l,j} = mean_p z_{l,j}(p)``.
+2. Causal indirect effect: ``n_corrupted`` corrupted few-shot prompts ``p~`` whose demonstrations
+   carry a wrong label (each demo's answer replaced by a different label, drawn at random, so the
+   input-label mapping is broken), with the query's gold answer ``y`` (its first token). For every
+   scored head (l, j), ``z_{l,j}`` at the last token of ``p~`` is replaced by ``a_{l,j}`` and
+
+       CIE_{l,j}(p~) = P(y | p~, z_{l,j} := a_{l,j}) - P(y | p~),   AIE_{l,j} = mean_{p~} CIE.
+
+   Batched and cached: each corrupted prompt but its last token runs once and its key/value
+   cache is kept; every batch of ``heads_batch`` patched heads then runs only the last token
+   against a batched copy of that cache (patching the last token cannot change earlier ones).
+3. The function vector of the top-K heads by AIE,
+
+       FV_K = sum_{(l, j) in top-K} W^O_l [0; ...; a_{l,j}; ...; 0]
+            = sum_l (o_proj_l(z~_l) - o_proj_l(0)),
+
+   ``z~_l`` being zero except the chosen heads' slices (the projection's bias is removed).
+4. Steering: the target runs zero-shot and ``alpha * FV_K`` is added to the output of block l*
+   at the last prompt token (`castlib.steer`). The layer l* (and alpha, default 1 as in the
+   paper) are chosen by the spec's tuning protocols (`SteeringMethod.tune`), K over the grid
+   ``top_heads`` on the same tuning set; the best (accuracy, gold log-prob) wins.
+
+CPU-affordable defaults: 16 clean and 8 corrupted prompts of 4 demonstrations, every head of
+every layer scored (``head_layers`` limits the layers), K in (5, 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..evaluate import answer_token_ids
+from ..hooks import HookGroup
+from ..models import LanguageModel
+from ..padding import encode, iter_batches
+from ..prefix_cache import expand_cache
+from ..prompts import k_shot
+from ..tasks import Example, Task
+from .steering import SteeringMethod, make_vector
+
+__all__ = [
+    "FunctionVector",
+    "attention_module",
+    "mlp_module",
+    "out_projection",
+    "head_layout",
+    "mean_head_outputs",
+    "head_effects",
+    "function_vector",
+    "corrupt",
+]
+
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
+OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense")
+MLP_NAMES = ("mlp", "feed_forward")
+
+
+def attention_module(block: nn.Module) -> nn.Module:
+    """The self-attention submodule of a decoder block."""
+    for name in ATTENTION_NAMES:
+        mod = getattr(block, name, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise ValueError(f"no attention submodule ({ATTENTION_NAMES}) in {type(block).__name__}")
+
+
+def mlp_module(block: nn.Module) -> nn.Module:
+    """The MLP of a decoder block (OPT has none: its second feed-forward linear ``fc2``)."""
+    for name in (*MLP_NAMES, "fc2"):
+        mod = getattr(block, name, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise ValueError(f"no MLP submodule ({MLP_NAMES} or fc2) in {type(block).__name__}")
+
+
+def out_projection(block: nn.Module) -> nn.Module:
+    """The attention output projection, whose input is the concatenated head outputs."""
+    attn = attention_module(block)
+    for name in OUT_PROJ_NAMES:
+        mod = getattr(attn, name, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise ValueError(f"no output projection ({OUT_PROJ_NAMES}) in {type(attn).__name__}")
+
+
+def head_layout(lm: LanguageModel) -> tuple[int, int]:
+    """``(n_heads, head_dim)`` of the output projections' input."""
+    config = lm.model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    if not isinstance(n_heads, int):
+        raise ValueError(f"cannot read the number of attention heads of {lm.name}")
+    proj = out_projection(lm.blocks[0])
+    width = proj.in_features if isinstance(proj, nn.Linear) else proj.weight.shape[0]
+    if width % n_heads:
+        raise ValueError(f"output projection width {width} is not a multiple of {n_heads} heads")
+    return n_heads, width // n_heads
+
+
+def corrupt(task: Task, demos: Sequence[Example], rng: random.Random) -> list[Example]:
+    """The demonstrations with each answer replaced by a different label (drawn at random)."""
+    out = []
+    for d in demos:
+        wrong = [i for i in range(len(task.label_space(d))) if i != d.label]
+        out.append(dataclasses.replace(d, label=rng.choice(wrong)))
+    return out
+
+
+def _check_heads_input(x: torch.Tensor) -> None:
+    if x.ndim != 3:
+        raise RuntimeError(
+            f"the attention output projection received a {x.ndim}-d input; expected the "
+            "concatenated head outputs [batch, seq, heads * head_dim]"
+        )
+
+
+def mean_head_outputs(
+    lm: LanguageModel, prompts: Sequence[str], batch_size: int = 16
+) -> torch.Tensor:
+    """``a [n_layers, n_heads, head_dim]``: mean head outputs at the last token of ``prompts``."""
+    n_heads, head_dim = head_layout(lm)
+    total = torch.zeros(lm.n_layers, n_heads * head_dim, dtype=torch.float64)
+
+    def make_hook(layer: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            _check_heads_input(args[0])
+            total[layer] += args[0][:, -1].double().sum(0).cpu()  # left padding: last column
+
+        return hook
+
+    ids = encode(lm.tokenizer, prompts)
+    with HookGroup() as hooks, torch.inference_mode():
+        for layer, block in enumerate(lm.blocks):
+            hooks.add(out_projection(block).register_forward_pre_hook(make_hook(layer)))
+        for batch in iter_batches(ids, batch_size, lm.tokenizer.pad_token_id, "left", lm.device):
+            lm.base(**batch.model_inputs(), use_cache=False)
+    return (total / len(prompts)).float().view(lm.n_layers, n_heads, head_dim)
+
+
+def _new_cache(lm: LanguageModel) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=lm.model.config)
+    except Exception:  # pragma: no cover - configs without layer types
+        return DynamicCache()
+
+
+class _Patcher:
+    """Pre-hooks on the output projections that overwrite chosen heads at the last token, one
+    (layer, head) per batch row."""
+
+    def __init__(self, lm: LanguageModel, means: torch.Tensor) -> None:
+        self.means = means
+        self.rows: list[tuple[int, int]] = []
+        self.hooks = HookGroup()
+        for layer, block in enumerate(lm.blocks):
+            self.hooks.add(out_projection(block).register_forward_pre_hook(self._hook(layer)))
+
+    def _hook(self, layer: int):
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            hits = [(b, h) for b, (lay, h) in enumerate(self.rows) if lay == layer]
+            if not hits:
+                return None
+            _check_heads_input(args[0])
+            x = args[0].clone()
+            d = self.means.shape[-1]
+            for b, h in hits:
+                x[b, -1, h * d : (h + 1) * d] = self.means[layer, h].to(x.dtype)
+            return (x, *args[1:])
+
+        return hook
+
+    def remove(self) -> None:
+        self.hooks.remove()
+
+
+def _last_token_probs(
+    lm: LanguageModel, token: int, n_pre: int, cache: Any, n: int, gold: int
+) -> torch.Tensor:
+    """P(gold) after ``token`` run on ``n`` copies of a cached prefix of ``n_pre`` tokens."""
+    logits = lm.model(
+        input_ids=torch.full((n, 1), token, device=lm.device),
+        attention_mask=torch.ones((n, n_pre + 1), dtype=torch.long, device=lm.device),
+        position_ids=torch.full((n, 1), n_pre, device=lm.device),
+        past_key_values=expand_cache(cache, n),
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits
+    return torch.softmax(logits[:, -1].float(), dim=-1)[:, gold].cpu()
+
+
+def head_effects(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    gold: Sequence[int],
+    means: torch.Tensor,
+    heads: Sequence[tuple[int, int]],
+    heads_batch: int = 32,
+    progress: bool | None = None,
+) -> torch.Tensor:
+    """``CIE [n_prompts, n_heads]``: gain in the probability of token ``gold[i]`` at the last
+    position of ``prompts[i]`` when head ``heads[j] = (layer, head)`` is patched with its mean
+    output ``means[layer, head]`` (cached prefix, batched heads; see the module docstring)."""
+    ids = encode(lm.tokenizer, prompts)
+    out = torch.zeros(len(prompts), len(heads))
+    patcher = _Patcher(lm, means.to(lm.device))
+    chunks = [list(heads[i : i + heads_batch]) for i in range(0, len(heads), heads_batch)]
+    try:
+        with torch.inference_mode():
+            for i, row in enumerate(tqdm(ids, desc="head effects", disable=progress is not True)):
+                if len(row) < 2:
+                    raise ValueError("a corrupted prompt needs at least two tokens")
+                prefix = torch.as_tensor([row[:-1]], device=lm.device)
+                n_pre = prefix.shape[1]
+                patcher.rows = []
+                cache = lm.model(
+                    input_ids=prefix,
+                    attention_mask=torch.ones_like(prefix),
+                    position_ids=torch.arange(n_pre, device=lm.device)[None],
+                    past_key_values=_new_cache(lm),
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).past_key_values
+
+                base = _last_token_probs(lm, row[-1], n_pre, cache, 1, gold[i])[0]
+                start = 0
+                for chunk in chunks:
+                    patcher.rows = chunk
+                    probs = _last_token_probs(lm, row[-1], n_pre, cache, len(chunk), gold[i])
+                    out[i, start : start + len(chunk)] = probs - base
+                    start += len(chunk)
+                patcher.rows = []
+    finally:
+        patcher.remove()
+    return out
+
+
+def function_vector(
+    lm: LanguageModel, means: torch.Tensor, heads: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """``sum_l (o_proj_l(z~_l) - o_proj_l(0))`` with ``z~_l`` zero except the chosen heads'
+    mean outputs: a ``[hidden]`` float32 vector."""
+    d = means.shape[-1]
+    fv = torch.zeros(lm.hidden_size, dtype=torch.float32)
+    layers = sorted({layer for layer, _ in heads})
+    with torch.no_grad():
+        for layer in layers:
+            proj = out_projection(lm.blocks[layer])
+            weight = next(proj.parameters())
+            z = torch.zeros(1, means.shape[1] * d, dtype=weight.dtype, device=weight.device)
+            for lay, h in heads:
+                if lay == layer:
+                    z[0, h * d : (h + 1) * d] = means[layer, h].to(weight.dtype)
+            fv += (proj(z) - proj(torch.zeros_like(z)))[0].float().cpu()
+    return fv
+
+
+class FunctionVector(SteeringMethod):
+    """Function vectors (see the module docstring)."""
+
+    name = "function_vector"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(SteeringMethod.Params):
+        alphas: tuple[float, ...] = (1.0,)
+        top_heads: tuple[int, ...] = (5, 10)  # the K grid
+        k: int = 4  # demonstrations per prompt
+        n_prompts: int = 16  # clean prompts (mean head outputs)
+        n_corrupted: int = 8  # corrupted prompts (indirect effects)
+        head_layers: tuple[int, ...] | None = None  # layers whose heads are scored; None: all
+        heads_batch: int = 32
+
+    def check_params(self) -> None:
+        super().check_params()
+        p = self.params
+        if not p.top_heads or min(p.top_heads) < 1:
+            raise ValueError("top_heads must be a non-empty grid of K >= 1")
+        if p.k < 1 or p.n_prompts < 1 or p.n_corrupted < 1 or p.heads_batch < 1:
+            raise ValueError("k, n_prompts, n_corrupted and heads_batch must be >= 1")
+
+    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+        p = self.params
+        rng = random.Random(seed)
+        used: set[str] = set()
+
+        def draw(i: int) -> tuple[Task, list[Example]]:
+            task = sources[i % len(sources)]
+            picks = rng.sample(list(task.train), p.k + 1)
+            used.update(ex.id for ex in picks)
+            return task, picks
+
+        clean = []
+        for i in range(p.n_prompts):
+            task, picks = draw(i)
+            clean.append(k_shot(task, picks[-1], picks[:-1]))
+        corrupted, gold = [], []
+        for i in range(p.n_corrupted):
+            task, picks = draw(i)
+            query = picks[-1]
+            corrupted.append(k_shot(task, query, corrupt(task, picks[:-1], rng)))
+            gold.append(answer_token_ids(lm.tokenizer, [task.answer(query)])[0][0])
+
+        means = mean_head_outputs(lm, clean, p.batch_size)
+        n_heads = means.shape[1]
+        layers = lm.check_layers(list(p.head_layers) if p.head_layers else None)
+        heads = [(layer, h) for layer in layers for h in range(n_heads)]
+        aie = head_effects(lm, corrupted, gold, means, heads, p.heads_batch).mean(0)
+        ranked = sorted(range(len(heads)), key=lambda j: (-float(aie[j]), j))
+
+        state = rng.getstate()
+        grid: list[dict[str, Any]] = []
+        vectors = {}
+        for top in sorted({min(k, len(heads)) for k in p.top_heads}):
+            chosen = [heads[j] for j in ranked[:top]]
+            fv = function_vector(lm, means, chosen)
+            vectors[top] = (fv, chosen)
+            self.vector = make_vector(
+                lm, fv.expand(lm.n_layers, -1).clone(), self.name, self._vector_params(top)
+            )
+            rng.setstate(state)  # the same tuning set for every K
+            self.tune(lm, sources, target, used, rng)
+            for g in self.info["tuning_grid"]:
+                g["top_heads"] = top
+                grid.append(g)
+        best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))  # first on ties
+        fv, chosen = vectors[best["top_heads"]]
+        self.vector = make_vector(
+            lm,
+            fv.expand(lm.n_layers, -1).clone(),
+            self.name,
+            self._vector_params(best["top_heads"]),
+        )
+        self.info.update(
+            layer=best["layer"],
+            alpha=best["alpha"],
+            top_heads=best["top_heads"],
+            heads=[list(h) for h in chosen],
+            head_aie={
+                f"{lay}.{h}": round(float(a), 8) for (lay, h), a in zip(heads, aie, strict=True)
+            },
+            tuning_grid=grid,
+            fv_norm=float(fv.norm()),
+        )
+
+    def _vector_params(self, top: int) -> dict[str, Any]:
+        p = dataclasses.asdict(self.params)
+        p.pop("data_dir", None)
+        return {**p, "top_heads": top}

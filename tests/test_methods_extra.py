@@ -1,0 +1,247 @@
+"""The remaining baselines (lora, kasa, function_vector, i2cl) under the methods protocol."""
+
+import json
+
+import pytest
+import torch
+
+import castlib.methods as methods
+from castlib.adapters import target_modules, weight_matrix
+from castlib.methods.function_vector import (
+    FunctionVector,
+    _Patcher,
+    function_vector,
+    head_effects,
+    head_layout,
+    mean_head_outputs,
+    out_projection,
+)
+from castlib.methods.i2cl import I2CL, _Injection
+from castlib.methods.kasa import KaSA
+from castlib.methods.lora import LoRA
+from castlib.padding import encode
+from castlib.steer import steer
+from castlib.testing import FAMILIES, tiny_model
+from tests.conftest import make_task
+from tests.test_adapters import assert_same_snapshot, logits, one_thread, snapshot  # noqa: F401
+from tests.test_methods import guarded
+
+for _cls in (LoRA, KaSA, FunctionVector, I2CL):
+    methods.register(_cls)
+
+SELECT = {"m": 6, "n_candidates": 20, "n_queries": 8, "graph_k": 3}
+ADAPT = {"batch_size": 8, "r": 4, "steps": 4, "lr": 1e-2, "train_batch_size": 4, "progress": False}
+FV = {
+    "batch_size": 8,
+    "n_tune": 4,
+    "layers": (1, 2),
+    "top_heads": (2, 4),
+    "k": 2,
+    "n_prompts": 4,
+    "n_corrupted": 3,
+}
+I2 = {"batch_size": 8, "n_demos": 4, "n_calib": 8, "steps": 4, "progress": False}
+
+CASES = [
+    ("lora", {**ADAPT, **SELECT}),
+    ("lora", {**ADAPT, "train_on": "target_dev", "n_target": 8}),
+    ("kasa", {**ADAPT, **SELECT}),
+    ("kasa", {**ADAPT, "train_on": "target_dev"}),
+    ("function_vector", FV),
+    ("function_vector", {**FV, "protocol": "target_dev", "head_layers": (0, 1)}),
+    ("i2cl", I2),
+    ("i2cl", {**I2, "positions": "last"}),
+]
+
+
+@pytest.fixture()
+def source():
+    return make_task("src", n_train=40, n_test=4, seed=1)
+
+
+@pytest.fixture()
+def target():
+    return make_task("tgt", n_train=12, n_test=6, seed=2)
+
+
+def strip(rec):
+    return {k: v for k, v in rec.items() if not k.endswith(("seconds", "memory_mb"))}
+
+
+@pytest.mark.parametrize("name, params", CASES)
+def test_method_protocol(lm, source, target, name, params, tmp_path):
+    state = snapshot(lm.model)
+    before = logits(lm)
+    method = methods.get(name)(**params)
+    method.fit(lm, [guarded(source)], guarded(target), seed=0)
+    rec = method.evaluate(lm, target, limit=5)
+    # the loaded model is left exactly as found
+    assert torch.equal(logits(lm), before)
+    assert_same_snapshot(state, snapshot(lm.model))
+    assert set(methods.RESULT_FIELDS) <= set(rec)
+    assert rec["n"] == 5 and rec["method"] == name and 0 <= rec["accuracy"] <= 1
+    assert rec["trainable_params"] > 0 or name == "function_vector"
+    assert rec["fit_seconds"] > 0 and rec["peak_memory_mb"] >= 0
+    json.dumps(rec)
+    again = methods.get(name)(**params).fit(lm, [source], target, seed=0)
+    assert strip(again.evaluate(lm, target, limit=5)) == strip(rec)  # deterministic per seed
+    method.save(tmp_path / "m")
+    reloaded = methods.load(tmp_path / "m")
+    rec2 = reloaded.evaluate(lm, target, limit=5)
+    assert [p["log_probs"] for p in method.last_result.predictions] == [
+        p["log_probs"] for p in reloaded.last_result.predictions
+    ]
+    assert strip(rec2) == strip(rec)
+    assert torch.equal(logits(lm), before)
+
+
+def test_method_changes_outputs_only_inside_applied(lm, source, target):
+    before = logits(lm)
+    for cls, params in ((LoRA, ADAPT), (KaSA, ADAPT), (I2CL, I2)):
+        method = cls(**{**params, "train_on": "target_dev"} if cls is not I2CL else params)
+        method.fit(lm, [source], target, seed=0)
+        with method.applied(lm):
+            inside = logits(lm)
+        assert not torch.equal(inside, before), cls.name
+        assert torch.equal(logits(lm), before), cls.name
+
+
+def test_lora_source_samples_are_cast_selection(lm, source, target):
+    lora = LoRA(**ADAPT, **SELECT, selection_gamma=0.3).fit(lm, [source], target, seed=4)
+    cast = methods.get("cast")(
+        **SELECT, gamma=0.3, k=2, n_tune=2, alphas=(1.0,), layers=(1,), batch_size=8
+    )
+    cast.fit(lm, [source], target, seed=4)
+    assert lora.info["selected_ids"] == cast.info["selected_ids"]
+    assert lora.info["n_train"] == 6
+
+
+def test_target_dev_trains_on_at_most_32_target_train_examples(lm, source):
+    big = make_task("tgt", n_train=40, n_test=3, seed=5)
+    kasa = KaSA(**ADAPT, train_on="target_dev").fit(lm, [source], guarded(big), seed=0)
+    train_ids = {f"tgt:{ex.id}" for ex in big.train}
+    assert kasa.info["n_train"] == 32 and set(kasa.info["selected_ids"]) <= train_ids
+    with pytest.raises(ValueError, match="n_target"):
+        LoRA(train_on="target_dev", n_target=33)
+    with pytest.raises(ValueError, match="train_on"):
+        LoRA(train_on="test")
+
+
+def test_trainable_params_count_the_adapter(lm, source, target):
+    names = target_modules(lm)
+    shapes = [weight_matrix(lm.model.get_submodule(n)).shape for n in names]
+    r = ADAPT["r"]
+    lora_n = sum(r * (o + i) for o, i in shapes)
+    lora = LoRA(**ADAPT, train_on="target_dev").fit(lm, [source], target)
+    kasa = KaSA(**ADAPT, train_on="target_dev").fit(lm, [source], target)
+    assert lora.info["trainable_params"] == lora_n
+    assert kasa.info["trainable_params"] == lora_n + r * len(names)
+    i2cl = I2CL(**I2).fit(lm, [source], target)
+    assert i2cl.info["trainable_params"] == 2 * lm.n_layers
+    assert len(i2cl.info["coefficients"]) == lm.n_layers
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_head_effects_cached_equal_full_patched_forward(family, tokenizer):
+    lm = tiny_model(family, tokenizer=tokenizer)
+    means = mean_head_outputs(lm, ["good film review", "bad movie the a very"])
+    n_heads, _ = head_layout(lm)
+    heads = [(layer, h) for layer in range(lm.n_layers) for h in range(n_heads)]
+    prompts = ["the movie was good film bad . Answer: positive the movie", "a bad review Answer:"]
+    gold = [5, 9]
+    cie = head_effects(lm, prompts, gold, means, heads, heads_batch=5)
+    patcher = _Patcher(lm, means)
+    try:
+        with torch.inference_mode():
+            for i, prompt in enumerate(prompts):
+                ids = torch.as_tensor(encode(lm.tokenizer, [prompt]))
+                patcher.rows = []
+                base = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
+                for j in (0, len(heads) // 2, len(heads) - 1):
+                    patcher.rows = [heads[j]]
+                    p = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
+                    assert float(cie[i, j]) == pytest.approx(float(p - base), abs=1e-6)
+    finally:
+        patcher.remove()
+    assert float(cie.abs().max()) > 0
+
+
+def test_function_vector_is_the_heads_output_projection(tokenizer):
+    lm = tiny_model("gpt2", tokenizer=tokenizer)  # Conv1D projection with a bias
+    means = mean_head_outputs(lm, ["good film review", "bad movie"])
+    n_heads, d = head_layout(lm)
+    heads = [(1, 0), (1, 3), (2, 2)]
+    expected = torch.zeros(lm.hidden_size)
+    for layer, h in heads:
+        w = weight_matrix(out_projection(lm.blocks[layer])).detach()  # [hidden, heads * d]
+        expected += w[:, h * d : (h + 1) * d] @ means[layer, h]
+    torch.testing.assert_close(function_vector(lm, means, heads), expected, atol=1e-5, rtol=1e-5)
+    assert n_heads * d == lm.hidden_size
+
+
+def test_function_vector_choice_and_grid(lm, source, target):
+    fv = FunctionVector(**FV).fit(lm, [source], target, seed=1)
+    grid = fv.info["tuning_grid"]
+    assert {g["top_heads"] for g in grid} == {2, 4} and len(grid) == 4
+    best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))
+    assert (fv.info["layer"], fv.info["top_heads"]) == (best["layer"], best["top_heads"])
+    assert len(fv.info["heads"]) == fv.info["top_heads"]
+    aie = fv.info["head_aie"]
+    top = sorted(aie, key=lambda k: -aie[k])[: fv.info["top_heads"]]
+    assert {f"{lay}.{h}" for lay, h in fv.info["heads"]} == set(top)
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_i2cl_calibration_hook_equals_the_steering_vector(lm, source, target, positions):
+    method = I2CL(**{**I2, "positions": positions}).fit(lm, [source], target, seed=0)
+    prompts = ["the movie was good", "a bad film review that was not great"]
+    with steer(lm, method.vector, alpha=1.0, positions=positions):
+        steered = logits(lm, prompts)
+    with _Injection(lm, method.coef, method.c_attn, method.c_mlp, positions):
+        hooked = logits(lm, prompts)
+    torch.testing.assert_close(steered, hooked, atol=1e-5, rtol=1e-5)
+    expected = method.coef[:, :1] * method.c_attn + method.coef[:, 1:] * method.c_mlp
+    torch.testing.assert_close(method.vector[1], expected[1])
+
+
+def test_registered_names_and_bad_params():
+    assert {"lora", "kasa", "function_vector", "i2cl"} <= set(methods.available())
+    with pytest.raises(ValueError, match="top_heads"):
+        FunctionVector(top_heads=())
+    with pytest.raises(ValueError, match="positions"):
+        I2CL(positions="first")
+    with pytest.raises(ValueError, match="beta"):
+        KaSA(beta=-1.0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "opt", "phi3", "gemma3"])
+def test_peft_lora_attach_and_remove_across_families(family, tokenizer):
+    from castlib.methods.lora import PeftLoraAdapter
+
+    lm = tiny_model(family, tokenizer=tokenizer)
+    before, state = logits(lm), snapshot(lm.model)
+    adapter = PeftLoraAdapter.build(lm.model, target_modules(lm), r=2, alpha=4.0, seed=0)
+    for key, t in adapter.tensors.items():
+        if key.endswith("lora_B"):
+            adapter.tensors[key] = torch.full_like(t, 0.05)
+    with adapter.attach(lm.model) as handle:
+        assert len(handle.parameters()) == 2 * len(adapter.names)
+        inside = logits(lm)
+    assert not torch.equal(inside, before)
+    assert torch.equal(logits(lm), before)
+    assert_same_snapshot(state, snapshot(lm.model))
+    with adapter.attach(lm.model):  # the weights were synced back unchanged
+        assert torch.equal(logits(lm), inside)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_i2cl_reads_the_residual_contributions(family, tokenizer):
+    """h_l - h_{l-1} = attention contribution + MLP contribution, at the last token."""
+    from castlib.methods.i2cl import context_vectors
+    from castlib.record import record_activations
+
+    lm = tiny_model(family, tokenizer=tokenizer)
+    text = ["the movie was good and the film great . Answer: positive"]
+    c_attn, c_mlp = context_vectors(lm, text)
+    h = record_activations(lm, text)[0]
+    torch.testing.assert_close(h[1:] - h[:-1], (c_attn + c_mlp)[1:], atol=1e-4, rtol=1e-4)
