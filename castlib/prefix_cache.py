@@ -4,7 +4,8 @@ When every prompt starts with the same demonstration prefix (cross-task k-shot: 
 instruction, the demonstrations and a blank line, then the target instruction and the query),
 the prefix is run once and its key/value cache kept; each query then only runs its *suffix*
 (target instruction + query, plus the answer tokens for multi-token answers) against a batched
-copy of that cache:
+copy of that cache. The split is the longest shared prefix ending in a blank line, so when all
+queries share the target instruction too (one target task), it is part of the cached prefix:
 
     prompt_i = prefix + suffix_i            (split at a "\\n\\n", see `split_shared_prefix`)
     cache    = KV(prefix)                   (one forward pass, batch 1, never mutated)

@@ -16,6 +16,7 @@ from .conftest import make_task
 HEADLINE = (
     "eval_vs_forward",
     "record_vs_forward",
+    "record_vs_model_forward",
     "steer_last_overhead",
     "steer_all_overhead",
     "cast_vs_zero_shot_latency",
@@ -71,6 +72,7 @@ def test_headline_ratios(result):
     assert set(result["goals"]) == {
         "eval_vs_forward",
         "record_vs_forward",
+        "record_vs_model_forward",
         "steer_last_overhead",
         "steer_all_overhead",
     }
@@ -151,6 +153,22 @@ def test_interleaved_and_paired_ratio():
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert len(times["a"]) == len(times["b"]) == 3
     assert bench.paired_ratio([2.0, 4.0, 6.0], [1.0, 1.0, 3.0]) == 2.0
+
+    calls.clear()
+    cpu: dict[str, list[float]] = {}
+    times = bench.interleaved(
+        {"a": lambda u: calls.append(("a", u)), "b": lambda u: calls.append(("b", u))},
+        repeats=2,
+        warmup=1,
+        progress=False,
+        units=[0, 1],
+        cpu_times=cpu,
+    )
+    assert calls == [("a", 0), ("b", 0),  # warm-up on the first unit
+                     ("a", 0), ("b", 0), ("b", 1), ("a", 1),  # round 0
+                     ("b", 0), ("a", 0), ("a", 1), ("b", 1)]  # round 1  # fmt: skip
+    assert len(times["a"]) == len(cpu["b"]) == 4
+    assert bench.run_total([1.0, 10.0, 3.0, 20.0], n_units=2) == 2.0 + 15.0
 
 
 def test_peak_memory_measures_an_allocation():

@@ -219,6 +219,11 @@ class Method:
         """The prompts of ``examples`` (a builder or a list); default: `prompt_builder`."""
         return self.prompt_builder(lm, target)
 
+    def prefix_cache(self) -> bool:
+        """Whether every evaluation prompt shares a demonstration prefix whose key/value cache
+        `castlib.evaluate` should reuse (`castlib.prefix_cache`)."""
+        return False
+
     def state(self) -> dict[str, Any]:
         """JSON-serialisable fitted state besides the steering vector."""
         return {}
@@ -281,6 +286,7 @@ class Method:
                     examples=examples,
                     batch_size=self.params.batch_size,
                     progress=progress,
+                    prefix_cache=self.prefix_cache(),
                 )
         self.last_result = result
         return self.record(lm, result, stats)

@@ -37,6 +37,7 @@ class CrossTaskICL(Method):
         demo_choice: str = "random"
         n_candidates: int = 256
         embed_layer: int | None = None
+        prefix_cache: bool = True  # random demos are shared by every query: reuse their KV cache
 
     def check_params(self) -> None:
         if self.params.demo_choice not in ("random", "similar"):
@@ -71,6 +72,9 @@ class CrossTaskICL(Method):
         ]
         self.cand_e = self._embed(lm, self.candidates)
         self.info["embed_layer"] = self.layer_e
+
+    def prefix_cache(self) -> bool:
+        return self.params.prefix_cache and self.params.demo_choice == "random"
 
     def prompts(self, lm: LanguageModel, target: Task, examples: Sequence[Example]) -> Any:
         if self.params.demo_choice == "random":

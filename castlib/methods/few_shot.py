@@ -25,6 +25,7 @@ class FewShotMethod(Method):
     @dataclasses.dataclass(frozen=True)
     class Params(Method.Params):
         k: int = 4
+        prefix_cache: bool = True  # reuse the shared demonstrations' KV cache
 
     def check_params(self) -> None:
         if self.params.k < 1:
@@ -36,6 +37,9 @@ class FewShotMethod(Method):
             raise ValueError(f"target {target.name} has {len(pool)} train examples < k")
         self.demos = tuple(random.Random(seed).sample(pool, self.params.k))
         self.info["selected_ids"] = [f"{target.name}:{d.id}" for d in self.demos]
+
+    def prefix_cache(self) -> bool:
+        return self.params.prefix_cache
 
     def prompt_builder(self, lm: LanguageModel, target: Task) -> Any:
         return FewShot(self.demos)
