@@ -22,11 +22,13 @@ $(VENV)/.castlib-installed: pyproject.toml
 quickstart: setup
 	$(PY) -m castlib.quickstart
 
+# unit tests, the real-model tier, the smoke batch (tests/test_notebooks_smoke.py) and nbval on
+# the committed notebooks, in one pytest run
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests notebooks --nbval --nbval-sanitize-with nbval_sanitize.cfg $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not real_model" $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests -m "not real_model" $(PYTEST_ARGS)
 
 smoke: setup
 	$(PY) -m castlib.runs papermill_runs/smoke.yaml

@@ -1,0 +1,291 @@
+"""Helpers shared by the reproduction notebooks (``notebooks/0*_*.ipynb``).
+
+The notebooks are parameterised (one ``parameters`` cell, run in batch by papermill through
+`castlib.runs`) and regression-tested by nbval, so what they print must be deterministic. These
+helpers keep that contract in one place:
+
+* `sample_test` -- a seeded subsample of a task's test split, the same for every method and seed
+  (some task files are ordered by label, so a prefix ``limit`` would be biased);
+* `expand_methods` / `build_method` -- method labels (registry names plus the two cross-task ICL
+  variants) to configured `castlib.methods` instances, with shared parameters filtered to the
+  ones each method accepts;
+* `icl_deltas` -- per-example ICL enhancements ``delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x))``;
+* `flat_record` / `write_results` / `write_table` / `save_figure` -- the structured outputs a run
+  leaves in ``output_dir`` (``results.json`` is what `castlib.runs` aggregates);
+* `params_table`, `mean_std`, `verdict`, `fmt` -- deterministic, rounded display;
+* `peak_memory` -- absolute peak memory of a block (for cost ratios between methods).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .methods import available, get
+from .methods.base import Method
+from .methods.steering import icl_activations
+from .models import LanguageModel
+from .tasks import Example, Task, load_task
+
+__all__ = [
+    "METHOD_VARIANTS",
+    "DROP_FIELDS",
+    "build_method",
+    "expand_methods",
+    "flat_record",
+    "fmt",
+    "icl_deltas",
+    "load_tasks",
+    "mean_std",
+    "output_path",
+    "params_table",
+    "peak_memory",
+    "sample_test",
+    "save_figure",
+    "verdict",
+    "write_results",
+    "write_table",
+]
+
+#: Method labels that are a registered method with fixed parameters.
+METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cross_task_icl_random": ("cross_task_icl", {"demo_choice": "random"}),
+    "cross_task_icl_similar": ("cross_task_icl", {"demo_choice": "similar"}),
+}
+
+#: Record fields too bulky for results.json (kept out of the flat records).
+DROP_FIELDS = ("tuning_grid",)
+
+_PATH_PARAMS = ("output_dir", "data_dir")
+
+
+def output_path(output_dir: str | Path) -> Path:
+    """``output_dir`` as a Path, created (with parents) if missing."""
+    path = Path(output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def params_table(params: Mapping[str, Any], hide: Iterable[str] = _PATH_PARAMS) -> pd.DataFrame:
+    """A one-column table of a run's parameters (paths hidden: they differ between machines)."""
+    hidden = set(hide)
+    rows = {k: json.dumps(v, default=str) for k, v in params.items() if k not in hidden}
+    return pd.DataFrame({"value": pd.Series(rows, dtype=object)}).rename_axis("parameter")
+
+
+def sample_test(task: Task, n: int | None, seed: int = 0, split: str = "test") -> Task:
+    """``task`` with its ``split`` replaced by a seeded random sample of ``n`` examples.
+
+    The sample depends on ``seed`` only (not on the method or the run's seed), so every method
+    is scored on the same examples; ``n=None`` (or ``n >= len(split)``) keeps the whole split in
+    its file order. Other splits are untouched.
+    """
+    rows = list(task.split(split))
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1 or None, got {n}")
+        if n < len(rows):
+            rows = random.Random(seed).sample(rows, n)
+    return dataclasses.replace(task, splits={**task.splits, split: rows})
+
+
+def expand_methods(methods: str | Sequence[str]) -> list[str]:
+    """Method labels to run: a list as given, or ``"all"``: every registered method, with
+    ``cross_task_icl`` split into its ``random`` and ``similar`` variants."""
+    if isinstance(methods, str):
+        if methods != "all":
+            return [methods]
+        out: list[str] = []
+        for name in available():
+            if name == "cross_task_icl":
+                out += ["cross_task_icl_random", "cross_task_icl_similar"]
+            else:
+                out.append(name)
+        return out
+    return list(methods)
+
+
+def build_method(
+    label: str,
+    shared: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    data_dir: str | Path | None = None,
+) -> Method:
+    """A configured method for ``label`` (a registry name or a `METHOD_VARIANTS` key).
+
+    Parameters, later wins: the ``shared`` ones the method's ``Params`` accepts (the others are
+    ignored, so ``k`` or ``layers`` can be given once for all methods), the variant's fixed ones,
+    then ``overrides[label]`` (else ``overrides[registry name]``), passed as is (an unknown name
+    there raises).
+    """
+    name, fixed = METHOD_VARIANTS.get(label, (label, {}))
+    cls = get(name)
+    accepted = {f.name for f in dataclasses.fields(cls.Params)}
+    params = {k: v for k, v in (shared or {}).items() if k in accepted}
+    params.update(fixed)
+    overrides = overrides or {}
+    params.update(overrides.get(label, overrides.get(name, {})))
+    if data_dir is not None and "data_dir" in accepted:
+        params["data_dir"] = str(data_dir)
+    return cls(**params)
+
+
+def _demos(pool: Sequence[Example], x: Example, k: int, rng: random.Random) -> list[Example]:
+    others = [e for e in pool if e.id != x.id]
+    return rng.sample(others, min(k, len(others)))
+
+
+def icl_deltas(
+    lm: LanguageModel,
+    task: Task,
+    n: int,
+    k: int,
+    seed: int = 0,
+    batch_size: int = 16,
+    layers: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ICL enhancements of ``n`` seeded train examples of ``task``.
+
+    For each x (a seeded sample of ``min(n, len(train))`` train examples) the demonstrations
+    D_x are ``k`` other train examples (seeded), and
+    ``delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x))``.
+
+    Returns:
+        ``(deltas, h_k, h_0)``, each float32 ``[n, n_layers, hidden]`` (all layers, or
+        ``layers``).
+    """
+    rng = random.Random(seed)
+    pool = list(task.train)
+    if len(pool) < 2:
+        raise ValueError(f"task {task.name} has fewer than 2 train examples")
+    xs = rng.sample(pool, min(n, len(pool)))
+    items = [(task, x, _demos(pool, x, k, rng)) for x in xs]
+    h_k, h_0 = icl_activations(lm, items, batch_size=batch_size, layers=layers)
+    return h_k - h_0, h_k, h_0
+
+
+def _flat_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def flat_record(record: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """A JSON-ready flat copy of a method's result record plus ``extra`` fields.
+
+    Lists and dicts (``params``, ``sources``, ``selected_ids``, ...) become JSON strings, non-finite
+    floats become None, and `DROP_FIELDS` are left out; ``extra`` wins over the record.
+    """
+    out = {k: _flat_value(v) for k, v in record.items() if k not in DROP_FIELDS}
+    out.update({k: _flat_value(v) for k, v in extra.items()})
+    return out
+
+
+def write_results(
+    records: Sequence[Mapping[str, Any]], output_dir: str | Path, csv_name: str = "results.csv"
+) -> Path:
+    """Write ``results.json`` (the list of flat records `castlib.runs` aggregates) and the same
+    rows as a CSV into ``output_dir``; returns the JSON path."""
+    out = output_path(output_dir)
+    rows = [flat_record(r) for r in records]
+    path = out / "results.json"
+    path.write_text(json.dumps(rows, indent=1, default=str) + "\n", encoding="utf-8")
+    pd.DataFrame(rows).to_csv(out / csv_name, index=False)
+    return path
+
+
+def write_table(table: pd.DataFrame, output_dir: str | Path, name: str) -> Path:
+    """Write ``table`` as ``output_dir/name`` (``.csv`` appended when missing)."""
+    path = output_path(output_dir) / (name if name.endswith(".csv") else f"{name}.csv")
+    table.to_csv(path, index=not isinstance(table.index, pd.RangeIndex))
+    return path
+
+
+def save_figure(fig: Any, output_dir: str | Path, name: str, dpi: int = 120) -> None:
+    """Save a matplotlib figure as ``output_dir/name`` (``.png`` appended when missing).
+
+    Returns nothing, so a call at the end of a cell displays nothing extra.
+    """
+    path = output_path(output_dir) / (name if name.endswith(".png") else f"{name}.png")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+
+
+def mean_std(
+    frame: pd.DataFrame, by: Sequence[str], value: str = "accuracy", decimals: int = 3
+) -> pd.DataFrame:
+    """Mean, sample std (0 with one row) and count of ``value`` per ``by`` group, rounded."""
+    grouped = frame.groupby(list(by), sort=False)[value]
+    out = grouped.agg(mean="mean", std="std", n="count")
+    out["std"] = out["std"].fillna(0.0)
+    return out.round(decimals)
+
+
+def verdict(a: float, b: float, tol: float = 1e-9) -> str:
+    """``"beats"``, ``"ties with"`` or ``"does not beat"``: how ``a`` compares with ``b``."""
+    if a > b + tol:
+        return "beats"
+    if abs(a - b) <= tol:
+        return "ties with"
+    return "does not beat"
+
+
+def fmt(x: float | None, decimals: int = 3) -> str:
+    """A rounded number for printed conclusions (``n/a`` for None or NaN)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{decimals}f}"
+
+
+@contextmanager
+def peak_memory(device: torch.device | str, interval: float = 0.005) -> Iterator[dict[str, float]]:
+    """Absolute peak memory (MiB) of the block, filled in on exit as ``out["peak_mb"]``.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (weights included). Elsewhere: the
+    process's peak resident set size, sampled every ``interval`` seconds in a thread (weights
+    included). Unlike a growth measure, it does not depend on what earlier code left allocated,
+    so ratios between methods run one after the other are meaningful.
+    """
+    dev = torch.device(device)
+    out: dict[str, float] = {}
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            yield out
+        finally:
+            out["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        return
+    import psutil
+
+    proc = psutil.Process()
+    peak = [proc.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        out["peak_mb"] = max(peak[0], proc.memory_info().rss) / 2**20
+
+
+def load_tasks(names: Iterable[str], data_dir: str | Path | None = None) -> dict[str, Task]:
+    """``{name: Task}`` for ``names`` (in order, without repeats)."""
+    return {name: load_task(name, data_dir) for name in dict.fromkeys(names)}
