@@ -30,7 +30,7 @@ Initialisation as in the reference implementation (and PEFT's KaSA variant): ``R
 Kaiming-uniform with ``a = sqrt(5)`` (LoRA's ``A``, i.e. ``U(-1/sqrt(d_in), 1/sqrt(d_in))``),
 ``L = 0`` (so ``Delta W = 0`` at the start) and ``sigma ~ N(0, 1)``, drawn from a seeded generator.
 
-Non-destructive: ``W'`` is never written into the model. The wrapper computes
+Non-destructive: while training, ``W'`` is never written into the model. The wrapper computes
 ``W' x + b = base(x) - (U_r S_r)(V_r^T x)`` from the stored factors of the dropped component
 (``U_r S_r`` of shape ``[d_out, r]``, ``V_r^T`` of shape ``[r, d_in]``; buffers, saved with the
 adapter), so the original module, its weights and its hooks are untouched.
@@ -43,6 +43,12 @@ every parameter of the model (so gradients reach only the adapter) and returns a
 ``remove()`` puts the original module objects back and restores every ``requires_grad`` flag:
 the model is then exactly as found (bit-identical outputs).
 
+Merged inference (`merged_weights`): for evaluation an adapter can instead be folded into the
+weights, ``W <- W + Delta_eff`` (LoRA: ``Delta_eff = (alpha / r) B A``; KaSA:
+``Delta_eff = (alpha / r) L diag(sigma) R - U_r S_r V_r^T``), computed in float32 and added in the
+weight's dtype, so inference costs exactly a plain forward pass; on exit every weight is copied
+back from a saved clone (bit-identical, also after an exception).
+
 Training (`train_adapter`, shared by ``lora`` and ``kasa``): causal-LM loss on the answer tokens
 only. Each example is the zero-shot prompt of its own task ``P0(x)`` followed by the scored
 continuation ``" " + answer`` (tokenised exactly as `castlib.evaluate` scores it); the loss is the
@@ -54,7 +60,8 @@ eval mode (no dropout), so training is deterministic per seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -79,6 +86,7 @@ __all__ = [
     "KaSAAdapter",
     "AdapterHandle",
     "apply_adapter",
+    "merged_weights",
     "answer_rows",
     "answer_nll",
     "freeze",
@@ -316,6 +324,13 @@ class KaSAAdapter(nn.Module):
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def weight_deltas(self) -> dict[str, torch.Tensor]:
+        """Per module, the change of the effective weight: ``Delta W - U_r S_r V_r^T``."""
+        with torch.no_grad():
+            return {
+                n: self.update(n).delta(self.scale) - self.update(n).dropped() for n in self.names
+            }
+
     def regularizer(self) -> torch.Tensor:
         return sum(
             (self.update(n).regularizer(self.beta, self.gamma, self.sigma_l2) for n in self.names),
@@ -412,6 +427,32 @@ def apply_adapter(model: nn.Module, adapter: KaSAAdapter) -> AdapterHandle:
         handle.remove()
         raise
     return handle
+
+
+@contextmanager
+def merged_weights(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Add ``deltas[name]`` (a ``[d_out, d_in]`` matrix) to the weight of each named linear
+    module for the duration of the block; the original weights are restored exactly on exit."""
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for name, delta in deltas.items():
+                module = model.get_submodule(name)
+                w = module.weight
+                shape = tuple(weight_matrix(module).shape)
+                if tuple(delta.shape) != shape:
+                    raise ValueError(
+                        f"delta for {name} is {tuple(delta.shape)}, the module's weight is {shape}"
+                    )
+                saved[name] = w.detach().clone()
+                d = delta.T if _is_conv1d(module) else delta
+                merged = w.detach().float() + d.to(device=w.device, dtype=torch.float32)
+                w.copy_(merged.to(w.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                model.get_submodule(name).weight.copy_(original)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,9 +30,16 @@ from .models import LanguageModel
 from .padding import encode, iter_batches, pad, position_ids_from_mask
 from .prompts import continuation, zero_shot
 from .steer import override_positions
-from .tasks import Example, Task
+from .tasks import Example, Task, sample_examples
 
-__all__ = ["EvalResult", "evaluate", "score_prompts", "macro_f1", "answer_token_ids"]
+__all__ = [
+    "EvalResult",
+    "evaluate",
+    "select_examples",
+    "score_prompts",
+    "macro_f1",
+    "answer_token_ids",
+]
 
 Builder = Callable[[Task, Example], str]
 
@@ -204,6 +211,24 @@ def build_prompts(
     return prompts
 
 
+def select_examples(
+    task: Task,
+    split: str = "test",
+    limit: int | None = None,
+    sample: int | None = None,
+    sample_seed: int = 0,
+) -> list[Example]:
+    """The rows of ``task``'s ``split`` to score: all, the first ``limit``, or a seeded sample."""
+    rows = task.split(split)
+    if limit is not None and sample is not None:
+        raise ValueError("give limit (the first rows) or sample (a seeded sample), not both")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return list(rows[:limit])
+    return sample_examples(rows, sample, sample_seed)
+
+
 def evaluate(
     lm: LanguageModel,
     task: Task,
@@ -214,10 +239,17 @@ def evaluate(
     examples: Sequence[Example] | None = None,
     progress: bool | None = None,
     prefix_cache: bool = False,
+    sample: int | None = None,
+    sample_seed: int = 0,
 ) -> EvalResult:
-    """Score ``task`` (its ``split``, first ``limit`` examples, or the given ``examples``).
+    """Score ``task`` (its ``split``, its first ``limit`` examples, a seeded ``sample`` of them,
+    or the given ``examples``).
 
     Args:
+        limit: the first ``limit`` rows of the split, in file order (split files may be sorted
+            by label: prefer ``sample``).
+        sample: a uniform sample of this many rows (`castlib.tasks.sample_examples` with
+            ``sample_seed``); not together with ``limit``.
         prompt: None (zero-shot), a builder ``(task, example) -> str``, or one prompt per
             example.
         batch_size: prompts per forward pass.
@@ -227,11 +259,9 @@ def evaluate(
     Works inside a `castlib.steer` context (the steering applies to every forward pass).
     """
     if examples is None:
-        examples = task.split(split)
-        if limit is not None:
-            if limit < 1:
-                raise ValueError(f"limit must be >= 1, got {limit}")
-            examples = examples[:limit]
+        examples = select_examples(task, split, limit, sample, sample_seed)
+    elif limit is not None or sample is not None:
+        raise ValueError("give either examples or limit/sample, not both")
     examples = list(examples)
     if not examples:
         raise ValueError(f"no examples to evaluate in {task.name}/{split}")

@@ -35,7 +35,7 @@ from .methods import available, get
 from .methods.base import Method
 from .methods.steering import icl_activations
 from .models import LanguageModel
-from .tasks import Example, Task, load_task
+from .tasks import Example, Task, load_task, sample_examples
 
 __all__ = [
     "METHOD_VARIANTS",
@@ -61,6 +61,10 @@ __all__ = [
 METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cross_task_icl_random": ("cross_task_icl", {"demo_choice": "random"}),
     "cross_task_icl_similar": ("cross_task_icl", {"demo_choice": "similar"}),
+    "lora_source": ("lora", {"train_on": "source"}),
+    "lora_target_dev": ("lora", {"train_on": "target_dev"}),
+    "kasa_source": ("kasa", {"train_on": "source"}),
+    "kasa_target_dev": ("kasa", {"train_on": "target_dev"}),
 }
 
 #: Record fields too bulky for results.json (kept out of the flat records).
@@ -90,27 +94,22 @@ def sample_test(task: Task, n: int | None, seed: int = 0, split: str = "test") -
     is scored on the same examples; ``n=None`` (or ``n >= len(split)``) keeps the whole split in
     its file order. Other splits are untouched.
     """
-    rows = list(task.split(split))
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"n must be >= 1 or None, got {n}")
-        if n < len(rows):
-            rows = random.Random(seed).sample(rows, n)
+    rows = sample_examples(task.split(split), n, seed)
     return dataclasses.replace(task, splits={**task.splits, split: rows})
 
 
 def expand_methods(methods: str | Sequence[str]) -> list[str]:
-    """Method labels to run: a list as given, or ``"all"``: every registered method, with
-    ``cross_task_icl`` split into its ``random`` and ``similar`` variants."""
+    """Method labels to run: a list as given, or ``"all"``: every registered method, those with
+    labelled variants in `METHOD_VARIANTS` split into them (``cross_task_icl`` into its
+    ``random`` and ``similar`` demonstrations, ``lora`` and ``kasa`` into training on the selected
+    ``source`` samples or on labelled ``target_dev`` examples)."""
     if isinstance(methods, str):
         if methods != "all":
             return [methods]
         out: list[str] = []
         for name in available():
-            if name == "cross_task_icl":
-                out += ["cross_task_icl_random", "cross_task_icl_similar"]
-            else:
-                out.append(name)
+            variants = [label for label, (base, _) in METHOD_VARIANTS.items() if base == name]
+            out += variants or [name]
         return out
     return list(methods)
 

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Example", "Task", "load_task", "list_tasks", "resolve_data_dir", "TaskFormatError"]
+__all__ = [
+    "Example",
+    "Task",
+    "load_task",
+    "list_tasks",
+    "resolve_data_dir",
+    "sample_examples",
+    "TaskFormatError",
+]
 
 SPLITS = ("train", "dev", "test")
 KINDS = ("classification", "multiple_choice")
@@ -38,12 +47,15 @@ class Example:
         fields: the input text fields (``text``, ``passage``, ``question``).
         label: index of the gold answer in the task's label space.
         options: the answer options of a multiple-choice row (None for classification).
+        paper_subset: the row is one of the evaluation items of Chatterjee et al. 2024
+            (FORMAT.md ``row.paper_subset``).
     """
 
     id: str
     fields: Mapping[str, str]
     label: int
     options: tuple[str, ...] | None = None
+    paper_subset: bool = False
 
 
 @dataclass
@@ -102,6 +114,23 @@ class Task:
         return f"Task({self.name!r}, {self.kind}, labels={list(self.labels)}, splits={sizes})"
 
 
+def sample_examples(examples: Sequence[Example], n: int | None, seed: int = 0) -> list[Example]:
+    """A seeded uniform sample of ``n`` of ``examples`` (without replacement, in sampled order).
+
+    Split files may be ordered (financial_phrasebank's test file is sorted by label), so the
+    first ``n`` rows can be a badly skewed subset; this draws ``random.Random(seed).sample``.
+    ``n=None`` or ``n >= len(examples)`` keeps them all, in file order.
+    """
+    rows = list(examples)
+    if n is None:
+        return rows
+    if n < 1:
+        raise ValueError(f"sample size must be >= 1 or None, got {n}")
+    if n >= len(rows):
+        return rows
+    return random.Random(seed).sample(rows, n)
+
+
 def _candidate_dirs() -> list[Path]:
     here = Path(__file__).resolve().parent.parent
     out = []
@@ -148,10 +177,18 @@ def _parse_row(obj: Any, meta: Mapping[str, Any], where: str) -> Example:
         if not isinstance(value, str) or not value.strip():
             raise TaskFormatError(f"{where}: field {name!r} missing or empty")
         fields[name] = value
+    paper_subset = obj.get("paper_subset", False)
+    if not isinstance(paper_subset, bool):
+        raise TaskFormatError(f"{where}: paper_subset must be true or false, got {paper_subset!r}")
     if meta["kind"] == "classification":
         if obj["label"] not in labels:
             raise TaskFormatError(f"{where}: label {obj['label']!r} not in {labels}")
-        return Example(id=str(obj["id"]), fields=fields, label=labels.index(obj["label"]))
+        return Example(
+            id=str(obj["id"]),
+            fields=fields,
+            label=labels.index(obj["label"]),
+            paper_subset=paper_subset,
+        )
     options = obj.get("options")
     if not isinstance(options, list) or len(options) < 2:
         raise TaskFormatError(f"{where}: multiple-choice row needs a list of >= 2 options")
@@ -162,7 +199,13 @@ def _parse_row(obj: Any, meta: Mapping[str, Any], where: str) -> Example:
     label = obj["label"]
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(options):
         raise TaskFormatError(f"{where}: label {label!r} is not an index into the options")
-    return Example(id=str(obj["id"]), fields=fields, label=label, options=tuple(options))
+    return Example(
+        id=str(obj["id"]),
+        fields=fields,
+        label=label,
+        options=tuple(options),
+        paper_subset=paper_subset,
+    )
 
 
 def read_jsonl(path: Path, meta: Mapping[str, Any]) -> list[Example]:

@@ -480,23 +480,32 @@ NOTEBOOKS["01_activation_patterns"] = [
 # --------------------------------------------------------------------------- 02 cross-domain
 
 METHOD_PARAMS_BODY = """
-k = 1  # demonstrations per prompt (few-shot, cross-task ICL, task vector, ICV, CAST)
-m = 4  # CAST: selected source samples
+k = 1  # demonstrations per prompt (few-shot, cross-task ICL, task/function vector, ICV, CAST)
+m = 4  # CAST (and LoRA/KaSA on its selection): selected source samples
 n_candidates = 8  # CAST and similar-demo ICL: candidates per source task
 n_queries = 4  # CAST: unlabelled target inputs
 n_tune = 2  # steering methods: examples for choosing (l*, alpha)
 layers = [6, 9]  # steering methods: candidate l*; None: the method's default grid
 cast_alphas = [0.5, 1.0]  # CAST: candidate alpha; None: the method's default
 icv_alphas = [0.05, 0.1]  # ICV: candidate alpha; None: the method's default
-n_prompts = 4  # task vector: source few-shot prompts averaged
+n_prompts = 4  # task vector, function vector: source few-shot prompts averaged
 n_samples = 4  # ICV: source samples
+top_heads = [2]  # function vector: candidate K (heads summed); None: the method's default
+n_corrupted = 2  # function vector: corrupted prompts for the heads' indirect effects
+n_demos = 4  # I2CL: source demonstrations whose context vectors are averaged
+n_calib = 4  # I2CL: source examples calibrating the injection coefficients
+train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
+n_target = 8  # LoRA/KaSA on target_dev: labelled target examples (<= 32)
 method_params = {}  # extra parameters per method label, e.g. {"cast": {"gamma": 0.0}}
 batch_size = 16
 """
 
 METHOD_SETUP = """
 shared = dict(k=k, m=m, n_candidates=n_candidates, n_queries=n_queries, n_tune=n_tune,
-              layers=layers, n_prompts=n_prompts, n_samples=n_samples, batch_size=batch_size)
+              layers=layers, n_prompts=n_prompts, n_samples=n_samples, top_heads=top_heads,
+              n_corrupted=n_corrupted, n_demos=n_demos, n_calib=n_calib, steps=train_steps,
+              n_target=n_target, batch_size=batch_size)
+shared = {name: value for name, value in shared.items() if value is not None}  # None: default
 overrides = {"cast": {} if cast_alphas is None else {"alphas": cast_alphas},
              "icv": {} if icv_alphas is None else {"alphas": icv_alphas}}
 for label, extra in method_params.items():
@@ -512,12 +521,15 @@ NOTEBOOKS["02_cross_domain"] = [
         cross-lingual transfer settings show that our method outperforms competitive baselines".
 
         CAST_SPEC.md, experiment 2: every method on every target task, mean and std over seeds.
-        Methods (labels): `zero_shot`; `few_shot` (k labelled *target* demonstrations: a reference
-        that uses target labels, not a competitor); `cross_task_icl_random` and
-        `cross_task_icl_similar` (Chatterjee et al. 2024); `task_vector` (Hendel et al. 2023);
-        `icv` (Liu et al. 2024); `cast`. `methods="all"` runs every method registered in
-        `castlib.methods`. All methods see the same seeded sample of test examples; sources are
-        pooled.
+        Methods (labels): `zero_shot`; `cross_task_icl_random` and `cross_task_icl_similar`
+        (Chatterjee et al. 2024); `task_vector` (Hendel et al. 2023); `icv` (Liu et al. 2024);
+        `function_vector` (Todd et al. 2024); `i2cl` (Li et al. 2025); `lora_source` and
+        `kasa_source` (parameter-updating: LoRA, Hu et al. 2022, and KaSA, Wang et al. 2025,
+        trained on the m source samples CAST selects); `cast`. References that read gold labels
+        of the *target* (not label-free competitors): `few_shot` (k target demonstrations),
+        `lora_target_dev` and `kasa_target_dev` (trained on <= 32 labelled target examples).
+        `methods="all"` runs every method registered in `castlib.methods`. All methods see the
+        same seeded sample of test examples; sources are pooled.
         """
     ),
     md(
@@ -528,7 +540,8 @@ NOTEBOOKS["02_cross_domain"] = [
         `sst2`, `ag_news`, `commonsense_qa` (`gpu.yaml`: the eight sources of Chatterjee et al.
         available here, and `methods="all"`); `seeds=[0, 1, 2]`, `n_test=200`, `k=4`, `m=32`,
         `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`, `cast_alphas=None`,
-        `icv_alphas=None`, `n_prompts=16`, `n_samples=32`.
+        `icv_alphas=None`, `n_prompts=16`, `n_samples=32`, `top_heads=None`, `n_corrupted=8`,
+        `n_demos=16`, `n_calib=32`, `train_steps=None`, `n_target=32`.
         """
     ),
     params_cell(
@@ -537,7 +550,9 @@ NOTEBOOKS["02_cross_domain"] = [
         targets = ["financial_phrasebank"]  # low-resource targets
         sources = ["sst2"]  # high-resource sources (pooled)
         methods = ["zero_shot", "few_shot", "cross_task_icl_random", "cross_task_icl_similar",
-                   "task_vector", "icv", "cast"]  # or "all": every registered method
+                   "task_vector", "icv", "function_vector", "i2cl", "lora_source",
+                   "lora_target_dev", "kasa_source", "kasa_target_dev",
+                   "cast"]  # or "all": every registered method
         seeds = [0]
         n_test = 16  # test examples per target (a seeded sample); None: all
         """,
@@ -589,7 +604,7 @@ NOTEBOOKS["02_cross_domain"] = [
     code(
         """
         results[["target", "method", "seed", "accuracy", "macro_f1", "layer", "alpha",
-                 "prompt_tokens_per_query"]].round(3)
+                 "prompt_tokens_per_query", "trainable_params"]].round(3)
         """
     ),
     code(
@@ -604,12 +619,14 @@ NOTEBOOKS["02_cross_domain"] = [
     ),
     md(
         "## Conclusion (from this run's numbers)\n"
-        "Label-free baselines: every method except `zero_shot`, `few_shot` and `cast`."
+        "Label-free baselines: every method except `zero_shot`, `cast` and those whose record says"
+        " `uses_target_labels` (`few_shot`, the `*_target_dev` adapters), which are references."
     ),
     code(
         """
         means = summary["mean"].unstack("method")
-        baselines = [m for m in means.columns if m not in ("zero_shot", "few_shot", "cast")]
+        labelled = sorted(set(results.loc[results["uses_target_labels"].astype(bool), "method"]))
+        baselines = [m for m in means.columns if m not in ("zero_shot", "cast", *labelled)]
         wins = 0
         for target, row in means.iterrows():
             if "cast" not in row or "zero_shot" not in row:
@@ -621,8 +638,10 @@ NOTEBOOKS["02_cross_domain"] = [
                 line += (f" and {nbtools.verdict(row['cast'], row[best])} the best label-free "
                          f"baseline {best} ({nbtools.fmt(row[best])})")
                 wins += row["cast"] > row[best]
-            if "few_shot" in row:
-                line += f"; in-task few-shot reference: {nbtools.fmt(row['few_shot'])}"
+            refs = [m for m in labelled if m in row]
+            if refs:
+                line += "; references with target labels: " + ", ".join(
+                    f"{m} {nbtools.fmt(row[m])}" for m in refs)
             print(line + ".")
         if "cast" in means.columns and baselines:
             print(f"CAST beats every label-free baseline on {wins} of {len(means)} target(s) "
@@ -655,8 +674,8 @@ NOTEBOOKS["03_cross_lingual"] = [
         **Full size** (`papermill_runs/full_cpu.yaml`, one run per pair): SIB-200 eng -> swh and
         -> yor, NusaX eng -> jav, TweetEval eng -> AfriSenti hau; `seeds=[0, 1, 2]`, `n_test=200`,
         `k=4`, `m=32`, `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`,
-        `cast_alphas=None` (`gpu.yaml`: `pairs="auto"`, every family member, plus `few_shot` and
-        `cross_task_icl_similar`).
+        `cast_alphas=None`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`, `n_calib=32`,
+        `train_steps=None` (`gpu.yaml`: `pairs="auto"`, every family member, `methods="all"`).
         """
     ),
     params_cell(
@@ -664,7 +683,8 @@ NOTEBOOKS["03_cross_lingual"] = [
         """
         pairs = [["sib200_eng", "sib200_swh"]]  # [source, target] pairs; "auto": from meta.json
         families = None  # only these families when pairs is auto; None: all
-        methods = ["zero_shot", "cross_task_icl_random", "cast"]
+        methods = ["zero_shot", "cross_task_icl_random", "function_vector", "i2cl", "lora_source",
+                   "kasa_source", "cast"]  # or "all"
         seeds = [0]
         n_test = 16
         """,
@@ -744,7 +764,8 @@ NOTEBOOKS["03_cross_lingual"] = [
     code(
         """
         means = summary["mean"].unstack("method")
-        others = [m for m in means.columns if m not in ("cast", "few_shot")]
+        labelled = set(results.loc[results["uses_target_labels"].astype(bool), "method"])
+        others = [m for m in means.columns if m != "cast" and m not in labelled]
         if "cast" in means.columns and others:
             beats_zero = int((means["cast"] > means.get("zero_shot", np.inf)).sum())
             beats_all = int((means["cast"] > means[others].max(axis=1)).sum())
@@ -922,8 +943,10 @@ NOTEBOOKS["05_scalability_cost"] = [
            longest prompt exceeds `context_tokens` is not run); CAST averages m enhancements into
            one vector and its prompts stay zero-shot length.
         2. Cost per query, each as a ratio to zero-shot: prompt tokens, latency, peak memory of
-           inference; and CAST's one-off extraction cost (selection, activations and the
-           (l*, alpha) search) in zero-shot queries.
+           inference; and each method's one-off fitting cost (CAST: selection, activations and
+           the (l*, alpha) search; LoRA/KaSA: selection and training) in zero-shot queries, with
+           its trainable parameters: CAST against cross-task ICL, the other steering methods and
+           the parameter-updating LoRA and KaSA, all at the same m.
         """
     ),
     md(
@@ -932,8 +955,10 @@ NOTEBOOKS["05_scalability_cost"] = [
         **Full size** (`papermill_runs/full_cpu.yaml`): `m_grid=[4, 8, 16, 32, 64, 128, 256]`,
         `context_tokens=2048` on the embedded model (its own window is 32k; a 2k budget keeps CPU
         runs bounded and shows the bound), `seeds=[0]`, `n_test=200`, `k=4`,
-        `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`, `alphas=None`
-        (`gpu.yaml`: the model's own window, `seeds=[0, 1, 2]`).
+        `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`, `alphas=None`,
+        `n_prompts=16`, `n_samples=32`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`,
+        `n_calib=32`, `train_steps=None` (`gpu.yaml`: the model's own window,
+        `seeds=[0, 1, 2]`).
         """
     ),
     params_cell(
@@ -952,6 +977,15 @@ NOTEBOOKS["05_scalability_cost"] = [
         n_tune = 2
         layers = [6, 9]  # None: the method's default grid
         alphas = [0.5, 1.0]  # None: the method's default
+        # the cost table also fits these at m = cost_m (steering and fine-tuning side by side)
+        cost_methods = ["task_vector", "icv", "function_vector", "i2cl", "lora_source", "kasa_source"]
+        n_prompts = 4  # task vector, function vector: source few-shot prompts
+        n_samples = 4  # ICV: source samples
+        top_heads = [2]  # function vector: candidate K; None: the method's default
+        n_corrupted = 2  # function vector: corrupted prompts
+        n_demos = 4  # I2CL: demonstrations
+        n_calib = 4  # I2CL: calibration examples
+        train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
         batch_size = 16
         """,
     ),
@@ -1047,7 +1081,6 @@ NOTEBOOKS["05_scalability_cost"] = [
                           hue="method", logx=True, title="Prompt tokens per query vs m")
         fig.axes[0].axhline(budget, color="0.4", linestyle=":", linewidth=1)
         nbtools.save_figure(fig, out, "prompt_tokens_vs_m")
-        results_file = nbtools.write_results(results.to_dict("records"), out)
         """
     ),
     md(
@@ -1062,31 +1095,58 @@ NOTEBOOKS["05_scalability_cost"] = [
     code(
         """
         fits = results[(results["m"] > 0) & results["fits_context"].astype(bool)]
-        m_cost = cost_m or int(fits.loc[fits.method == "cross_task_icl", "m"].max()
-                               if (fits.method == "cross_task_icl").any() else max(m_grid))
+        icl_fits = fits.loc[fits.method == "cross_task_icl", "m"]
+        m_cost = cost_m or int(icl_fits.max() if len(icl_fits) else max(m_grid))
+        shared = dict(k=k, m=m_cost, n_candidates=max(n_candidates, m_cost), n_queries=n_queries,
+                      n_tune=n_tune, layers=layers, n_prompts=n_prompts, n_samples=n_samples,
+                      top_heads=top_heads, n_corrupted=n_corrupted, n_demos=n_demos,
+                      n_calib=n_calib, steps=train_steps, batch_size=batch_size)
+        shared = {name: value for name, value in shared.items() if value is not None}
+        cost_records = []
+        for seed, label in tqdm([(s, lab) for s in seeds for lab in cost_methods], desc="cost"):
+            method = nbtools.build_method(label, shared, {}, data_dir)
+            cost_records.append({**run(method, seed), "method": label, "m": m_cost})
+        others = pd.DataFrame([nbtools.flat_record(r) for r in cost_records])
+        """,
+        IGNORE,
+    ),
+    code(
+        """
         zero = results[results.method == "zero_shot"].mean(numeric_only=True)
+        swept = results[((results.method == "zero_shot") & (results.m == 0))
+                        | ((results.method != "zero_shot") & (results.m == m_cost))]
         rows = []
-        for name in ["zero_shot", "cross_task_icl", "cast"]:
-            part = results[(results.method == name) & (results.m == (0 if name == "zero_shot" else m_cost))]
-            if part.empty or part["accuracy"].isna().all():
+        for name, part in pd.concat([swept, others]).groupby("method", sort=False):
+            if part["accuracy"].isna().all():
                 continue
             r = part.mean(numeric_only=True)
             rows.append({
-                "method": name, "m": 0 if name == "zero_shot" else m_cost,
+                "method": name, "m": int(r["m"]), "accuracy": r["accuracy"],
+                "trainable_params": int(r["trainable_params"]),
                 "prompt_tokens_ratio": r["prompt_tokens_per_query"] / zero["prompt_tokens_per_query"],
                 "latency_ratio": r["latency_ms_per_query"] / zero["latency_ms_per_query"],
                 "peak_memory_ratio": r["infer_peak_memory_mb"] / zero["infer_peak_memory_mb"],
-                "extraction_in_zero_shot_queries": r["extract_seconds"] * 1000 / zero["latency_ms_per_query"],
+                "fit_in_zero_shot_queries": r["extract_seconds"] * 1000 / zero["latency_ms_per_query"],
                 "latency_ms_per_query": r["latency_ms_per_query"],
                 "infer_peak_memory_mb": r["infer_peak_memory_mb"],
-                "extract_seconds": r["extract_seconds"],
-                "extract_peak_memory_mb": r["extract_peak_memory_mb"],
+                "fit_seconds": r["extract_seconds"],
+                "fit_peak_memory_mb": r["extract_peak_memory_mb"],
             })
         cost = pd.DataFrame(rows)
         nbtools.write_table(cost, out, "cost_ratios")
+        # results.json: the m sweep and the cost-table methods (rows with cost_only=True)
+        results_file = nbtools.write_results(
+            results.to_dict("records") + others.assign(cost_only=True).to_dict("records"), out)
         cost.round(2)
         """,
         IGNORE,
+    ),
+    code(
+        """
+        fig = plots.bar(cost, x="method", y="latency_ratio", ylim=None, errorbar=None,
+                        title=f"Inference latency per query / zero-shot (m={m_cost})")
+        nbtools.save_figure(fig, out, "cost_latency_ratio")
+        """
     ),
     md("## Conclusion (from this run's numbers)"),
     code(
@@ -1118,7 +1178,7 @@ NOTEBOOKS["05_scalability_cost"] = [
         if "cast" in c.index:
             print(f"At m={m_cost}, CAST's latency is {nbtools.fmt(c.loc['cast', 'latency_ratio'], 2)}x "
                   f"zero-shot's per query and its one-off extraction costs "
-                  f"{nbtools.fmt(c.loc['cast', 'extraction_in_zero_shot_queries'], 0)} zero-shot queries.")
+                  f"{nbtools.fmt(c.loc['cast', 'fit_in_zero_shot_queries'], 0)} zero-shot queries.")
         if "cross_task_icl" in c.index:
             print(f"Cross-task ICL's latency is {nbtools.fmt(c.loc['cross_task_icl', 'latency_ratio'], 2)}x"
                   f" zero-shot's per query, on every query.")

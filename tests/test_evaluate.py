@@ -122,3 +122,21 @@ def test_macro_f1_by_hand():
     pred = [0, 1, 1, 1, 0]
     # class 0: tp1 fp1 fn1 -> 0.5; class 1: tp2 fp1 fn0 -> 0.8; class 2: tp0 fn1 -> 0
     assert abs(macro_f1(gold, pred) - (0.5 + 0.8 + 0.0) / 3) < 1e-12
+
+
+def test_limit_sample_and_examples(lm, toy_task):
+    from castlib.evaluate import select_examples
+    from castlib.tasks import sample_examples
+
+    n = len(toy_task.test)
+    assert [e.id for e in select_examples(toy_task, limit=2)] == [e.id for e in toy_task.test[:2]]
+    picked = select_examples(toy_task, sample=n - 1, sample_seed=5)
+    assert picked == sample_examples(toy_task.test, n - 1, 5)
+    res = evaluate(lm, toy_task, sample=n - 1, sample_seed=5)
+    assert res.n == n - 1
+    same = evaluate(lm, toy_task, examples=picked)
+    assert [p["pred"] for p in res.predictions] == [p["pred"] for p in same.predictions]
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(lm, toy_task, limit=2, sample=2)
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(lm, toy_task, examples=picked, sample=2)

@@ -89,6 +89,8 @@ def test_every_method_fits_without_test_split_and_gives_a_record(
     rec = method.evaluate(lm, target, limit=5)
     assert set(methods.RESULT_FIELDS) <= set(rec)
     assert rec["n"] == 5 and 0 <= rec["accuracy"] <= 1 and rec["method"] == name
+    labelled = name == "few_shot" or params.get("protocol") == "target_dev"
+    assert rec["uses_target_labels"] is labelled
     json.dumps(rec)  # JSON-ready
     again = (
         methods.get(name)(**params).fit(lm, [source], target, seed=0).evaluate(lm, target, limit=5)
@@ -97,6 +99,8 @@ def test_every_method_fits_without_test_split_and_gives_a_record(
     assert strip(rec) == strip(again)  # same seed, same inputs: same record
     method.save(tmp_path / "m")
     reloaded = methods.load(tmp_path / "m")
+    sampled = reloaded.evaluate(lm, target, sample=5, sample_seed=1)
+    assert sampled["n"] == 5
     rec2 = reloaded.evaluate(lm, target, limit=5)
     assert [p["log_probs"] for p in method.last_result.predictions] == [
         p["log_probs"] for p in reloaded.last_result.predictions

@@ -245,3 +245,54 @@ def test_i2cl_reads_the_residual_contributions(family, tokenizer):
     c_attn, c_mlp = context_vectors(lm, text)
     h = record_activations(lm, text)[0]
     torch.testing.assert_close(h[1:] - h[:-1], (c_attn + c_mlp)[1:], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi3", "gemma3"])
+def test_merged_adapters_equal_the_adapter_modules(family, tokenizer):
+    """Folding the adapter into the weights computes what the wrapper modules compute, and the
+    weights come back bit-identical, also after an exception inside the block."""
+    from castlib.adapters import KaSAAdapter, apply_adapter, merged_weights
+    from castlib.methods.lora import PeftLoraAdapter
+
+    lm = tiny_model(family, tokenizer=tokenizer)
+    before, state = logits(lm), snapshot(lm.model)
+    names = target_modules(lm)
+    lora = PeftLoraAdapter.build(lm.model, names, r=2, alpha=4.0, seed=0)
+    for key, t in lora.tensors.items():
+        if key.endswith("lora_B"):
+            lora.tensors[key] = torch.randn(t.shape, generator=torch.Generator().manual_seed(1))
+    kasa = KaSAAdapter.build(
+        lm.model, names, r=2, seed=0, alpha=4.0, beta=0.0, gamma=0.0, sigma_l2=0.0
+    )
+    with torch.no_grad():
+        for n in names:
+            kasa.update(n).L.normal_(generator=torch.Generator().manual_seed(2))
+    for adapter, attach in ((lora, lora.attach), (kasa, lambda m: apply_adapter(m, kasa))):
+        with attach(lm.model):
+            wrapped = logits(lm)
+        with merged_weights(lm.model, adapter.weight_deltas()):
+            merged = logits(lm)
+        assert not torch.allclose(wrapped, before, atol=1e-3)
+        torch.testing.assert_close(merged, wrapped, atol=2e-4, rtol=1e-4)
+        assert torch.equal(logits(lm), before)
+    with pytest.raises(RuntimeError, match="boom"):
+        with merged_weights(lm.model, lora.weight_deltas()):
+            raise RuntimeError("boom")
+    assert_same_snapshot(state, snapshot(lm.model))
+    with pytest.raises(ValueError, match="delta for"):
+        with merged_weights(lm.model, {names[0]: torch.zeros(3, 3)}):
+            pass
+    assert_same_snapshot(state, snapshot(lm.model))
+
+
+def test_adapter_methods_merge_or_wrap_at_inference(lm, source, target):
+    """merge=True (the default) and merge=False give the same predictions."""
+    merged = LoRA(**ADAPT, train_on="target_dev").fit(lm, [source], target, seed=0)
+    wrapped = LoRA(**ADAPT, train_on="target_dev", merge=False).fit(lm, [source], target, seed=0)
+    a, b = merged.evaluate(lm, target), wrapped.evaluate(lm, target)
+    assert [p["pred"] for p in merged.last_result.predictions] == [
+        p["pred"] for p in wrapped.last_result.predictions
+    ]
+    assert a["accuracy"] == b["accuracy"]
+    for x, y in zip(merged.last_result.predictions, wrapped.last_result.predictions, strict=True):
+        assert x["log_probs"] == pytest.approx(y["log_probs"], abs=1e-4)

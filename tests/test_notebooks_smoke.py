@@ -35,7 +35,25 @@ CROSS_DOMAIN_METHODS = {
     "cross_task_icl_similar",
     "task_vector",
     "icv",
+    "function_vector",
+    "i2cl",
+    "lora_source",
+    "lora_target_dev",
+    "kasa_source",
+    "kasa_target_dev",
     "cast",
+}
+# Methods of 05_scalability_cost's cost table (default `cost_methods` plus the m sweep).
+COST_METHODS = {
+    "zero_shot",
+    "cross_task_icl",
+    "cast",
+    "task_vector",
+    "icv",
+    "function_vector",
+    "i2cl",
+    "lora_source",
+    "kasa_source",
 }
 
 
@@ -102,7 +120,13 @@ def test_smoke_summary(smoke_summary: pd.DataFrame) -> None:
     assert {"selection", "contrast", "layer_window", "norm_preserving"} <= set(
         rows("04_ablations")["ablation"]
     )
-    assert {"zero_shot", "cross_task_icl", "cast"} <= set(rows("05_scalability_cost")["method"])
+    cost = rows("05_scalability_cost")
+    assert set(cost["method"]) == COST_METHODS
+    adapters = cost[cost["method"].isin(["lora_source", "kasa_source"])]
+    assert (adapters["trainable_params"] > 0).all()
+    assert (cost.loc[cost["method"] == "cast", "trainable_params"] == 0).all()
+    labelled = set(cross.loc[cross["uses_target_labels"].astype(bool), "method"])
+    assert labelled == {"few_shot", "lora_target_dev", "kasa_target_dev"}
     assert {"alpha", "layer", "m", "gamma"} <= set(rows("06_sensitivity")["param"])
     transfer = rows("07_transfer_vs_similarity")
     assert transfer["cosine"].between(-1.0, 1.0).all()

@@ -8,7 +8,14 @@ from castlib.prompts import (
     k_shot,
     zero_shot,
 )
-from castlib.tasks import TaskFormatError, list_tasks, load_task, resolve_data_dir
+from castlib.tasks import (
+    Example,
+    TaskFormatError,
+    list_tasks,
+    load_task,
+    resolve_data_dir,
+    sample_examples,
+)
 from tests.conftest import write_task
 
 CLS_META = {
@@ -131,3 +138,42 @@ def test_chat_template_wraps_any_builder(data):
     cls = load_task("cls", data)
     text = ChatTemplate(zero_shot, tok)(cls, cls.test[0])
     assert text == "<user>Classify the sentiment.\n\nText: bad</s><assistant>Answer:"
+
+
+def test_paper_subset_flag(data):
+    path = data / "cls" / "test.jsonl"
+    path.write_text(
+        '{"id": "a", "text": "x", "label": "positive", "paper_subset": true}\n'
+        '{"id": "b", "text": "y", "label": "negative"}\n'
+    )
+    task = load_task("cls", data)
+    assert [ex.paper_subset for ex in task.test] == [True, False]
+    path.write_text('{"id": "a", "text": "x", "label": "positive", "paper_subset": "yes"}\n')
+    with pytest.raises(TaskFormatError, match="paper_subset"):
+        load_task("cls", data)
+
+
+def test_sample_examples_is_seeded_uniform_and_without_repeats():
+    rows = [Example(id=str(i), fields={"text": "t"}, label=i % 2) for i in range(50)]
+    a, b = sample_examples(rows, 10, seed=3), sample_examples(rows, 10, seed=3)
+    assert a == b and len({ex.id for ex in a}) == 10
+    assert a != sample_examples(rows, 10, seed=4)
+    assert a != rows[:10]  # not the first rows
+    assert sample_examples(rows, None) == rows == sample_examples(rows, 500)
+    with pytest.raises(ValueError, match=">= 1"):
+        sample_examples(rows, 0)
+
+
+def test_label_sorted_split_first_rows_vs_sample(shared_data):
+    """financial_phrasebank's test file is sorted by label: its first 200 rows are mostly one
+    label, a seeded sample is not (why evaluation takes ``sample=``)."""
+    from collections import Counter
+
+    task = load_task("financial_phrasebank", shared_data)
+
+    def distance(rows):  # total variation distance to the whole split's label distribution
+        counts, overall = Counter(ex.label for ex in rows), Counter(ex.label for ex in task.test)
+        return 0.5 * sum(abs(counts[k] / len(rows) - overall[k] / len(task.test)) for k in overall)
+
+    assert distance(task.test[:200]) > 0.3
+    assert distance(sample_examples(task.test, 200, seed=0)) < 0.1

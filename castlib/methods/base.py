@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._version import __version__
-from ..evaluate import evaluate
+from ..evaluate import evaluate, select_examples
 from ..models import LanguageModel
 from ..tasks import Example, Task, load_task
 from ..vectors import SteeringVector
@@ -61,6 +61,7 @@ RESULT_FIELDS = (
     "eval_seconds",
     "peak_memory_mb",
     "trainable_params",
+    "uses_target_labels",
     "castlib_version",
 )
 
@@ -219,6 +220,12 @@ class Method:
         """The prompts of ``examples`` (a builder or a list); default: `prompt_builder`."""
         return self.prompt_builder(lm, target)
 
+    @property
+    def uses_target_labels(self) -> bool:
+        """Whether fitting reads gold labels of the *target* task (its train pool): such a
+        method is a labelled reference, not a label-free competitor of CAST."""
+        return False
+
     def prefix_cache(self) -> bool:
         """Whether every evaluation prompt shares a demonstration prefix whose key/value cache
         `castlib.evaluate` should reuse (`castlib.prefix_cache`)."""
@@ -263,8 +270,14 @@ class Method:
         split: str = "test",
         limit: int | None = None,
         progress: bool | None = None,
+        sample: int | None = None,
+        sample_seed: int = 0,
     ) -> dict[str, Any]:
-        """Evaluate the fitted method on ``target``'s ``split``; returns the result record."""
+        """Evaluate the fitted method on ``target``'s ``split``; returns the result record.
+
+        ``limit``: the split's first rows (file order); ``sample``: a seeded uniform sample of
+        that many rows (`castlib.evaluate.select_examples`), the same for every method.
+        """
         if not self.fitted:
             raise RuntimeError(f"{self.name}: call fit(...) before evaluate(...)")
         tgt = resolve_task(target, self.params.data_dir)
@@ -272,9 +285,7 @@ class Method:
             raise ValueError(f"{self.name} was fitted for target {self.target!r}, not {tgt.name!r}")
         if self.vector is not None:
             self.vector.check_compatible(lm)
-        examples = list(tgt.split(split))
-        if limit is not None:
-            examples = examples[:limit]
+        examples = select_examples(tgt, split, limit, sample, sample_seed)
         with measure(lm.device) as stats:
             prompt = self.prompts(lm, tgt, examples)
             with self.applied(lm):
@@ -313,6 +324,7 @@ class Method:
             "eval_seconds": stats["seconds"],
             "peak_memory_mb": max(self.fit_stats["peak_memory_mb"], stats["peak_memory_mb"]),
             "trainable_params": self.info.get("trainable_params", 0),
+            "uses_target_labels": self.uses_target_labels,
             "castlib_version": __version__,
         }
         for key, value in self.info.items():

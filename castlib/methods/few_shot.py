@@ -38,6 +38,10 @@ class FewShotMethod(Method):
         self.demos = tuple(random.Random(seed).sample(pool, self.params.k))
         self.info["selected_ids"] = [f"{target.name}:{d.id}" for d in self.demos]
 
+    @property
+    def uses_target_labels(self) -> bool:
+        return True
+
     def prefix_cache(self) -> bool:
         return self.params.prefix_cache
 

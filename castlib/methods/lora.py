@@ -20,7 +20,9 @@ Loss: causal-LM negative log-likelihood of the answer tokens only, the prompt be
 prompt of the example's own task and the target its continuation ``" " + answer``
 (`castlib.adapters.train_adapter`: Adam, ``steps`` steps of ``train_batch_size`` examples, seeded
 epoch permutations, model in eval mode, so deterministic per seed). The target's test split is
-never read. The adapter weights are saved with the run (``adapter.safetensors``).
+never read. Evaluation folds ``(alpha / r) B A`` into ``W`` (``merge=True``, the default: inference
+costs a plain forward pass; `castlib.adapters.merged_weights` restores ``W`` exactly) or runs the
+PEFT layers (``merge=False``). The adapter weights are saved with the run (``adapter.safetensors``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ..adapters import (
     _is_conv1d,
     freeze,
     kaiming_uniform,
+    merged_weights,
     target_modules,
     train_adapter,
     weight_matrix,
@@ -106,6 +109,14 @@ class PeftLoraAdapter:
 
     def n_trainable(self) -> int:
         return sum(t.numel() for t in self.tensors.values())
+
+    def weight_deltas(self) -> dict[str, torch.Tensor]:
+        """Per module, ``(alpha / r) B A`` as a ``[d_out, d_in]`` matrix (float32)."""
+        scale = self.alpha / self.r
+        return {
+            n: scale * (self.tensors[f"{n}.lora_B"].float() @ self.tensors[f"{n}.lora_A"].float())
+            for n in self.names
+        }
 
     def config(self) -> Any:
         import peft
@@ -201,6 +212,7 @@ class AdapterMethod(Method):
         graph_k: int = 10
         diffusion_steps: int = 2
         selection_gamma: float = 0.5
+        merge: bool = True  # evaluate with the adapter folded into the weights (no overhead)
         progress: bool | None = None  # tqdm bar (None: when stderr is a terminal)
 
     def check_params(self) -> None:
@@ -215,6 +227,10 @@ class AdapterMethod(Method):
             raise ValueError(f"selection must be one of {SELECTION_METHODS}, got {p.selection!r}")
         if p.m < 1 or p.n_candidates < p.m:
             raise ValueError(f"need m >= 1 and n_candidates >= m (got {p.m}, {p.n_candidates})")
+
+    @property
+    def uses_target_labels(self) -> bool:
+        return self.params.train_on == "target_dev"
 
     # -- to override --------------------------------------------------------------------------
     def build_adapter(self, lm: LanguageModel, names: list[str], seed: int) -> Any:
@@ -284,6 +300,11 @@ class AdapterMethod(Method):
         )
 
     def applied(self, lm: LanguageModel) -> AbstractContextManager[Any]:
+        """Inference with the adapter: folded into the weights (``merge=True``; restored exactly
+        on exit) or run as wrapper modules."""
+        if self.params.merge:
+            return merged_weights(lm.model, self.adapter.weight_deltas())
+
         @contextmanager
         def ctx() -> Iterator[None]:
             with self.attach(lm):

@@ -123,6 +123,10 @@ class SteeringMethod(Method):
         if p.n_tune < 1:
             raise ValueError("n_tune must be >= 1")
 
+    @property
+    def uses_target_labels(self) -> bool:
+        return self.params.protocol == "target_dev"
+
     # -- steering ---------------------------------------------------------------------------
     def steer_layers(self, lm: LanguageModel, layer: int) -> list[int]:
         return list(range(layer, min(lm.n_layers, layer + self.params.layer_window)))

@@ -1,0 +1,43 @@
+"""Notebook helpers: method labels and their variants."""
+
+import pytest
+
+import castlib.methods as methods
+from castlib import nbtools
+
+
+def test_all_expands_every_registered_method_into_its_variants():
+    labels = nbtools.expand_methods("all")
+    assert len(labels) == len(set(labels))
+    bases = {nbtools.METHOD_VARIANTS.get(lab, (lab, {}))[0] for lab in labels}
+    assert bases == set(methods.available())
+    for variant, (base, _) in nbtools.METHOD_VARIANTS.items():
+        assert variant in labels and base not in labels
+    assert nbtools.expand_methods("cast") == ["cast"]
+    assert nbtools.expand_methods(["icv", "cast"]) == ["icv", "cast"]
+
+
+@pytest.mark.parametrize(
+    "label, labelled",
+    [
+        ("lora_source", False),
+        ("lora_target_dev", True),
+        ("kasa_source", False),
+        ("kasa_target_dev", True),
+        ("few_shot", True),
+        ("cast", False),
+        ("cross_task_icl_similar", False),
+    ],
+)
+def test_build_method_applies_variant_and_shared_params(label, labelled):
+    shared = {"k": 2, "m": 5, "steps": 3, "n_target": 8, "not_a_param_anywhere": 1}
+    method = nbtools.build_method(label, shared, {"cast": {"gamma": 0.0}})
+    assert method.uses_target_labels is labelled
+    fields = vars(method.params)
+    for name in ("k", "m", "steps", "n_target"):
+        if name in fields:
+            assert fields[name] == shared[name]
+    if label == "cast":
+        assert method.params.gamma == 0.0
+    with pytest.raises(TypeError, match="unknown parameter"):
+        nbtools.build_method(label, {}, {label: {"nope": 1}})
