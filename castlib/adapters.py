@@ -68,9 +68,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluate import answer_token_ids
+from .evaluate import answer_token_ids, continuation_log_probs
 from .models import LanguageModel
-from .padding import encode, pad, position_ids_from_mask
+from .padding import encode
 from .prompts import zero_shot
 from .tasks import Example, Task
 
@@ -472,22 +472,8 @@ def answer_rows(
 
 def answer_nll(lm: LanguageModel, rows: Sequence[tuple[list[int], int]]) -> torch.Tensor:
     """Mean negative log-likelihood of the answer tokens of ``rows`` (one left-padded batch)."""
-    ids, mask = pad([r for r, _ in rows], lm.tokenizer.pad_token_id, "left", lm.device)
     conts = [c for _, c in rows]
-    keep = max(conts) + 1
-    logits = lm.model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids_from_mask(mask),
-        use_cache=False,
-        logits_to_keep=keep,
-    ).logits
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    total = torch.zeros((), device=logp.device)
-    for (row, c), lp in zip(rows, logp, strict=True):
-        targets = torch.as_tensor(row[-c:], device=logp.device)
-        # logits at kept index t predict the token at kept index t + 1
-        total = total - lp[keep - c - 1 : keep - 1].gather(1, targets[:, None]).sum()
+    total = -continuation_log_probs(lm, [r for r, _ in rows], conts).sum()
     return total / sum(conts)
 
 

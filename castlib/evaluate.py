@@ -36,6 +36,7 @@ __all__ = [
     "EvalResult",
     "evaluate",
     "select_examples",
+    "continuation_log_probs",
     "score_prompts",
     "macro_f1",
     "answer_token_ids",
@@ -121,6 +122,37 @@ def _single_token_scores(
     return out
 
 
+def continuation_log_probs(
+    lm: LanguageModel, rows: Sequence[Sequence[int]], conts: Sequence[int]
+) -> torch.Tensor:
+    """``sum_t log p(row[t] | row[:t])`` over the last ``conts[b]`` tokens of each row: ``[n]``.
+
+    One left-padded forward pass with logits only at the scored positions; inside a
+    `castlib.steer` context the last prompt token and every continuation token are steered
+    (as generation would steer them). Differentiable (used for adapter training too).
+    """
+    ids, mask = pad(list(rows), lm.tokenizer.pad_token_id, "left", lm.device)
+    width = ids.shape[1]
+    keep = max(conts) + 1
+    cols = torch.arange(width, device=lm.device)
+    first = torch.as_tensor([width - c - 1 for c in conts], device=lm.device)
+    with override_positions(lm, cols[None, :] >= first[:, None]):
+        logits = lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=False,
+            logits_to_keep=keep,
+        ).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    sums = []
+    for b, (row, c) in enumerate(zip(rows, conts, strict=True)):
+        targets = torch.as_tensor(list(row[len(row) - c :]), device=lm.device)
+        # logits at kept index t predict the token at kept index t + 1
+        sums.append(logp[b, keep - c - 1 : keep - 1].gather(1, targets[:, None]).sum())
+    return torch.stack(sums)
+
+
 def _multi_token_scores(
     lm: LanguageModel,
     prompt_ids: list[list[int]],
@@ -133,34 +165,14 @@ def _multi_token_scores(
     seqs = [(i, j) for i in range(n) for j in range(k)]
     out = torch.empty((n, k), dtype=torch.float32)
     order = sorted(range(len(seqs)), key=lambda s: -len(prompt_ids[seqs[s][0]]))
-    pad_id = lm.tokenizer.pad_token_id
     for start in tqdm(
         range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False
     ):
         chunk = [seqs[s] for s in order[start : start + batch_size]]
         rows = [prompt_ids[i] + answer_ids[j] for i, j in chunk]
-        conts = [len(answer_ids[j]) for _, j in chunk]
-        ids, mask = pad(rows, pad_id, "left", lm.device)
-        width = ids.shape[1]
-        keep = max(conts) + 1
-        # steer the last prompt token and every answer token (as generation would)
-        cols = torch.arange(width, device=lm.device)
-        first = torch.as_tensor([width - c - 1 for c in conts], device=lm.device)
-        steer_mask = cols[None, :] >= first[:, None]
-        with override_positions(lm, steer_mask):
-            logits = lm.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids_from_mask(mask),
-                use_cache=False,
-                logits_to_keep=keep,
-            ).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        for b, ((i, j), c) in enumerate(zip(chunk, conts, strict=True)):
-            targets = torch.as_tensor(answer_ids[j], device=lm.device)
-            # logits at kept index t predict the token at kept index t + 1
-            window = logp[b, keep - c - 1 : keep - 1]
-            out[i, j] = window.gather(1, targets[:, None]).sum().cpu()
+        sums = continuation_log_probs(lm, rows, [len(answer_ids[j]) for _, j in chunk])
+        for b, (i, j) in enumerate(chunk):
+            out[i, j] = sums[b].cpu()
     return out
 
 

@@ -6,7 +6,7 @@
 split (never on the test split); then zero-shot accuracy on the test split is printed before and
 after adding ``alpha * v_{l*}`` at the last prompt token of block l*.
 
-    python -m castlib.quickstart [--limit 200] [--n-train 32] [--k 4]
+    python -m castlib.quickstart [--n-test 200] [--n-train 32] [--k 4]
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=32, help="examples the vector is averaged over")
     p.add_argument("--k", type=int, default=4, help="demonstrations per few-shot prompt")
     p.add_argument("--dev", type=int, default=64, help="dev examples for choosing layer/alpha")
-    p.add_argument("--limit", type=int, default=200, help="test examples")
+    p.add_argument(
+        "--n-test", type=int, default=200, help="test examples (a seeded sample, the same twice)"
+    )
     p.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     p.add_argument("--layers", type=int, nargs="+", default=None, help="default: L/4, L/2, 3L/4")
     p.add_argument("--batch-size", type=int, default=16)
@@ -78,14 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  dev layer={layer:2d} alpha={alpha:5.2f} accuracy={acc:.3f}")
             if acc > best[0]:
                 best = (acc, layer, alpha)
-    before = evaluate(lm, task, limit=args.limit, batch_size=args.batch_size)
+    before = evaluate(lm, task, sample=args.n_test, batch_size=args.batch_size)
     print(f"zero-shot test accuracy (n={before.n}): {before.accuracy:.3f}")
     if best[1] is None:
         print("no (layer, alpha) beat zero-shot on dev; steering is not applied")
         after = before
     else:
         with steer(lm, vector, alpha=best[2], layers=[best[1]]):
-            after = evaluate(lm, task, limit=args.limit, batch_size=args.batch_size)
+            after = evaluate(lm, task, sample=args.n_test, batch_size=args.batch_size)
         print(
             f"steered test accuracy (layer={best[1]}, alpha={best[2]}, n={after.n}): "
             f"{after.accuracy:.3f}"

@@ -495,7 +495,7 @@ n_corrupted = 2  # function vector: corrupted prompts for the heads' indirect ef
 n_demos = 4  # I2CL: source demonstrations whose context vectors are averaged
 n_calib = 4  # I2CL: source examples calibrating the injection coefficients
 train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
-n_target = 8  # LoRA/KaSA on target_dev: labelled target examples (<= 32)
+n_target = 8  # LoRA/KaSA on target_dev: labelled target examples, at most 32
 method_params = {}  # extra parameters per method label, e.g. {"cast": {"gamma": 0.0}}
 batch_size = 16
 """
@@ -1182,6 +1182,11 @@ NOTEBOOKS["05_scalability_cost"] = [
         if "cross_task_icl" in c.index:
             print(f"Cross-task ICL's latency is {nbtools.fmt(c.loc['cross_task_icl', 'latency_ratio'], 2)}x"
                   f" zero-shot's per query, on every query.")
+        for name, row in c.drop(index=["zero_shot", "cross_task_icl", "cast"], errors="ignore").iterrows():
+            print(f"{name}: accuracy {nbtools.fmt(row['accuracy'])}, latency "
+                  f"{nbtools.fmt(row['latency_ratio'], 2)}x zero-shot, one-off fit "
+                  f"{nbtools.fmt(row['fit_in_zero_shot_queries'], 0)} zero-shot queries, "
+                  f"{int(row['trainable_params'])} trained parameters.")
         """,
         IGNORE,
     ),

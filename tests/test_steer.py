@@ -100,7 +100,9 @@ def test_generation_is_steered_on_every_decode_step(lm):
     )
     try:
         with torch.no_grad():
-            lm.model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=0)
+            lm.model.generate(
+                **enc, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0
+            )
     finally:
         handle.remove()
         for h in spies:

@@ -50,7 +50,7 @@ from ..padding import encode, iter_batches
 from ..prefix_cache import expand_cache
 from ..prompts import k_shot
 from ..tasks import Example, Task
-from .steering import SteeringMethod, make_vector
+from .steering import SteeringMethod, draw_icl_item, make_vector
 
 __all__ = [
     "FunctionVector",
@@ -298,21 +298,14 @@ class FunctionVector(SteeringMethod):
         rng = random.Random(seed)
         used: set[str] = set()
 
-        def draw(i: int) -> tuple[Task, list[Example]]:
-            task = sources[i % len(sources)]
-            picks = rng.sample(list(task.train), p.k + 1)
-            used.update(ex.id for ex in picks)
-            return task, picks
-
         clean = []
         for i in range(p.n_prompts):
-            task, picks = draw(i)
-            clean.append(k_shot(task, picks[-1], picks[:-1]))
+            task, query, demos = draw_icl_item(sources, i, p.k, rng, used)
+            clean.append(k_shot(task, query, demos))
         corrupted, gold = [], []
         for i in range(p.n_corrupted):
-            task, picks = draw(i)
-            query = picks[-1]
-            corrupted.append(k_shot(task, query, corrupt(task, picks[:-1], rng)))
+            task, query, demos = draw_icl_item(sources, i, p.k, rng, used)
+            corrupted.append(k_shot(task, query, corrupt(task, demos, rng)))
             gold.append(answer_token_ids(lm.tokenizer, [task.answer(query)])[0][0])
 
         means = mean_head_outputs(lm, clean, p.batch_size)

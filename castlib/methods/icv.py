@@ -21,7 +21,7 @@ from ..analysis import first_principal_direction
 from ..models import LanguageModel
 from ..steer import steer
 from ..tasks import Task
-from .steering import SteeringMethod, icl_activations, make_vector
+from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector
 
 __all__ = ["ICV"]
 
@@ -49,12 +49,8 @@ class ICV(SteeringMethod):
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
         p = self.params
         rng = random.Random(seed)
-        items, used = [], set()
-        for i in range(p.n_samples):
-            task = sources[i % len(sources)]
-            picks = rng.sample(list(task.train), p.k + 1)
-            used.update(ex.id for ex in picks)
-            items.append((task, picks[-1], picks[:-1]))
+        used: set[str] = set()
+        items = [draw_icl_item(sources, i, p.k, rng, used) for i in range(p.n_samples)]
         h_k, h_0 = icl_activations(lm, items, batch_size=p.batch_size)
         deltas = h_k - h_0
         mean = deltas.mean(0)

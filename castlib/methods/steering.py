@@ -47,6 +47,18 @@ def default_layers(n_layers: int) -> list[int]:
     return sorted({min(n_layers - 1, round(n_layers * f)) for f in (0.25, 0.375, 0.5, 0.625, 0.75)})
 
 
+def draw_icl_item(
+    sources: Sequence[Task], i: int, k: int, rng: random.Random, used: set[str]
+) -> tuple[Task, Example, list[Example]]:
+    """The ``i``-th source draw ``(task, x, D)``: task ``sources[i mod len]``, k + 1 distinct
+    train examples sampled by ``rng`` (the last is the query ``x``, the others the
+    demonstrations ``D``); their ids are added to ``used`` (kept out of tuning)."""
+    task = sources[i % len(sources)]
+    picks = rng.sample(list(task.train), k + 1)
+    used.update(ex.id for ex in picks)
+    return task, picks[-1], picks[:-1]
+
+
 def icl_activations(
     lm: LanguageModel,
     items: Sequence[tuple[Task, Example, Sequence[Example]]],

@@ -15,7 +15,7 @@ from ..models import LanguageModel
 from ..prompts import k_shot
 from ..record import record_activations
 from ..tasks import Task
-from .steering import SteeringMethod, make_vector
+from .steering import SteeringMethod, draw_icl_item, make_vector
 
 __all__ = ["TaskVector"]
 
@@ -33,12 +33,9 @@ class TaskVector(SteeringMethod):
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
         p = self.params
         rng = random.Random(seed)
-        prompts, used = [], set()
-        for i in range(p.n_prompts):
-            task = sources[i % len(sources)]
-            picks = rng.sample(list(task.train), p.k + 1)
-            used.update(ex.id for ex in picks)
-            prompts.append(k_shot(task, picks[-1], picks[:-1]))
+        used: set[str] = set()
+        items = [draw_icl_item(sources, i, p.k, rng, used) for i in range(p.n_prompts)]
+        prompts = [k_shot(task, x, demos) for task, x, demos in items]
         acts = record_activations(lm, prompts, batch_size=p.batch_size)
         self.vector = make_vector(lm, acts.mean(0), self.name, {"k": p.k, "n_prompts": p.n_prompts})
         self.tune(lm, sources, target, used, rng)
