@@ -22,7 +22,10 @@ Run config (YAML)
           alpha: [4.0, 8.0]
 
 Parameters of a run are ``defaults | parameters | one grid point`` (later wins; a name may not be in
-both ``parameters`` and ``grid``). ``output_dir`` is reserved: the runner passes each run's own
+both ``parameters`` and ``grid``). Every name must be assigned in the notebook's cell tagged
+``parameters``: papermill would otherwise inject a misspelt name with only a warning and the
+notebook would silently run with its default, so the config is rejected (with the closest declared
+name as a hint). ``output_dir`` is reserved: the runner passes each run's own
 directory under that name. Relative notebook paths are looked up in the current working directory,
 then next to the config file.
 
@@ -69,6 +72,7 @@ those columns exist.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as _dt
 import difflib
 import hashlib
@@ -97,6 +101,7 @@ __all__ = [
     "is_complete",
     "load_config",
     "main",
+    "notebook_parameters",
     "parse_config",
     "plot_summary",
     "run_batch",
@@ -241,6 +246,7 @@ def _expand_entry(
     if both:
         raise ConfigError(f"{where}: {both} given both in 'parameters' and 'grid'")
 
+    _check_declared(notebook, [*defaults, *fixed, *grid], where)
     label = Path(label).as_posix()
     runs = []
     for values in itertools.product(*grid.values()):
@@ -263,6 +269,56 @@ def _find_notebook(label: str, base_dir: Path | None, where: str) -> Path:
             return candidate.resolve()
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise ConfigError(f"{where}.notebook: notebook not found: {label!r} (looked at {looked})")
+
+
+def notebook_parameters(notebook: str | Path) -> set[str] | None:
+    """Names assigned at the top level of a notebook's cell tagged ``parameters``.
+
+    Returns None when the notebook has no such cell; raises ValueError when the cell is not plain
+    Python (an IPython magic, say) and so cannot be read without a kernel.
+    """
+    import nbformat
+
+    nb = nbformat.read(Path(notebook), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        return None
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError as exc:
+        raise ValueError(f"the parameters cell of {notebook} is not plain Python: {exc}") from exc
+    names: set[str] = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        for target in targets:
+            elements = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+            names.update(e.id for e in elements if isinstance(e, ast.Name))
+    return names
+
+
+def _check_declared(notebook: Path, names: Sequence[str], where: str) -> None:
+    if not names:
+        return
+    try:
+        declared = notebook_parameters(notebook)
+    except ValueError as exc:
+        warnings.warn(f"{where}: {exc}; parameter names not checked", stacklevel=3)
+        return
+    if declared is None:
+        raise ConfigError(
+            f"{where}: {notebook.name} has no cell tagged 'parameters', so papermill would "
+            f"inject {sorted(set(names))} above its first cell; tag its parameters cell"
+        )
+    for name in dict.fromkeys(names):
+        if name not in declared:
+            hint = difflib.get_close_matches(name, sorted(declared), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(
+                f"{where}: {name!r} is not a parameter of {notebook.name}{extra}; "
+                f"its parameters cell declares: {', '.join(sorted(declared))}"
+            )
 
 
 def _parameter_mapping(value: Any, where: str) -> dict[str, Any]:

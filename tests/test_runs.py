@@ -16,7 +16,11 @@ from castlib import runs as R
 def make_notebook(path: Path, *, fail_on: int | None = None) -> Path:
     """A tiny parameterised notebook writing results.json (raising when x == fail_on)."""
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('x = 1\noutput_dir = "."')
+    params = nbformat.v4.new_code_cell(
+        'x = 1\noutput_dir = "."\n'
+        "# declared for the config tests; unused here\n"
+        'n: int = 1\nseed = 0\nmodel = ""\nalpha, flag = 1.0, False\ntasks = []'
+    )
     params.metadata["tags"] = ["parameters"]
     body = "import json, pathlib\n"
     if fail_on is not None:
@@ -197,6 +201,71 @@ def test_ids_safe_long_and_unique(workdir: Path) -> None:
 def test_validation_errors(workdir: Path, config: dict, message: str) -> None:
     with pytest.raises(R.ConfigError, match=message):
         R.parse_config(config)
+
+
+def test_notebook_parameters_reads_the_tagged_cell(workdir: Path) -> None:
+    declared = R.notebook_parameters(workdir / "nbs" / "good.ipynb")
+    assert declared == {"x", "output_dir", "n", "seed", "model", "alpha", "flag", "tasks"}
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("defaults", "'sed' is not a parameter of good.ipynb \\(did you mean 'seed'\\?\\)"),
+        ("parameters", "'sed' is not a parameter of good.ipynb"),
+        ("grid", "'sed' is not a parameter of good.ipynb"),
+    ],
+)
+def test_undeclared_parameter_is_rejected(workdir: Path, where: str, message: str) -> None:
+    """A misspelt name would otherwise run silently with the notebook's default."""
+    entry: dict = {"notebook": "nbs/good.ipynb"}
+    config: dict = {"output_dir": "o", "runs": [entry]}
+    if where == "defaults":
+        config["defaults"] = {"sed": 1}
+    elif where == "parameters":
+        entry["parameters"] = {"sed": 1}
+    else:
+        entry["grid"] = {"sed": [1, 2]}
+    with pytest.raises(R.ConfigError, match=message):
+        R.parse_config(config)
+
+
+def test_notebook_without_parameters_cell(workdir: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, workdir / "nbs" / "plain.ipynb")
+    with pytest.raises(R.ConfigError, match="no cell tagged 'parameters'"):
+        R.parse_config(
+            {"output_dir": "o", "runs": [{"notebook": "nbs/plain.ipynb", "grid": {"x": [2]}}]}
+        )
+    # without parameters there is nothing to inject, so nothing to check
+    cfg = R.parse_config({"output_dir": "o", "runs": [{"notebook": "nbs/plain.ipynb"}]})
+    assert [r.run_id for r in cfg.runs] == ["plain/default"]
+
+
+def test_unparseable_parameters_cell_warns(workdir: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("%matplotlib inline\nx = 1")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell]
+    nbformat.write(nb, workdir / "nbs" / "magic.ipynb")
+    with pytest.warns(UserWarning, match="not plain Python"):
+        cfg = R.parse_config(
+            {"output_dir": "o", "runs": [{"notebook": "nbs/magic.ipynb", "grid": {"y": [2]}}]}
+        )
+    assert cfg.runs[0].parameters == {"y": 2}
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted((Path(__file__).parents[1] / "papermill_runs").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_configs_are_valid(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shipped config parses, finds its notebooks and names only declared parameters."""
+    monkeypatch.chdir(config.parents[1])
+    cfg = R.load_config(config)
+    assert cfg.runs and len({r.run_id for r in cfg.runs}) == len(cfg.runs)
 
 
 def test_cli_config_error_exit_code(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
