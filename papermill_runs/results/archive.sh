@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Copy the records (run.json, results.json, CSV tables) of every finished run of a batch output
+# directory into papermill_runs/results/<name>/, so that measured numbers are kept in git.
+# Executed notebooks and PNG figures stay in the output directory (rerun to regenerate them).
+#   bash papermill_runs/results/archive.sh runs_out/full_cpu full_cpu
+set -euo pipefail
+src=${1:?usage: archive.sh OUTPUT_DIR NAME}
+name=${2:?usage: archive.sh OUTPUT_DIR NAME}
+dest="$(cd "$(dirname "$0")" && pwd)/$name"
+find "$src" -name run.json | while read -r run; do
+  dir=$(dirname "$run")
+  grep -q '"status": "ok"' "$run" || continue
+  rel=${dir#"$src"/}
+  mkdir -p "$dest/$rel"
+  find "$dir" -maxdepth 1 -type f \( -name '*.json' -o -name '*.csv' \) -exec cp {} "$dest/$rel/" \;
+  echo "archived $rel"
+done
