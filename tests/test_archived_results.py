@@ -1,0 +1,46 @@
+"""The archived batch records in papermill_runs/results/ are well-formed and still match their config.
+
+A record whose parameters no longer match the run of the same id in the config is stale: the
+config changed after it was measured, and the archive must be rerun or removed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from castlib import runs as R
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT / "papermill_runs" / "results"
+RUN_FILES = sorted(ARCHIVE.glob("*/**/run.json"))
+
+
+@pytest.mark.parametrize("run_file", RUN_FILES, ids=lambda p: str(p.relative_to(ARCHIVE)))
+def test_archived_run_is_ok_and_matches_its_config(
+    run_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = json.loads(run_file.read_text())
+    assert run["status"] == "ok"
+    assert run["seconds"] > 0
+    batch = run_file.relative_to(ARCHIVE).parts[0]
+    monkeypatch.chdir(ROOT)
+    config = R.load_config(ROOT / "papermill_runs" / f"{batch}.yaml")
+    by_id = {r.run_id: r for r in config.runs}
+    assert run["run_id"] in by_id, f"{run['run_id']} is not a run of {batch}.yaml"
+    assert run["parameters"] == json.loads(json.dumps(by_id[run["run_id"]].parameters))
+
+    records = json.loads((run_file.parent / R.RESULTS_FILE).read_text())
+    records = records if isinstance(records, list) else [records]
+    assert records
+    for rec in records:
+        acc = rec.get("accuracy")
+        if acc is not None and not (isinstance(acc, float) and math.isnan(acc)):
+            assert 0.0 <= acc <= 1.0, rec
+
+
+def test_archive_has_records() -> None:
+    assert RUN_FILES, "papermill_runs/results/ holds no archived run"
