@@ -6,12 +6,15 @@
 set -euo pipefail
 src=${1:?usage: archive.sh OUTPUT_DIR NAME}
 name=${2:?usage: archive.sh OUTPUT_DIR NAME}
-dest="$(cd "$(dirname "$0")" && pwd)/$name"
+here="$(cd "$(dirname "$0")" && pwd)"
+dest="$here/$name"
+root="$(cd "$here/../.." && pwd)"  # run.json holds absolute paths; keep them repo-relative in git
 find "$src" -name run.json | while read -r run; do
   dir=$(dirname "$run")
   grep -q '"status": "ok"' "$run" || continue
   rel=${dir#"$src"/}
   mkdir -p "$dest/$rel"
   find "$dir" -maxdepth 1 -type f \( -name '*.json' -o -name '*.csv' \) -exec cp {} "$dest/$rel/" \;
+  sed -i "s#$root/##g" "$dest/$rel/run.json"
   echo "archived $rel"
 done
