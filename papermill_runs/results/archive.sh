@@ -15,6 +15,7 @@ find "$src" -name run.json | while read -r run; do
   rel=${dir#"$src"/}
   mkdir -p "$dest/$rel"
   find "$dir" -maxdepth 1 -type f \( -name '*.json' -o -name '*.csv' \) -exec cp {} "$dest/$rel/" \;
-  sed -i "s#$root/##g" "$dest/$rel/run.json"
+  text=$(<"$dest/$rel/run.json")  # literal (not regex) removal of the root prefix
+  printf '%s\n' "${text//"$root/"/}" > "$dest/$rel/run.json"
   echo "archived $rel"
 done
