@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from castlib import runs as R
@@ -44,3 +46,15 @@ def test_archived_run_is_ok_and_matches_its_config(
 
 def test_archive_has_records() -> None:
     assert RUN_FILES, "papermill_runs/results/ holds no archived run"
+
+
+@pytest.mark.parametrize("batch", sorted(p.name for p in ARCHIVE.iterdir() if p.is_dir()))
+def test_kept_aggregate_matches_the_records(batch: str, tmp_path: Path) -> None:
+    """summary.csv and runs.csv kept beside the records are what aggregating the records gives."""
+    kept = ARCHIVE / batch
+    copy = tmp_path / batch
+    shutil.copytree(kept, copy, ignore=shutil.ignore_patterns(R.FIGURES_DIR))
+    R.aggregate(copy, figures=False)
+    for name in (R.SUMMARY_FILE, R.RUNS_TABLE_FILE):
+        assert (kept / name).is_file(), f"rebuild {batch}/{name} with --aggregate-only"
+        pd.testing.assert_frame_equal(pd.read_csv(kept / name), pd.read_csv(copy / name))

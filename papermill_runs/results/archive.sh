@@ -2,6 +2,8 @@
 # Copy the records (run.json, results.json, CSV tables) of every finished run of a batch output
 # directory into papermill_runs/results/<name>/, so that measured numbers are kept in git.
 # Executed notebooks and PNG figures stay in the output directory (rerun to regenerate them).
+# Then rebuilds the kept summary.csv and runs.csv from all records there (with $PYTHON, default
+# python: run it with the project's environment active).
 #   bash papermill_runs/results/archive.sh runs_out/full_cpu full_cpu
 set -euo pipefail
 src=${1:?usage: archive.sh OUTPUT_DIR NAME}
@@ -19,3 +21,4 @@ find "$src" -name run.json | while read -r run; do
   printf '%s\n' "${text//"$root/"/}" > "$dest/$rel/run.json"
   echo "archived $rel"
 done
+"${PYTHON:-python}" -m castlib.runs --aggregate-only "$dest"
