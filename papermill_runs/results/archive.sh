@@ -3,7 +3,7 @@
 # directory into papermill_runs/results/<name>/, so that measured numbers are kept in git.
 # Executed notebooks and PNG figures stay in the output directory (rerun to regenerate them).
 # Then rebuilds the kept summary.csv and runs.csv from all records there (with $PYTHON, default
-# python: run it with the project's environment active).
+# python: run it with the project's environment active); the figures/ it also draws is git-ignored.
 #   bash papermill_runs/results/archive.sh runs_out/full_cpu full_cpu
 set -euo pipefail
 src=${1:?usage: archive.sh OUTPUT_DIR NAME}
