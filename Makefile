@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 #   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# e.g. make quickstart QUICKSTART_ARGS="--n-test 16 --dev 16"
+QUICKSTART_ARGS ?=
 
 .PHONY: setup quickstart test test-fast notebooks smoke bench lint clean
 
@@ -16,16 +18,19 @@ $(VENV)/.castlib-installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m ipykernel install --user --name python3 --display-name "Python 3 (castlib)" >/dev/null
+	# A kernel spec inside .venv only (never the user's Jupyter folders): `jupyter lab` started
+	# from .venv offers "Python 3 (castlib)"; papermill batches and nbval use the running
+	# interpreter whatever kernels the user has.
+	$(PY) -m ipykernel install --sys-prefix --name castlib --display-name "Python 3 (castlib)" >/dev/null
 	touch $@
 
 quickstart: setup
-	$(PY) -m castlib.quickstart
+	$(PY) -m castlib.quickstart $(QUICKSTART_ARGS)
 
 # unit tests, the real-model tier, the smoke batch (tests/test_notebooks_smoke.py) and nbval on
 # the committed notebooks, in one pytest run
 test: setup
-	$(PY) -m pytest -q tests notebooks --nbval --nbval-sanitize-with nbval_sanitize.cfg $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests notebooks --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q tests -m "not real_model" $(PYTEST_ARGS)

@@ -1562,6 +1562,7 @@ def fetch_task(
     meta_path.unlink(missing_ok=True)  # from here on, the folder reads as partial until done
     for split in ("train", "test", "dev"):
         path = out_dir / f"{split}.jsonl"
+        (out_dir / f"{split}.jsonl.gz").unlink(missing_ok=True)  # a shipped copy is replaced
         if split in rows:
             _atomic_write(path, "".join(_jsonl_line(r) for r in rows[split]))
         else:

@@ -6,7 +6,8 @@
 split (never on the test split); then zero-shot accuracy on the test split is printed before and
 after adding ``alpha * v_{l*}`` at the last prompt token of block l*.
 
-    python -m castlib.quickstart [--n-test 200] [--n-train 32] [--k 4]
+    python -m castlib.quickstart [--n-test 200] [--n-train 32] [--k 4] [--dev 64]
+    make quickstart QUICKSTART_ARGS="--n-test 16 --dev 16"
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"zero-shot test accuracy (n={before.n}): {before.accuracy:.3f}")
     if best[1] is None:
         print("no (layer, alpha) beat zero-shot on dev; steering is not applied")
-        after = before
+        print(f"steered test accuracy (none chosen: alpha=0, n={before.n}): {before.accuracy:.3f}")
     else:
         with steer(lm, vector, alpha=best[2], layers=[best[1]]):
             after = evaluate(lm, task, sample=args.n_test, batch_size=args.batch_size)

@@ -10,7 +10,7 @@ Run config (YAML)
 ::
 
     output_dir: runs_out/cross_domain     # required; relative to the current working directory
-    kernel: python3                       # optional; --kernel overrides it
+    kernel: castlib                       # optional (default: the current interpreter); --kernel overrides it
     defaults:                             # optional; applied to every run
       n_test: 200
     runs:                                 # required, non-empty
@@ -47,7 +47,8 @@ Each run executes with papermill into ``<run_dir>/<stem>.ipynb`` with ``output_d
 as in Jupyter and nbval, so the same relative paths (e.g. a ``data_dir`` default) work
 interactively, under nbval and here; pass absolute paths (or paths relative to the notebook
 folder) in parameters. The kernel is ``--kernel``, else the config's ``kernel``, else the
-notebook's kernelspec, else Jupyter's native ``python3`` kernel (the current interpreter).
+current interpreter (`castlib.kernels.CurrentEnvKernelManager`): a batch runs in the environment
+that started it, whatever kernel specs the user has installed.
 
 A notebook writes ``results.json`` (a list of flat records, or one record) into ``output_dir``.
 Each run writes ``<run_dir>/run.json`` with its status (``"ok"``/``"failed"``), parameters,
@@ -472,9 +473,12 @@ def is_complete(run: Run, output_dir: str | Path) -> bool:
 
 
 def _kernel_and_language(notebook: Path, kernel: str | None) -> tuple[str, str | None]:
-    """Kernel to use (explicit, else the notebook's, else Jupyter's native ``python3``) and the
-    language papermill needs when the notebook's metadata names none (``None`` when it does)."""
+    """Kernel to use (an explicit name, else `castlib.kernels.CURRENT_ENV_KERNEL`: the running
+    interpreter) and the language papermill needs when the notebook's metadata names none
+    (``None`` when it does)."""
     import nbformat
+
+    from .kernels import CURRENT_ENV_KERNEL
 
     try:
         metadata = nbformat.read(notebook, as_version=4).metadata
@@ -482,11 +486,7 @@ def _kernel_and_language(notebook: Path, kernel: str | None) -> tuple[str, str |
         metadata = {}
     spec = metadata.get("kernelspec") or {}
     known = spec.get("language") or (metadata.get("language_info") or {}).get("name")
-    if not kernel:
-        from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
-
-        kernel = str(spec.get("name") or NATIVE_KERNEL_NAME)
-    return kernel, None if known else "python"
+    return kernel or CURRENT_ENV_KERNEL, None if known else "python"
 
 
 class MissingResultsError(RuntimeError):
@@ -541,6 +541,8 @@ def execute_run(
     """
     import papermill
 
+    from .kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
+
     if not force and is_complete(run, output_dir):
         return RunOutcome(run, "skipped")
     run_dir = run.run_dir(output_dir).resolve()
@@ -563,6 +565,10 @@ def execute_run(
         "started": _now(),
     }
     error: dict[str, Any] | None = None
+    engine_kwargs: dict[str, Any] = {}
+    if kernel == CURRENT_ENV_KERNEL:
+        engine_kwargs["kernel_manager_class"] = CurrentEnvKernelManager
+        record["python"] = sys.executable
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(
@@ -573,6 +579,7 @@ def execute_run(
             kernel_name=kernel,
             language=language,
             progress_bar=False,
+            **engine_kwargs,
         )
         _check_results(run_dir / RESULTS_FILE)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the batch goes on
@@ -808,7 +815,9 @@ def _parser() -> argparse.ArgumentParser:
         help="only runs whose id contains this substring (repeatable: any of them)",
     )
     parser.add_argument("--force", action="store_true", help="rerun runs that are already done")
-    parser.add_argument("--kernel", help="Jupyter kernel name (default: config, notebook, python3)")
+    parser.add_argument(
+        "--kernel", help="Jupyter kernel name (default: the config's, else the current interpreter)"
+    )
     parser.add_argument(
         "--aggregate-only",
         metavar="OUTPUT_DIR",

@@ -1,20 +1,29 @@
-"""Tasks in the normalised format of ``shared/data/FORMAT.md``.
+"""Tasks in the normalised format of ``data/FORMAT.md``.
 
 A task folder holds ``meta.json``, ``train.jsonl``, ``test.jsonl`` and optionally
-``dev.jsonl``. `load_task` reads one into a `Task`: its instruction, label space (label words,
-or option letters for multiple choice) and splits of `Example` rows. Every example's gold answer
-is stored as an index into the label space.
+``dev.jsonl``; each split file may instead be gzip-compressed (``train.jsonl.gz``), as the
+repository's own ``data/`` folder ships them. `load_task` reads one into a `Task`: its
+instruction, label space (label words, or option letters for multiple choice) and splits of
+`Example` rows. Every example's gold answer is stored as an index into the label space.
 
-The data directory is the ``data_dir`` argument, else ``$CASTLIB_DATA``, else ``./data``, else
-``../shared/data`` (relative to the working directory), else ``shared/data`` next to the
-repository root of this package.
+The data directory is the ``data_dir`` argument, else ``$CASTLIB_DATA``, else the ``data/``
+folder of the repository this package was installed from (found relative to the package, not
+the working directory, so notebooks and scripts find it from anywhere), else an error that
+names what was tried. ``castlib data fetch`` writes the same format from the Hugging Face hub.
+
+A split file is read whole before anything is returned: a truncated gzip file, a malformed row,
+a duplicate row id or a row count that disagrees with ``meta.json``'s ``counts`` raises
+`TaskFormatError` naming the file, and no partial task is built.
 """
 
 from __future__ import annotations
 
+import difflib
+import gzip
 import json
 import os
 import random
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,31 +140,47 @@ def sample_examples(examples: Sequence[Example], n: int | None, seed: int = 0) -
     return random.Random(seed).sample(rows, n)
 
 
-def _candidate_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parent.parent
-    out = []
-    env = os.environ.get("CASTLIB_DATA")
-    if env:
-        out.append(Path(env).expanduser())
-    out += [Path("data"), Path("..") / "shared" / "data", here.parent / "shared" / "data"]
-    return out
+#: The environment variable that names a data directory.
+DATA_ENV = "CASTLIB_DATA"
+
+
+def repo_data_dir() -> Path:
+    """The ``data/`` folder of the repository holding this package (it may not exist, e.g.
+    for a wheel installed without the repository)."""
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def _has_tasks(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("*/meta.json"))
 
 
 def resolve_data_dir(path: str | Path | None = None) -> Path:
-    """Resolve the data directory (see the module docstring for the search order)."""
+    """The data directory: ``path``, else ``$CASTLIB_DATA``, else `repo_data_dir`.
+
+    An explicit ``path`` or ``$CASTLIB_DATA`` that is not a directory is an error (never a
+    silent fall-back to another folder).
+
+    Raises:
+        FileNotFoundError: naming every place tried and how to get the data.
+    """
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_dir():
-            raise FileNotFoundError(f"data directory {p} does not exist")
+            raise FileNotFoundError(f"data directory {p} (data_dir=) does not exist")
         return p
-    tried = _candidate_dirs()
-    for p in tried:
-        if p.is_dir() and any(p.glob("*/meta.json")):
-            return p
+    env = os.environ.get(DATA_ENV)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_dir():
+            raise FileNotFoundError(f"data directory {p} (${DATA_ENV}) does not exist")
+        return p
+    own = repo_data_dir()
+    if _has_tasks(own):
+        return own
     raise FileNotFoundError(
-        "no task data directory found; tried "
-        + ", ".join(str(p) for p in tried)
-        + ". Pass data_dir=, set CASTLIB_DATA, or run `castlib data fetch --data-dir data`."
+        f"no task data directory found; tried data_dir= (not given), ${DATA_ENV} (not set) and "
+        f"the repository's {own} (no task folders). Clone the repository (it ships data/), "
+        f"pass data_dir=, set {DATA_ENV}, or run `castlib data fetch TASK ... --data-dir DIR`."
     )
 
 
@@ -208,20 +233,58 @@ def _parse_row(obj: Any, meta: Mapping[str, Any], where: str) -> Example:
     )
 
 
+def split_file(folder: Path, split: str) -> Path | None:
+    """The file of ``split`` in a task folder: ``<split>.jsonl`` or ``<split>.jsonl.gz``
+    (None if neither exists; both at once is an error, since they could disagree)."""
+    plain, packed = folder / f"{split}.jsonl", folder / f"{split}.jsonl.gz"
+    if plain.is_file() and packed.is_file():
+        raise TaskFormatError(f"{folder}: both {plain.name} and {packed.name}; keep one")
+    if plain.is_file():
+        return plain
+    return packed if packed.is_file() else None
+
+
+def _read_lines(path: Path) -> list[str]:
+    """All lines of a (possibly gzip-compressed) UTF-8 file, read whole."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read().splitlines()
+        return path.read_text(encoding="utf-8").splitlines()
+    except (EOFError, OSError, zlib.error) as err:  # truncated or corrupt gzip stream
+        raise TaskFormatError(f"{path}: unreadable ({type(err).__name__}: {err})") from err
+    except UnicodeDecodeError as err:
+        raise TaskFormatError(f"{path}: not UTF-8 text ({err.reason})") from err
+
+
 def read_jsonl(path: Path, meta: Mapping[str, Any]) -> list[Example]:
-    """Parse one split file; a malformed row raises naming the file and line."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TaskFormatError(f"{where}: invalid JSON ({err.msg})") from err
-            rows.append(_parse_row(obj, meta, where))
+    """Parse one split file (``.jsonl`` or ``.jsonl.gz``); a malformed row or a duplicate id
+    raises naming the file and line."""
+    rows: list[Example] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskFormatError(f"{where}: invalid JSON ({err.msg})") from err
+        row = _parse_row(obj, meta, where)
+        if row.id in seen:
+            raise TaskFormatError(
+                f"{where}: duplicate row id {row.id!r} (first on line {seen[row.id]})"
+            )
+        seen[row.id] = lineno
+        rows.append(row)
     return rows
+
+
+def _unknown_task(name: str, root: Path) -> KeyError:
+    available = sorted(p.parent.name for p in root.glob("*/meta.json"))
+    close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return KeyError(f"unknown task {name!r} in {root}.{hint} Available: {', '.join(available)}")
 
 
 def load_task(name: str, data_dir: str | Path | None = None) -> Task:
@@ -235,8 +298,7 @@ def load_task(name: str, data_dir: str | Path | None = None) -> Task:
     folder = root / name
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
-        available = sorted(p.parent.name for p in root.glob("*/meta.json"))
-        raise KeyError(f"unknown task {name!r} in {root}; available: {', '.join(available)}")
+        raise _unknown_task(name, root)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -244,13 +306,29 @@ def load_task(name: str, data_dir: str | Path | None = None) -> Task:
     for key in ("kind", "labels", "instruction", "fields"):
         if key not in meta:
             raise TaskFormatError(f"{meta_path}: missing key {key!r}")
+    counts = meta.get("counts") or {}
+    if not isinstance(counts, dict):
+        raise TaskFormatError(f"{meta_path}: 'counts' must be an object, got {counts!r}")
     splits = {}
     for split in SPLITS:
-        path = folder / f"{split}.jsonl"
-        if path.is_file():
-            splits[split] = read_jsonl(path, meta)
-    if "test" not in splits:
-        raise TaskFormatError(f"{folder}: no test.jsonl")
+        path = split_file(folder, split)
+        if path is None:
+            if split == "test" or counts.get(split):
+                raise TaskFormatError(
+                    f"{folder}: missing {split}.jsonl (or {split}.jsonl.gz)"
+                    + (
+                        f"; meta.json counts {counts[split]} {split} rows"
+                        if counts.get(split)
+                        else ""
+                    )
+                )
+            continue
+        rows = read_jsonl(path, meta)
+        if split in counts and counts[split] != len(rows):
+            raise TaskFormatError(
+                f"{path}: {len(rows)} rows, but meta.json counts {counts[split]} (truncated or edited?)"
+            )
+        splits[split] = rows
     splits.setdefault("train", [])
     return Task(
         name=meta.get("name", name),

@@ -13,7 +13,7 @@ from castlib.tasks import Example, Task
 from castlib.testing import FAMILIES, tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "data"  # the task data the repository ships
 
 CORE_FAMILIES = FAMILIES  # every family castlib knows
 
@@ -89,10 +89,10 @@ def gemma():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not beside the repository")
-    return SHARED_DATA
+def repo_data() -> Path:
+    """The repository's own data/ folder (every task the notebooks and configs use)."""
+    assert (DATA / "FORMAT.md").is_file(), f"{DATA} is missing: the repository ships its data"
+    return DATA
 
 
 def pytest_configure(config):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from castlib.fetch import (
     resolve_task,
     validate_row,
 )
+from castlib.tasks import _read_lines, repo_data_dir, split_file
 
 META_KEYS = {
     "name",
@@ -381,12 +381,9 @@ def test_sib200_family_resolves_language_codes() -> None:
     assert resolve_task("nusax_senti_jav").config == "jav"
 
 
-SHARED_DATA = Path(
-    os.environ.get("CASTLIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED_DATA = repo_data_dir()  # the data the repository ships
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data not available")
 def test_specs_match_shared_data_meta() -> None:
     names = [*REGISTRY, *[p.name for p in SHARED_DATA.glob("sib200_*")]]
     names += [p.name for p in SHARED_DATA.glob("nusax_senti_*")]
@@ -755,15 +752,14 @@ def test_fetched_folders_load_with_castlib_tasks(hub: FakeHub, tmp_path: Path) -
         assert len(task.test) == len(rows["test"]) and len(task.train) == len(rows["train"])
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data not available")
 def test_validate_row_accepts_the_shared_data() -> None:
     checked = 0
     for meta_path in sorted(SHARED_DATA.glob("*/meta.json")):
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         for split in ("train", "test", "dev"):
-            path = meta_path.parent / f"{split}.jsonl"
-            if path.exists():
-                for line in path.read_text(encoding="utf-8").splitlines()[:50]:
+            path = split_file(meta_path.parent, split)
+            if path is not None:
+                for line in _read_lines(path)[:50]:
                     validate_row(json.loads(line), meta)
                     checked += 1
     assert checked > 1000

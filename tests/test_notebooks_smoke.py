@@ -74,7 +74,7 @@ def test_every_notebook_has_one_parameters_cell_and_is_in_smoke_yaml(
 
 
 @pytest.fixture(scope="module")
-def smoke_summary(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> pd.DataFrame:
+def smoke_summary(tmp_path_factory: pytest.TempPathFactory, repo_data: Path) -> pd.DataFrame:
     """Run smoke.yaml into a temporary folder; return the summary.csv it aggregates to."""
     out = tmp_path_factory.mktemp("smoke")
     with pytest.MonkeyPatch.context() as mp:

@@ -31,8 +31,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("name, params", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
-def test_method_end_to_end(gemma, shared_data, name, params):
-    method = methods.get(name)(**params, data_dir=str(shared_data))
+def test_method_end_to_end(gemma, repo_data, name, params):
+    method = methods.get(name)(**params, data_dir=str(repo_data))
     method.fit(gemma, ["sst2"], "financial_phrasebank", seed=0)
     rec = method.evaluate(gemma, "financial_phrasebank", sample=8)  # the file is label-sorted
     assert set(methods.RESULT_FIELDS) <= set(rec)

@@ -441,3 +441,44 @@ def test_run_without_results_counts_as_failed(workdir: Path, kernel_name: str) -
     assert outcome.status == "failed" and "MissingResultsError" in outcome.error
     record = json.loads((workdir / "out" / "nores" / "default" / "run.json").read_text())
     assert record["status"] == "failed" and record["error"]["cell"] is None
+
+
+def test_default_kernel_is_the_running_interpreter_whatever_the_user_has(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user-wide ``python3`` kernel spec that points elsewhere (what ``ipykernel install
+    --user`` leaves behind) must not capture a batch: runs execute in this interpreter."""
+    import sys
+
+    pytest.importorskip("ipykernel")
+    user_dir = workdir / "jupyter_user"
+    spec_dir = user_dir / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    bogus = {"argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]}
+    (spec_dir / "kernel.json").write_text(
+        json.dumps({**bogus, "display_name": "x", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(user_dir))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell('output_dir = "."', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import json, pathlib, sys\n"
+            'pathlib.Path(output_dir, "results.json").write_text(json.dumps('
+            '[{"method": "a", "accuracy": 1.0, "python": sys.executable}]))'
+        ),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, workdir / "nbs" / "env.ipynb")
+    cfg = R.parse_config({"output_dir": "out", "runs": [{"notebook": "nbs/env.ipynb"}]})
+    (outcome,) = R.run_batch(cfg, progress=False)
+    assert outcome.status == "ok", outcome.error
+    run_dir = workdir / "out" / "env" / "default"
+    (result,) = json.loads((run_dir / "results.json").read_text())
+    assert result["python"] == sys.executable
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["kernel"] == "current-env" and record["python"] == sys.executable

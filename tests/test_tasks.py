@@ -1,3 +1,6 @@
+import gzip
+import json
+
 import pytest
 
 from castlib.prompts import (
@@ -13,6 +16,7 @@ from castlib.tasks import (
     TaskFormatError,
     list_tasks,
     load_task,
+    repo_data_dir,
     resolve_data_dir,
     sample_examples,
 )
@@ -81,7 +85,7 @@ def test_data_dir_from_env(data, monkeypatch):
 
 
 def test_unknown_task_lists_available(data):
-    with pytest.raises(KeyError, match="available: cls, mc"):
+    with pytest.raises(KeyError, match="Available: cls, mc"):
         load_task("nope", data)
 
 
@@ -117,11 +121,11 @@ def test_prompt_formats(data):
     )
 
 
-def test_every_shared_task_loads(shared_data):
-    names = list_tasks(shared_data)
+def test_every_shared_task_loads(repo_data):
+    names = list_tasks(repo_data)
     assert "sst2" in names and len(names) > 10
     for name in names:
-        task = load_task(name, shared_data)
+        task = load_task(name, repo_data)
         assert len(task.test) > 0
         assert zero_shot(task, task.test[0]).endswith("Answer:")
 
@@ -164,12 +168,12 @@ def test_sample_examples_is_seeded_uniform_and_without_repeats():
         sample_examples(rows, 0)
 
 
-def test_label_sorted_split_first_rows_vs_sample(shared_data):
+def test_label_sorted_split_first_rows_vs_sample(repo_data):
     """financial_phrasebank's test file is sorted by label: its first 200 rows are mostly one
     label, a seeded sample is not (why evaluation takes ``sample=``)."""
     from collections import Counter
 
-    task = load_task("financial_phrasebank", shared_data)
+    task = load_task("financial_phrasebank", repo_data)
 
     def distance(rows):  # total variation distance to the whole split's label distribution
         counts, overall = Counter(ex.label for ex in rows), Counter(ex.label for ex in task.test)
@@ -177,3 +181,94 @@ def test_label_sorted_split_first_rows_vs_sample(shared_data):
 
     assert distance(task.test[:200]) > 0.3
     assert distance(sample_examples(task.test, 200, seed=0)) < 0.1
+
+
+def _gzip_split(folder, split):
+    """Replace ``<split>.jsonl`` by ``<split>.jsonl.gz`` (as the shipped data folder has them)."""
+    plain = folder / f"{split}.jsonl"
+    (folder / f"{split}.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+
+
+def test_gzip_split_reads_the_same_rows(data):
+    before = load_task("cls", data)
+    _gzip_split(data / "cls", "train")
+    after = load_task("cls", data)
+    assert after.train == before.train and after.test == before.test
+
+
+def test_truncated_gzip_is_refused_naming_the_file(data):
+    _gzip_split(data / "cls", "train")
+    path = data / "cls" / "train.jsonl.gz"
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(TaskFormatError, match=r"train\.jsonl\.gz: unreadable"):
+        load_task("cls", data)
+
+
+def test_plain_and_gzip_split_together_are_refused(data):
+    folder = data / "cls"
+    (folder / "train.jsonl.gz").write_bytes(gzip.compress((folder / "train.jsonl").read_bytes()))
+    with pytest.raises(TaskFormatError, match=r"both train\.jsonl and train\.jsonl\.gz"):
+        load_task("cls", data)
+
+
+def test_missing_split_file_named_by_meta_counts(data):
+    meta_path = data / "cls" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["counts"] = {"train": 2, "test": 1}
+    meta_path.write_text(json.dumps(meta))
+    (data / "cls" / "train.jsonl").unlink()
+    with pytest.raises(TaskFormatError, match=r"missing train\.jsonl .*counts 2 train rows"):
+        load_task("cls", data)
+
+
+def test_missing_test_split_is_refused(data):
+    (data / "cls" / "test.jsonl").unlink()
+    with pytest.raises(TaskFormatError, match=r"cls: missing test\.jsonl"):
+        load_task("cls", data)
+
+
+def test_row_count_disagreeing_with_meta_is_refused(data):
+    meta_path = data / "cls" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["counts"] = {"train": 5}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TaskFormatError, match=r"train\.jsonl: 1 rows, but meta\.json counts 5"):
+        load_task("cls", data)
+
+
+def test_duplicate_row_id_is_refused(data):
+    path = data / "cls" / "test.jsonl"
+    row = '{"id": "d", "text": "fine", "label": "positive"}\n'
+    path.write_text(row + row)
+    with pytest.raises(
+        TaskFormatError, match=r"test\.jsonl:2: duplicate row id 'd' \(first on line 1\)"
+    ):
+        load_task("cls", data)
+
+
+def test_close_task_name_gets_a_suggestion(repo_data):
+    with pytest.raises(KeyError, match=r"unknown task 'sst-2'.*Did you mean 'sst2'"):
+        load_task("sst-2", repo_data)
+
+
+def test_data_dir_is_found_relative_to_the_package_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("CASTLIB_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    assert resolve_data_dir() == repo_data_dir()
+    assert load_task("sst2").name == "sst2"
+
+
+def test_missing_env_data_dir_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("CASTLIB_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"nowhere \(\$CASTLIB_DATA\) does not exist"):
+        resolve_data_dir()
+
+
+def test_no_data_anywhere_names_what_was_tried(tmp_path, monkeypatch):
+    import castlib.tasks as tasks_module
+
+    monkeypatch.delenv("CASTLIB_DATA", raising=False)
+    monkeypatch.setattr(tasks_module, "repo_data_dir", lambda: tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match=r"CASTLIB_DATA \(not set\).*castlib data fetch"):
+        resolve_data_dir()
