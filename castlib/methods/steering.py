@@ -8,6 +8,12 @@ the earlier grid point). Two protocols:
     source      held-out examples of the source task(s) (disjoint from those the vector was
                 made from), each scored on its own source task: no target labels at all;
     target_dev  at most 32 labelled examples from the target's train pool.
+
+Scoring the grid (``scoring``): with ``positions="last"`` every grid point is scored against
+one cached prefix per tuning prompt (`castlib.last_token.sweep_scores`: one prefix pass, then
+one token per prompt and grid point), which gives the same predictions as scoring every grid
+point in full (``scoring="full"``); ``positions="all"`` always scores in full. The path that
+ran is ``info["scoring"]`` (in the record).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from typing import Any
 
 import torch
 
-from ..evaluate import evaluate
+from ..evaluate import build_prompts, score_prompts
+from ..last_token import SCORING_CACHED, sweep_scores
 from ..models import LanguageModel
 from ..prompts import k_shot, zero_shot
 from ..record import record_activations
@@ -39,6 +46,7 @@ __all__ = [
 ]
 
 PROTOCOLS = ("source", "target_dev")
+SCORINGS = ("auto", "cached", "full")
 MAX_TARGET_DEV = 32
 
 
@@ -119,6 +127,7 @@ class SteeringMethod(Method):
         positions: str = "last"
         norm_preserving: bool = False
         layer_window: int = 1  # steer l*..l*+w-1, alpha split evenly
+        scoring: str = "auto"  # tuning grid: "auto" (cached when exact), "cached", "full"
 
     op: str = "add"
 
@@ -134,6 +143,10 @@ class SteeringMethod(Method):
             raise ValueError("layer_window must be >= 1")
         if p.n_tune < 1:
             raise ValueError("n_tune must be >= 1")
+        if p.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {p.scoring!r}")
+        if p.scoring == "cached" and p.positions != "last":
+            raise ValueError("scoring='cached' is exact only with positions='last'")
 
     @property
     def uses_target_labels(self) -> bool:
@@ -177,32 +190,62 @@ class SteeringMethod(Method):
         by_task: dict[str, tuple[Task, list[Example]]] = {}
         for task, ex in tune:
             by_task.setdefault(task.name, (task, []))[1].append(ex)
-        grid = []
-        for layer in candidates:
-            for alpha in alphas:
-                correct, n, margin = 0.0, 0, 0.0
-                with self.steering(lm, layer, alpha):
-                    for task, exs in by_task.values():
-                        res = evaluate(lm, task, examples=exs, batch_size=p.batch_size)
-                        correct += res.accuracy * res.n
-                        n += res.n
-                        margin += sum(
-                            row["log_probs"][ex.label]
-                            for row, ex in zip(res.predictions, exs, strict=True)
-                        )
-                grid.append(
-                    {
-                        "layer": layer,
-                        "alpha": alpha,
-                        "accuracy": correct / n,
-                        "gold_logp": margin / n,
-                    }
-                )
+        points = [(layer, alpha) for layer in candidates for alpha in alphas]
+        scoring = self.grid_scoring()
+        correct = [0] * len(points)
+        margin = [0.0] * len(points)
+        n = sum(len(exs) for _, exs in by_task.values())
+        for task, exs in by_task.values():
+            gold = torch.as_tensor([ex.label for ex in exs])
+            for g, scores in enumerate(self.grid_scores(lm, task, exs, points, scoring)):
+                correct[g] += int((scores.argmax(dim=1) == gold).sum())
+                margin[g] += float(scores.gather(1, gold[:, None]).sum())
+        grid = [
+            {"layer": layer, "alpha": alpha, "accuracy": correct[g] / n, "gold_logp": margin[g] / n}
+            for g, (layer, alpha) in enumerate(points)
+        ]
         best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))
         self.info.update(
+            scoring=scoring,
             layer=best["layer"],
             alpha=best["alpha"],
             protocol=p.protocol,
             tuning_grid=grid,
             tuning_n=len(tune),
         )
+
+    def grid_scoring(self) -> str:
+        """The path the tuning grid is scored by: `castlib.last_token.SCORING_CACHED` or
+        ``"full"`` (see the module docstring)."""
+        p = self.params
+        if p.scoring == "full" or p.positions != "last":
+            return "full"
+        return SCORING_CACHED
+
+    def grid_scores(
+        self,
+        lm: LanguageModel,
+        task: Task,
+        examples: Sequence[Example],
+        points: Sequence[tuple[int, float]],
+        scoring: str,
+    ) -> list[torch.Tensor]:
+        """Zero-shot answer log-probs of ``examples`` under each (layer, alpha) point:
+        ``[n, n_labels]`` per point, answers outside an example's label space at ``-inf``."""
+        prompts = build_prompts(task, examples, None)
+        size = self.params.batch_size
+        if scoring == SCORING_CACHED:
+            configs = [
+                (lambda layer=layer, alpha=alpha: self.steering(lm, layer, alpha))
+                for layer, alpha in points
+            ]
+            out, _ = sweep_scores(lm, prompts, task.labels, configs, size)
+        else:
+            out = []
+            for layer, alpha in points:
+                with self.steering(lm, layer, alpha):
+                    out.append(score_prompts(lm, prompts, task.labels, size)[0])
+        for scores in out:
+            for row, ex in enumerate(examples):
+                scores[row, len(task.label_space(ex)) :] = float("-inf")
+        return out

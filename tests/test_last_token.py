@@ -1,0 +1,168 @@
+"""Cached last-token sweeps: equal to the full path, for every family, padding and answer shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from castlib.evaluate import score_prompts
+from castlib.last_token import fork_cache, sweep_scores
+from castlib.steer import steer
+from castlib.testing import FAMILIES, tiny_model
+
+# long and short prompts in one batch: tiny Gemma's sliding window (8 tokens) is exceeded
+PROMPTS = [
+    "classify the sentiment .\n\ntext : the movie was very bad and not good at all , a bad film\nanswer :",
+    "text : good\nanswer :",
+    "text : great film\nanswer :",
+    "which film ?\n\ntext : a movie that was not great\nanswer :",
+    "a",
+]
+SINGLE = ["positive", "negative"]
+MULTI = ["very good", "bad", "not bad at all"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam_lm(request, tokenizer):
+    return tiny_model(request.param, tokenizer=tokenizer)
+
+
+def _configs(lm):
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(lm.n_layers, lm.hidden_size, generator=gen)
+    mid = lm.n_layers // 2
+    return [
+        None,
+        (lambda: steer(lm, v, alpha=2.0, layers=[mid])),
+        (lambda: steer(lm, v, alpha=-1.5, layers=[0, lm.n_layers - 1])),  # several layers
+        (lambda: steer(lm, v[1], alpha=0.5, layers=[1], norm_preserving=True)),
+    ]
+
+
+def _full(lm, config, prompts, answers, side_batch):
+    from contextlib import nullcontext
+
+    with config() if config is not None else nullcontext():
+        scores, counts = score_prompts(lm, prompts, answers, batch_size=side_batch)
+    return scores, counts
+
+
+@pytest.mark.parametrize("answers", [SINGLE, MULTI], ids=["single", "multi"])
+def test_sweep_equals_full_path(fam_lm, answers):
+    prompts = [p for p in PROMPTS if len(fam_lm.tokenizer(p)["input_ids"]) >= 2]
+    configs = _configs(fam_lm)
+    cached, counts = sweep_scores(fam_lm, prompts, answers, configs, batch_size=3)
+    for config, got in zip(configs, cached, strict=True):
+        want, want_counts = _full(fam_lm, config, prompts, answers, 2)
+        assert counts == want_counts
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+        assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def test_steering_changes_scores_and_alpha_zero_is_unsteered(lm):
+    v = torch.randn(lm.n_layers, lm.hidden_size, generator=torch.Generator().manual_seed(1))
+    configs = [
+        None,
+        lambda: steer(lm, v, alpha=0.0, layers=[1]),
+        lambda: steer(lm, v, alpha=4.0, layers=[1]),
+    ]
+    (plain, zero, strong), _ = sweep_scores(lm, PROMPTS, SINGLE, configs)
+    assert torch.equal(plain, zero)
+    assert not torch.allclose(plain, strong)
+
+
+def test_padding_amount_does_not_change_scores(lm):
+    v = torch.randn(lm.n_layers, lm.hidden_size, generator=torch.Generator().manual_seed(2))
+    configs = [lambda: steer(lm, v, alpha=1.0, layers=[2])]
+    (alone,), _ = sweep_scores(lm, PROMPTS, MULTI, configs, batch_size=1)  # no padding
+    (padded,), _ = sweep_scores(lm, PROMPTS, MULTI, configs, batch_size=5)
+    torch.testing.assert_close(alone, padded, atol=1e-4, rtol=0)
+
+
+def test_positions_all_is_refused(lm):
+    v = torch.randn(lm.hidden_size)
+    with pytest.raises(ValueError, match="positions='last'"):
+        sweep_scores(lm, PROMPTS, SINGLE, [lambda: steer(lm, v, layers=[1], positions="all")])
+    assert not any(block._forward_hooks for block in lm.blocks)
+
+
+def test_foreign_hooks_are_refused(lm):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def other():
+        handle = lm.blocks[1].register_forward_hook(lambda m, a, o: o)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    with pytest.raises(ValueError, match="hooks other than"):
+        sweep_scores(lm, PROMPTS, SINGLE, [other])
+
+
+def test_outer_steering_is_refused(lm):
+    with steer(lm, torch.zeros(lm.hidden_size), layers=[1]):
+        with pytest.raises(RuntimeError, match="outer steer context"):
+            sweep_scores(lm, PROMPTS, SINGLE, [None])
+
+
+def test_fork_cache_leaves_the_cache_untouched(lm):
+    from castlib.prefix_cache import _new_cache
+
+    ids = torch.as_tensor([[1, 5, 6, 7]])
+    out = lm.model(input_ids=ids, past_key_values=_new_cache(lm), use_cache=True)
+    cache = out.past_key_values
+    before = [layer.keys.clone() for layer in cache.layers]
+    lm.model(input_ids=torch.as_tensor([[8]]), past_key_values=fork_cache(cache), use_cache=True)
+    assert [layer.keys.shape for layer in cache.layers] == [b.shape for b in before]
+    assert all(torch.equal(layer.keys, b) for layer, b in zip(cache.layers, before, strict=True))
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("cast", {"m": 6, "k": 2, "n_candidates": 20, "n_queries": 8, "graph_k": 3}),
+        ("task_vector", {"k": 2, "n_prompts": 4}),
+        ("function_vector", {"k": 2, "n_prompts": 4}),
+    ],
+)
+def test_method_grid_cached_equals_full(lm, name, params):
+    """The tuning grid scored through cached prefixes chooses the same (layer, alpha) with the
+    same accuracies as scoring every grid point in full."""
+    import castlib.methods as methods
+    from tests.conftest import make_task
+
+    source, target = make_task("src", n_train=40, seed=1), make_task("tgt", n_train=12, seed=2)
+    grid = {"batch_size": 4, "n_tune": 6, "alphas": (0.5, 4.0), "layers": (1, 2)}
+    fitted = {}
+    for scoring in ("auto", "full"):
+        method = methods.get(name)(**params, **grid, scoring=scoring)
+        method.fit(lm, [source], target, seed=0)
+        fitted[scoring] = method.info
+    cached, full = fitted["auto"], fitted["full"]
+    assert cached["scoring"] == "last_token_cached" and full["scoring"] == "full"
+    assert (cached["layer"], cached["alpha"]) == (full["layer"], full["alpha"])
+    for a, b in zip(cached["tuning_grid"], full["tuning_grid"], strict=True):
+        assert a["accuracy"] == b["accuracy"]
+        assert a["gold_logp"] == pytest.approx(b["gold_logp"], abs=1e-4)
+
+
+def test_positions_all_methods_keep_the_full_path(lm):
+    import castlib.methods as methods
+    from tests.conftest import make_task
+
+    source, target = make_task("src", n_train=40, seed=1), make_task("tgt", n_train=12, seed=2)
+    icv = methods.get("icv")(batch_size=4, n_tune=4, alphas=(0.05,), k=2, n_samples=4)
+    icv.fit(lm, [source], target, seed=0)
+    assert icv.info["scoring"] == "full"
+    with pytest.raises(ValueError, match="positions='last'"):
+        methods.get("cast")(positions="all", scoring="cached")
