@@ -22,11 +22,13 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .activation_store import ActivationStore, store_from_env
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -83,6 +85,9 @@ class LanguageModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    #: reuse of recorded activations (`castlib.activation_store`); `load_model` gives every
+    #: model one (memory, plus ``$CASTLIB_ACTIVATION_STORE`` on disk), `wrap_model` none.
+    activation_store: ActivationStore | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -369,4 +374,6 @@ def load_model(
             f"not a local folder, and not reachable on the Hugging Face hub ({err})"
         ) from err
     model.to(dev)
-    return wrap_model(model, tokenizer, name=name_or_path, blocks_path=blocks_path)
+    lm = wrap_model(model, tokenizer, name=name_or_path, blocks_path=blocks_path)
+    lm.activation_store = store_from_env()
+    return lm

@@ -6,6 +6,10 @@ decoder block ``layers[j]`` at the last non-padding token of prompt i, as float3
 Prompts are tokenised once, sorted by length and batched (left padding, position ids from the
 attention mask). The forward pass runs the backbone only (never the LM head) and stops right
 after the deepest requested block, so recording costs at most one plain forward pass.
+
+With an `castlib.activation_store.ActivationStore` (``store=``, else the model's own
+``lm.activation_store``), rows already recorded for the same model weights, layers, padding
+side and prompt are reused and only the others run.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .activation_store import ActivationStore, model_fingerprint
 from .hooks import HookGroup, StopForward, hidden_of
 from .models import LanguageModel
 from .padding import encode, iter_batches, last_token_index
@@ -76,6 +81,7 @@ def record_activations(
     batch_size: int = 16,
     padding_side: str = "left",
     progress: bool | None = None,
+    store: ActivationStore | None = None,
 ) -> torch.Tensor:
     """Block outputs at the last real token of each prompt.
 
@@ -87,9 +93,34 @@ def record_activations(
         batch_size: prompts per forward pass.
         padding_side: ``"left"`` or ``"right"``; results agree up to float rounding.
         progress: show a progress bar (default: when there are more than 4 batches).
+        store: reuse rows recorded before (default: ``lm.activation_store``; None there too:
+            record everything).
 
     Returns:
         float32 tensor ``[n_prompts, n_layers, hidden]`` on CPU.
     """
     ids = encode(lm.tokenizer, prompts)
-    return record_token_ids(lm, ids, layers, batch_size, padding_side, progress)
+    store = store if store is not None else getattr(lm, "activation_store", None)
+    if store is None:
+        return record_token_ids(lm, ids, layers, batch_size, padding_side, progress)
+    wanted = lm.check_layers(layers)
+    fingerprint = f"{model_fingerprint(lm.model)}|{padding_side}"
+    keys = [store.key(fingerprint, wanted, p) for p in prompts]
+    shape = (len(wanted), lm.hidden_size)
+    out = torch.empty((len(prompts), *shape), dtype=torch.float32)
+    todo: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        row = None if key in todo else store.get(key, shape)
+        if row is None:
+            todo.setdefault(key, []).append(i)
+        else:
+            out[i] = row
+    if todo:
+        firsts = [rows[0] for rows in todo.values()]
+        fresh = record_token_ids(
+            lm, [ids[i] for i in firsts], wanted, batch_size, padding_side, progress
+        )
+        for (key, rows), row in zip(todo.items(), fresh, strict=True):
+            store.put(key, row)
+            out[rows] = row
+    return out

@@ -74,17 +74,19 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import datetime as _dt
 import difflib
 import hashlib
 import itertools
 import json
+import os
 import re
 import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -603,6 +605,26 @@ def _select(runs: Iterable[Run], only: str | Sequence[str] | None) -> list[Run]:
     return [r for r in runs if any(n in r.run_id for n in needles)]
 
 
+#: The activation store every notebook of a batch shares (`castlib.activation_store`).
+STORE_FOLDER = ".activation_store"
+
+
+@contextlib.contextmanager
+def _store_for_kernels(folder: Path) -> Iterator[None]:
+    """Point the kernels started inside at one on-disk activation store (unless the user set
+    ``$CASTLIB_ACTIVATION_STORE`` already); the variable is restored on exit."""
+    from .activation_store import STORE_ENV
+
+    before = os.environ.get(STORE_ENV)
+    if before is None:
+        os.environ[STORE_ENV] = str(folder.resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STORE_ENV, None)
+
+
 def run_batch(
     config: RunConfig | str | Path,
     *,
@@ -627,7 +649,10 @@ def run_batch(
     runs = _select(cfg.runs, only)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
-    with tqdm(runs, desc="runs", unit="run", disable=not progress) as bar:
+    with (
+        _store_for_kernels(cfg.output_dir / STORE_FOLDER),
+        tqdm(runs, desc="runs", unit="run", disable=not progress) as bar,
+    ):
         for run in bar:
             bar.set_postfix_str(run.run_id, refresh=True)
             outcome = execute_run(run, cfg.output_dir, kernel_name=kernel, force=force)

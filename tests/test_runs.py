@@ -459,13 +459,15 @@ def test_default_kernel_is_the_running_interpreter_whatever_the_user_has(
         json.dumps({**bogus, "display_name": "x", "language": "python"})
     )
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(user_dir))
+    monkeypatch.delenv("CASTLIB_ACTIVATION_STORE", raising=False)
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell('output_dir = "."', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(
-            "import json, pathlib, sys\n"
+            "import json, os, pathlib, sys\n"
+            'store = os.environ.get("CASTLIB_ACTIVATION_STORE")\n'
             'pathlib.Path(output_dir, "results.json").write_text(json.dumps('
-            '[{"method": "a", "accuracy": 1.0, "python": sys.executable}]))'
+            '[{"method": "a", "accuracy": 1.0, "python": sys.executable, "store": store}]))'
         ),
     ]
     nb.metadata["kernelspec"] = {
@@ -480,5 +482,8 @@ def test_default_kernel_is_the_running_interpreter_whatever_the_user_has(
     run_dir = workdir / "out" / "env" / "default"
     (result,) = json.loads((run_dir / "results.json").read_text())
     assert result["python"] == sys.executable
+    # every kernel of a batch shares one activation store, and the runner's env is restored
+    assert result["store"] == str((workdir / "out" / R.STORE_FOLDER).resolve())
+    assert "CASTLIB_ACTIVATION_STORE" not in __import__("os").environ
     record = json.loads((run_dir / "run.json").read_text())
     assert record["kernel"] == "current-env" and record["python"] == sys.executable
