@@ -15,7 +15,7 @@ $(VENV)/.castlib-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[all,dev]"
 	$(PY) -m ipykernel install --user --name python3 --display-name "Python 3 (castlib)" >/dev/null
 	touch $@
 

@@ -40,6 +40,7 @@ from ..prompts import zero_shot
 from ..record import record_activations
 from ..selection import SELECTION_METHODS, select
 from ..tasks import Example, Task
+from .registry import register
 from .steering import SteeringMethod, icl_activations, make_vector
 
 __all__ = ["CAST", "CONTRASTS"]
@@ -47,6 +48,7 @@ __all__ = ["CAST", "CONTRASTS"]
 CONTRASTS = ("mean", "pca", "fewshot_only")
 
 
+@register
 class CAST(SteeringMethod):
     """CAST (see the module docstring for the math)."""
 

@@ -24,10 +24,12 @@ from ..prompts import CrossTask, cross_task, zero_shot
 from ..record import record_activations
 from ..tasks import Example, Task
 from .base import Method, example_from_json, example_to_json, task_from_json, task_to_json
+from .registry import register
 
 __all__ = ["CrossTaskICL"]
 
 
+@register
 class CrossTaskICL(Method):
     name = "cross_task_icl"
 

@@ -50,6 +50,7 @@ from ..padding import encode, iter_batches
 from ..prefix_cache import expand_cache
 from ..prompts import k_shot
 from ..tasks import Example, Task
+from .registry import register
 from .steering import SteeringMethod, draw_icl_item, make_vector
 
 __all__ = [
@@ -270,6 +271,7 @@ def function_vector(
     return fv
 
 
+@register
 class FunctionVector(SteeringMethod):
     """Function vectors (see the module docstring)."""
 

@@ -50,6 +50,7 @@ from ..steer import steer
 from ..tasks import Example, Task
 from .base import Method
 from .function_vector import attention_module, mlp_module
+from .registry import register
 from .steering import make_vector
 
 __all__ = ["I2CL", "context_vectors", "residual_sites"]
@@ -131,6 +132,7 @@ class _Injection:
         self.hooks.remove()
 
 
+@register
 class I2CL(Method):
     """I2CL (see the module docstring)."""
 

@@ -23,10 +23,12 @@ import torch
 from ..adapters import AdapterHandle, KaSAAdapter, apply_adapter
 from ..models import LanguageModel
 from .lora import AdapterMethod
+from .registry import register
 
 __all__ = ["KaSA"]
 
 
+@register
 class KaSA(AdapterMethod):
     """KaSA adapters (see the module docstring)."""
 

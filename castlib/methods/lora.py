@@ -37,6 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
+try:
+    import peft  # noqa: F401 - the adapters extra; imported here so a missing one fails at once
+except ImportError as err:  # pragma: no cover - exercised in a subprocess by tests/test_core.py
+    raise ImportError(
+        'the adapter methods (lora, kasa) need peft: pip install "castlib[adapters]"'
+    ) from err
+
 from ..adapters import (
     AdapterHandle,
     _is_conv1d,
@@ -52,6 +59,7 @@ from ..selection import SELECTION_METHODS
 from ..tasks import Example, Task
 from .base import Method
 from .cast import CAST
+from .registry import register
 from .steering import MAX_TARGET_DEV, tuning_set
 
 __all__ = ["AdapterMethod", "LoRA", "PeftLoraAdapter", "cast_selection", "TRAIN_ON"]
@@ -335,6 +343,7 @@ class AdapterMethod(Method):
         return method
 
 
+@register
 class LoRA(AdapterMethod):
     """LoRA through PEFT (see the module docstring)."""
 
