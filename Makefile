@@ -34,10 +34,10 @@ smoke: setup
 	$(PY) -m castlib.runs papermill_runs/smoke.yaml
 
 bench: setup
-	$(PY) -m castlib.bench --json benchmarks/results/bench.json
+	$(PY) -m benchmarks.bench --json benchmarks/results/bench.json
 
 lint: setup
-	$(PY) -m ruff check castlib tests && $(PY) -m ruff format --check castlib tests
+	$(PY) -m ruff check castlib tests benchmarks && $(PY) -m ruff format --check castlib tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from castlib import bench
+from benchmarks import bench
 from castlib.testing import tiny_model
 
 from .conftest import make_task
