@@ -68,7 +68,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluate import answer_token_ids, continuation_log_probs
+from .logprobs import answer_token_ids, continuation_log_probs
 from .models import LanguageModel
 from .padding import encode
 from .prompts import zero_shot

@@ -22,8 +22,9 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +75,11 @@ class LanguageModel:
         name: the model id or path it was loaded from.
         device: where the weights live.
         dtype: the floating dtype of the weights.
+        interventions: castlib's own record of what it currently has hooked into the model, in
+            registration order: each active `castlib.steer.Steering` handle (``kind ==
+            "steer"``) and each running `castlib.record_activations` (``kind == "record"``).
+            Entries add themselves on entry and remove themselves on exit (also after an
+            exception); castlib reads this list, never torch's private hook dicts.
     """
 
     model: nn.Module
@@ -83,6 +89,7 @@ class LanguageModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    interventions: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:

@@ -43,8 +43,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..evaluate import answer_token_ids
 from ..hooks import HookGroup
+from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches
 from ..prefix_cache import expand_cache

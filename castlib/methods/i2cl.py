@@ -41,8 +41,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..evaluate import answer_token_ids
 from ..hooks import HookGroup, hidden_of, with_hidden
+from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches, pad, position_ids_from_mask
 from ..prompts import demonstration, zero_shot
