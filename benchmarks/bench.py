@@ -49,7 +49,6 @@ of magnitude slower and the timings meaningless.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as _dt
 import gc
 import json
@@ -59,7 +58,6 @@ import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -80,6 +78,7 @@ from castlib.prefix_cache import (
     score_suffixes,
     split_shared_prefix,
 )
+from castlib.profiling import profile
 from castlib.prompts import cross_task, zero_shot
 from castlib.record import record_activations
 from castlib.steer import steer
@@ -92,7 +91,6 @@ __all__ = [
     "interleaved",
     "paired_ratio",
     "run_total",
-    "PeakMemory",
     "CastPool",
     "cast_method",
     "embed_pool",
@@ -295,73 +293,12 @@ def _median(xs: Iterable[float]) -> float:
     return float(statistics.median(list(xs)))
 
 
-def _malloc_trim() -> None:
-    """Return freed heap memory to the OS (glibc), so RSS deltas start from a low baseline."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
-class PeakMemory:
-    """Peak memory used inside the block, in bytes above the level at entry.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` (reset at entry). CPU: the process RSS sampled
-    every ``interval`` seconds by a background thread (psutil), after ``gc.collect`` and
-    ``malloc_trim`` at entry. ``peak_bytes`` is None when it cannot be measured.
-    """
-
-    def __init__(self, device: torch.device, interval: float = 0.001) -> None:
-        self.device = device
-        self.interval = interval
-        self.peak_bytes: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._base = 0
-        self._max = 0
-        self.method = ""
-
-    def _sample(self, proc: Any) -> None:
-        while not self._stop.is_set():
-            self._max = max(self._max, proc.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated delta"
-            return self
-        _malloc_trim()
-        try:
-            import psutil
-        except ImportError:  # pragma: no cover - psutil is a transitive dependency
-            self.method = "unavailable (no psutil)"
-            return self
-        proc = psutil.Process()
-        self._base = self._max = proc.memory_info().rss
-        self.method = "psutil RSS delta (1 ms sampling, after malloc_trim)"
-        self._thread = threading.Thread(target=self._sample, args=(proc,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device) - self._base)
-            return
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = int(max(0, self._max - self._base))
-
-
 def _peak_memory(device: torch.device, fn: Callable[[], object]) -> tuple[int | None, str]:
-    with PeakMemory(device) as mem:
+    """Peak memory of ``fn()`` above the level at entry, in bytes, and how it was measured
+    (`castlib.profiling.profile` with 1 ms RSS sampling, after gc and malloc_trim)."""
+    with profile(device, interval=0.001, settle=True) as prof:
         fn()
-    return mem.peak_bytes, mem.method
+    return prof.growth_bytes, f"{prof.method} (delta)"
 
 
 # ----------------------------------------------------------------------------------------------

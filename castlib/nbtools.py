@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import random
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from .methods import available, get
 from .methods.base import Method
 from .methods.steering import icl_activations
 from .models import LanguageModel
+from .profiling import profile
 from .tasks import Example, Task, load_task, sample_examples
 
 __all__ = [
@@ -249,40 +249,22 @@ def fmt(x: float | None, decimals: int = 3) -> str:
 
 @contextmanager
 def peak_memory(device: torch.device | str, interval: float = 0.005) -> Iterator[dict[str, float]]:
-    """Absolute peak memory (MiB) of the block, filled in on exit as ``out["peak_mb"]``.
+    """Absolute peak memory (MiB) of the block, filled in on exit as ``out["peak_mb"]``
+    (`castlib.profiling.profile`'s ``peak_mb``).
 
     CUDA: ``torch.cuda.max_memory_allocated`` after a reset (weights included). Elsewhere: the
     process's peak resident set size, sampled every ``interval`` seconds in a thread (weights
     included). Unlike a growth measure, it does not depend on what earlier code left allocated,
     so ratios between methods run one after the other are meaningful.
     """
-    dev = torch.device(device)
     out: dict[str, float] = {}
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        try:
-            yield out
-        finally:
-            out["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-        return
-    import psutil
-
-    proc = psutil.Process()
-    peak = [proc.memory_info().rss]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(interval):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    prof = None
     try:
-        yield out
+        with profile(device, interval=interval) as prof:
+            yield out
     finally:
-        stop.set()
-        thread.join()
-        out["peak_mb"] = max(peak[0], proc.memory_info().rss) / 2**20
+        if prof is not None:
+            out["peak_mb"] = prof.peak_mb
 
 
 def load_tasks(names: Iterable[str], data_dir: str | Path | None = None) -> dict[str, Task]:
