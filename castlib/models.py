@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .architectures import BLOCK_PATHS
+
 __all__ = [
     "EMBEDDED_MODEL",
     "BLOCK_PATHS",
@@ -42,22 +44,6 @@ __all__ = [
 ]
 
 EMBEDDED_MODEL = "gemma-3-270m"
-
-#: Attribute paths tried, in order, to find the decoder blocks of a causal LM.
-#: Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3: ``model.layers``; GPT-2, Falcon, GPT-J, Bloom:
-#: ``transformer.h``; GPT-NeoX/Pythia: ``gpt_neox.layers``; OPT: ``model.decoder.layers``;
-#: MPT: ``transformer.blocks``; multimodal Gemma 3 / Llava-style: ``model.language_model.layers``.
-BLOCK_PATHS: tuple[str, ...] = (
-    "model.layers",
-    "model.language_model.layers",
-    "model.decoder.layers",
-    "transformer.h",
-    "transformer.layers",
-    "transformer.blocks",
-    "gpt_neox.layers",
-    "language_model.model.layers",
-    "model.model.layers",
-)
 
 _MANIFEST = "castlib_manifest.json"
 _CACHE_FORMAT = 1
@@ -163,7 +149,8 @@ def find_blocks(model: nn.Module, blocks_path: str | None = None) -> tuple[nn.Mo
     """Return the decoder blocks of ``model`` and the attribute path they were found at.
 
     ``blocks_path`` overrides the search (e.g. ``"model.layers"``). Without it, the paths of
-    `BLOCK_PATHS` are tried in order and the first ``nn.ModuleList`` wins.
+    `BLOCK_PATHS` (from `castlib.architectures`) are tried in order and the first
+    ``nn.ModuleList`` wins.
     """
     if blocks_path is not None:
         found = _get_path(model, blocks_path)
