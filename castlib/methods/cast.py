@@ -43,9 +43,30 @@ from ..tasks import Example, Task
 from .registry import register
 from .steering import SteeringMethod, icl_activations, make_vector
 
-__all__ = ["CAST", "CONTRASTS"]
+__all__ = ["CAST", "CONTRASTS", "SelectionParams"]
 
 CONTRASTS = ("mean", "pca", "fewshot_only")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionParams:
+    """CAST's steps 1-2 (which source samples to use), defined once: `CAST`'s parameters and
+    those of the adapter methods trained on CAST's selection (`castlib.methods.lora`) share
+    them. The diversity weight is CAST's ``gamma`` (the adapters' ``selection_gamma``, since
+    KaSA's own ``gamma`` is a regulariser).
+
+    m: samples selected; selection: `castlib.selection.SELECTION_METHODS`; n_candidates: source
+    candidates drawn per source task; n_queries: unlabelled target queries (0: none); embed_layer:
+    l_e (None: L // 2); graph_k, diffusion_steps: the kNN graph and its diffusion steps T.
+    """
+
+    m: int = 32
+    selection: str = "cast"
+    n_candidates: int = 256
+    n_queries: int = 64
+    embed_layer: int | None = None
+    graph_k: int = 10
+    diffusion_steps: int = 2
 
 
 @register
@@ -55,17 +76,10 @@ class CAST(SteeringMethod):
     name = "cast"
 
     @dataclasses.dataclass(frozen=True)
-    class Params(SteeringMethod.Params):
-        m: int = 32
+    class Params(SelectionParams, SteeringMethod.Params):
         k: int = 4
-        selection: str = "cast"
         contrast: str = "mean"
-        n_candidates: int = 256
-        n_queries: int = 64
-        embed_layer: int | None = None
-        graph_k: int = 10
-        diffusion_steps: int = 2
-        gamma: float = 0.5
+        gamma: float = 0.5  # the diversity weight of selection "cast"
         source_weighting: str = "none"
         tau: float = 0.1
 
