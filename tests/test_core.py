@@ -123,3 +123,25 @@ def test_the_core_dependencies_are_the_lean_list() -> None:
     extras = project["optional-dependencies"]
     assert {"adapters", "fetch", "notebooks", "all", "dev"} <= set(extras)
     assert "peft" in extras["adapters"] and "datasets" in extras["fetch"]
+
+
+def test_imports_run_one_way() -> None:
+    """No castlib module imports another inside a function (a hidden cycle), except the console
+    script's lazy dispatch; scoring goes logprobs -> scoring/prefix_cache -> evaluate."""
+    import ast
+
+    deps: dict[str, set[str]] = {}
+    for path in sorted((REPO / "castlib").rglob("*.py")):
+        name = path.relative_to(REPO / "castlib").with_suffix("").as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {id(node) for node in tree.body}
+        for node in tree.body:  # `if TYPE_CHECKING:` blocks are module level too
+            if isinstance(node, ast.If):
+                top |= {id(sub) for sub in node.body}
+        deps[name] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                assert id(node) in top or name == "cli", f"function-level import in {name}"
+                deps[name].add(node.module or "")
+    assert "evaluate" not in deps["prefix_cache"] | deps["scoring"] | deps["logprobs"]
+    assert "prefix_cache" not in deps["scoring"] | deps["logprobs"]
