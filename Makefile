@@ -17,7 +17,7 @@ $(VENV)/.castlib-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[all,dev]"
 	# A kernel spec inside .venv only (never the user's Jupyter folders): `jupyter lab` started
 	# from .venv offers "Python 3 (castlib)"; papermill batches and nbval use the running
 	# interpreter whatever kernels the user has.
@@ -39,10 +39,10 @@ smoke: setup
 	$(PY) -m castlib.runs papermill_runs/smoke.yaml
 
 bench: setup
-	$(PY) -m castlib.bench --json benchmarks/results/bench.json
+	$(PY) -m benchmarks.bench --json benchmarks/results/bench.json
 
 lint: setup
-	$(PY) -m ruff check castlib tests && $(PY) -m ruff format --check castlib tests
+	$(PY) -m ruff check castlib tests benchmarks && $(PY) -m ruff format --check castlib tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/setup_peers.sh            # uses ./.venv as the project venv
 #   PROJECT_VENV=/path/to/venv bash benchmarks/setup_peers.sh
-#   benchmarks/.venv-bench/bin/python -m castlib.bench --json benchmarks/results/bench.json
+#   benchmarks/.venv-bench/bin/python -m benchmarks.bench --json benchmarks/results/bench.json
 #
 # A venv made from another venv's python inherits the *base* interpreter's site-packages, not
 # the project venv's, so a .pth file adds the project venv's site-packages (torch, transformers,

@@ -36,8 +36,9 @@ Non-destructive: while training, ``W'`` is never written into the model. The wra
 adapter), so the original module, its weights and its hooks are untouched.
 
 Module swapping: `target_modules` finds the modules to adapt by the last component of their
-name (default `DEFAULT_TARGETS`: ``q_proj``/``v_proj`` on Llama-like families and OPT, the fused
-``c_attn`` of GPT-2, ``query_key_value`` of GPT-NeoX/Falcon, ``qkv_proj`` of Phi-3), inside the
+name (default `DEFAULT_TARGETS`, from `castlib.architectures`: ``q_proj``/``v_proj`` on
+Llama-like families and OPT, the fused ``c_attn`` of GPT-2, ``query_key_value`` of
+GPT-NeoX/Falcon, ``qkv_proj`` of Phi-3, ``Wqkv`` of MPT), inside the
 decoder blocks only. ``apply_adapter(model, adapter)`` replaces each target by a wrapper, freezes
 every parameter of the model (so gradients reach only the adapter) and returns a handle whose
 ``remove()`` puts the original module objects back and restores every ``requires_grad`` flag:
@@ -68,7 +69,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluate import answer_token_ids, continuation_log_probs
+from .architectures import LORA_TARGETS
+from .logprobs import answer_token_ids, continuation_log_probs
 from .models import LanguageModel
 from .padding import encode
 from .prompts import zero_shot
@@ -94,8 +96,8 @@ __all__ = [
 ]
 
 #: Last name components of the modules adapted by default (attention query/value projections,
-#: or the fused QKV projection where a family has one).
-DEFAULT_TARGETS: tuple[str, ...] = ("q_proj", "v_proj", "c_attn", "query_key_value", "qkv_proj")
+#: or the fused QKV projection where a family has one): `castlib.architectures.LORA_TARGETS`.
+DEFAULT_TARGETS: tuple[str, ...] = LORA_TARGETS
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "cosine_matrix",
@@ -104,8 +107,10 @@ def cosine_matrix(vectors: Mapping[str, Tensor]) -> pd.DataFrame:
 
     Returns:
         Symmetric ``DataFrame`` (index and columns are the names in mapping order) of floats in
-        ``[-1, 1]`` with a unit diagonal.
+        ``[-1, 1]`` with a unit diagonal (needs pandas, the ``notebooks`` extra).
     """
+    import pandas as pd
+
     names = list(vectors)
     if not names:
         return pd.DataFrame(dtype=float)

@@ -4,7 +4,9 @@ castlib data fetch [TASK ...] --data-dir DIR     download tasks from the Hugging
 castlib data list [--data-dir DIR]               list the tasks in the data directory
 castlib quickstart [...]                         the README's main job
 castlib run CONFIG.yaml [...]                    run a papermill batch (castlib.runs)
-castlib bench --json PATH [...]                  the benchmark suite (castlib.bench)
+
+The benchmark suite is research infrastructure, not part of the package: run
+``python -m benchmarks.bench --json PATH`` from the repository root.
 """
 
 from __future__ import annotations
@@ -40,10 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .runs import main as runs_main
 
         return runs_main(rest)
-    if command == "bench":
-        from .bench import main as bench_main
-
-        return bench_main(rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 

@@ -6,11 +6,11 @@ For a prompt p and the label space {a_1..a_K} of an example, the prediction is
 
 (answer tokens c_k = the tokenisation of the continuation " a_k"; CAST_SPEC "Prompts").
 
-When every answer of the task is a single, distinct token, one forward pass over the
-left-padded prompts with logits only at the last position scores all answers at once. Otherwise
-each (prompt, answer) pair is one sequence and the answer tokens' log-probs are summed; inside a
-``steer(..., positions="last")`` context the steered positions are then the last prompt token
-and every answer token, as they would be when the answer is generated.
+Scoring runs one way down: `castlib.logprobs` (answer tokens, continuation log-probs) ->
+`castlib.scoring` (plain: single-token answers in one pass at the last position, multi-token
+answers as one sequence per (prompt, answer), steered as generation would be) and
+`castlib.prefix_cache` (the shared demonstration prefix cached) -> this module, which builds
+the prompts, picks the scorer (`score_prompts`) and computes the metrics.
 
 Metrics: accuracy and macro-F1 (the unweighted mean of per-class F1 over the classes that occur
 among gold labels or predictions).
@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from .logprobs import answer_token_ids, continuation_log_probs  # noqa: F401 - re-exported
 from .models import LanguageModel
-from .padding import encode, iter_batches, pad, position_ids_from_mask
-from .prompts import continuation, zero_shot
-from .steer import override_positions
+from .prefix_cache import score_prompts_cached
+from .prompts import zero_shot
+from .scoring import score_plain
 from .tasks import Example, Task, sample_examples
 
 __all__ = [
@@ -92,90 +92,6 @@ def macro_f1(gold: Sequence[int], pred: Sequence[int]) -> float:
     return sum(scores) / len(scores)
 
 
-def answer_token_ids(tokenizer: object, answers: Sequence[str]) -> list[list[int]]:
-    """Token ids of each answer's continuation (no special tokens); empty ones raise."""
-    ids = tokenizer([continuation(a) for a in answers], add_special_tokens=False)["input_ids"]
-    for a, row in zip(answers, ids, strict=True):
-        if not a.strip() or len(row) == 0:
-            raise ValueError(
-                f"label word {a!r} is blank or tokenises to nothing; choose another label word"
-            )
-    return ids
-
-
-def _single_token_scores(
-    lm: LanguageModel,
-    prompt_ids: list[list[int]],
-    answer_ids: list[int],
-    batch_size: int,
-    progress: bool,
-) -> torch.Tensor:
-    """log P(answer | prompt) for single-token answers: ``[n_prompts, n_answers]``."""
-    out = torch.empty((len(prompt_ids), len(answer_ids)), dtype=torch.float32)
-    cand = torch.as_tensor(answer_ids, device=lm.device)
-    batches = iter_batches(prompt_ids, batch_size, lm.tokenizer.pad_token_id, "left", lm.device)
-    total = -(-len(prompt_ids) // batch_size)
-    for batch in tqdm(batches, total=total, desc="scoring", disable=not progress, leave=False):
-        logits = lm.model(**batch.model_inputs(), use_cache=False, logits_to_keep=1).logits
-        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
-        out[batch.indices] = logp[:, cand].cpu()
-    return out
-
-
-def continuation_log_probs(
-    lm: LanguageModel, rows: Sequence[Sequence[int]], conts: Sequence[int]
-) -> torch.Tensor:
-    """``sum_t log p(row[t] | row[:t])`` over the last ``conts[b]`` tokens of each row: ``[n]``.
-
-    One left-padded forward pass with logits only at the scored positions; inside a
-    `castlib.steer` context the last prompt token and every continuation token are steered
-    (as generation would steer them). Differentiable (used for adapter training too).
-    """
-    ids, mask = pad(list(rows), lm.tokenizer.pad_token_id, "left", lm.device)
-    width = ids.shape[1]
-    keep = max(conts) + 1
-    cols = torch.arange(width, device=lm.device)
-    first = torch.as_tensor([width - c - 1 for c in conts], device=lm.device)
-    with override_positions(lm, cols[None, :] >= first[:, None]):
-        logits = lm.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids_from_mask(mask),
-            use_cache=False,
-            logits_to_keep=keep,
-        ).logits
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    sums = []
-    for b, (row, c) in enumerate(zip(rows, conts, strict=True)):
-        targets = torch.as_tensor(list(row[len(row) - c :]), device=lm.device)
-        # logits at kept index t predict the token at kept index t + 1
-        sums.append(logp[b, keep - c - 1 : keep - 1].gather(1, targets[:, None]).sum())
-    return torch.stack(sums)
-
-
-def _multi_token_scores(
-    lm: LanguageModel,
-    prompt_ids: list[list[int]],
-    answer_ids: list[list[int]],
-    batch_size: int,
-    progress: bool,
-) -> torch.Tensor:
-    """Summed answer-token log-probs for every (prompt, answer) pair: ``[n_prompts, n_answers]``."""
-    n, k = len(prompt_ids), len(answer_ids)
-    seqs = [(i, j) for i in range(n) for j in range(k)]
-    out = torch.empty((n, k), dtype=torch.float32)
-    order = sorted(range(len(seqs)), key=lambda s: -len(prompt_ids[seqs[s][0]]))
-    for start in tqdm(
-        range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False
-    ):
-        chunk = [seqs[s] for s in order[start : start + batch_size]]
-        rows = [prompt_ids[i] + answer_ids[j] for i, j in chunk]
-        sums = continuation_log_probs(lm, rows, [len(answer_ids[j]) for _, j in chunk])
-        for b, (i, j) in enumerate(chunk):
-            out[i, j] = sums[b].cpu()
-    return out
-
-
 def score_prompts(
     lm: LanguageModel,
     prompts: Sequence[str],
@@ -186,25 +102,15 @@ def score_prompts(
 ) -> tuple[torch.Tensor, list[int]]:
     """Log-probabilities of each answer continuation after each prompt.
 
-    With ``prefix_cache=True`` the prompts' shared demonstration prefix runs once and is reused
-    from its key/value cache (`castlib.prefix_cache.score_prompts_cached`; not with steering).
+    Plain scoring is `castlib.scoring.score_plain`; with ``prefix_cache=True`` the prompts'
+    shared demonstration prefix runs once and is reused from its key/value cache
+    (`castlib.prefix_cache.score_prompts_cached`; not with steering).
 
     Returns ``(scores [n_prompts, n_answers], prompt token counts)``.
     """
     if prefix_cache:
-        from .prefix_cache import score_prompts_cached
-
         return score_prompts_cached(lm, prompts, answers, batch_size=batch_size, progress=progress)
-    prompt_ids = encode(lm.tokenizer, prompts)
-    answer_ids = answer_token_ids(lm.tokenizer, answers)
-    show = progress if progress is not None else len(prompts) > 4 * batch_size
-    firsts = [row[0] for row in answer_ids]
-    with torch.inference_mode():
-        if all(len(row) == 1 for row in answer_ids) and len(set(firsts)) == len(firsts):
-            scores = _single_token_scores(lm, prompt_ids, firsts, batch_size, show)
-        else:
-            scores = _multi_token_scores(lm, prompt_ids, answer_ids, batch_size, show)
-    return scores.clone(), [len(r) for r in prompt_ids]  # a normal tensor, not an inference one
+    return score_plain(lm, prompts, answers, batch_size=batch_size, progress=progress)
 
 
 def build_prompts(

@@ -7,9 +7,11 @@ the optional extra ``castlib[fetch]`` (the ``datasets`` library), imported lazil
 
 Design
 ------
-* Every task is a small :class:`TaskSpec`: the hub dataset id, config and split names, a *pure*
-  ``convert_row(row) -> row`` function (testable on in-memory rows), the label space, the
-  instruction, the input field names, language, licence and citation.  Instructions and label
+* Every task is a small :class:`TaskSpec`, written as data in ``fetch_specs.yaml`` (package
+  data next to this module, read by :func:`spec_from_doc`): the hub dataset id, config and
+  split names, a *pure* ``convert_row(row) -> row`` function (named in the file, defined here;
+  testable on in-memory rows), the label space, the instruction, the input field names,
+  language, licence and citation.  Instructions and label
   words are the ones the shipped ``shared/data/<task>/meta.json`` files use, so fetched folders
   are drop-in replacements.
 * Families take a language code: ``sib200_<lang>`` (e.g. ``sib200_swh`` or ``sib200_swh_Latn``)
@@ -18,6 +20,8 @@ Design
   order and rows are taken until the cap is reached; the kept rows are written in their original
   hub order.  When two of our splits come from one hub split (e.g. financial_phrasebank has a
   single split), test is filled first, then dev, then train, so they are disjoint.
+* Fetched rows are checked by the loader's own validator (:func:`castlib.tasks.parse_row`,
+  through :func:`validate_row`), so a fetched folder loads.
 * Rows whose conversion fails, whose label is outside the label space, that a task filters on
   purpose (e.g. ARC items without 4 options) or that repeat an already kept input are skipped and
   counted in ``meta.notes``; nothing is silently rewritten.
@@ -46,6 +50,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from .tasks import RowLabelError, parse_row
+
 __all__ = [
     "DEFAULT_TASKS",
     "FAMILIES",
@@ -60,6 +66,7 @@ __all__ = [
     "main",
     "resolve_task",
     "validate_row",
+    "spec_from_doc",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,36 +176,15 @@ def _nonempty_str(value: Any) -> bool:
 def validate_row(row: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` if ``row`` is not a valid jsonl row for a task with this ``meta``.
 
-    Checks the FORMAT.md contract: a non-empty string ``id``; every ``meta.fields`` entry a
-    non-empty string; classification ``label`` one of ``meta.labels``; multiple-choice
-    ``options`` a list of non-empty strings, one per option letter in ``meta.labels``, and
-    ``label`` an int index into it.  Extra keys (``paper_subset``, ``relation``...) are allowed.
+    The check is the loader's own, `castlib.tasks.parse_row` (FORMAT.md: a non-empty string
+    ``id``, non-empty string fields, a classification label in ``meta.labels``, multiple-choice
+    options as non-empty strings, one per option letter, and an int label index); a label
+    outside the label space raises `LabelError`. Extra keys (``relation``...) are allowed.
     """
-    if not isinstance(row, Mapping):
-        raise ValueError(f"row must be a mapping, got {type(row).__name__}")
-    if not _nonempty_str(row.get("id")):
-        raise ValueError("row needs a non-empty string 'id'")
-    for name in meta["fields"]:
-        if not _nonempty_str(row.get(name)):
-            raise ValueError(f"field {name!r} must be a non-empty string")
-    labels = list(meta["labels"])
-    label = row.get("label")
-    kind = meta["kind"]
-    if kind == "classification":
-        if not isinstance(label, str) or label not in labels:
-            raise LabelError(f"label {label!r} is not one of {labels}")
-    elif kind == "multiple_choice":
-        options = row.get("options")
-        if not isinstance(options, list) or not all(_nonempty_str(o) for o in options):
-            raise ValueError("'options' must be a list of non-empty strings")
-        if len(options) != len(labels):
-            raise ValueError(f"{len(options)} options but {len(labels)} option letters")
-        if isinstance(label, bool) or not isinstance(label, int):
-            raise LabelError(f"label must be an int option index, got {label!r}")
-        if not 0 <= label < len(options):
-            raise LabelError(f"label {label} out of range for {len(options)} options")
-    else:
-        raise ValueError(f"unknown task kind {kind!r}")
+    try:
+        parse_row(row, meta)
+    except RowLabelError as exc:
+        raise LabelError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,56 +255,29 @@ def _require_n_options(options: Sequence[str], n: int) -> None:
 # Per-task convert functions (pure: row in, row out; no I/O, no randomness)
 # --------------------------------------------------------------------------------------------
 
-SST2_LABELS = ("negative", "positive")
-AG_NEWS_LABELS = ("world", "sports", "business", "technology")
-BOOLQ_LABELS = ("false", "true")
-MNLI_LABELS = ("entailment", "neutral", "contradiction")
-SENTIMENT3_LABELS = ("negative", "neutral", "positive")
-SIB200_LABELS = (
-    "science",
-    "travel",
-    "politics",
-    "sports",
-    "health",
-    "entertainment",
-    "geography",
-)
-SIB200_LABEL_MAP = {
-    "science/technology": "science",
-    "travel": "travel",
-    "politics": "politics",
-    "sports": "sports",
-    "health": "health",
-    "entertainment": "entertainment",
-    "geography": "geography",
-}
-SST5_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
-TREC_LABELS = ("abbreviation", "description", "entity", "human", "location", "number")
-#: CogComp/trec ``coarse_label`` class order (ABBR, ENTY, DESC, HUM, LOC, NUM) -> our words.
-TREC_HUB_ORDER = ("abbreviation", "entity", "description", "human", "location", "number")
-SUBJ_LABELS = ("subjective", "objective")
-RTE_LABELS = ("entailment", "not_entailment")
-CB_LABELS = ("entailment", "contradiction", "neutral")
-MRPC_LABELS = ("no", "yes")
-DBPEDIA_LABELS = (
-    "company",
-    "educational institution",
-    "artist",
-    "athlete",
-    "office holder",
-    "mean of transportation",
-    "building",
-    "natural place",
-    "village",
-    "animal",
-    "plant",
-    "album",
-    "film",
-    "written work",
-)
-EMOTION_LABELS = ("anger", "joy", "optimism", "sadness")
-HATE_LABELS = ("not-hate", "hate")
-LETTERS = ("A", "B", "C", "D", "E")
+#: The task specifications (`fetch_specs.yaml`, package data), read once at import.
+SPECS_FILE = Path(__file__).with_name("fetch_specs.yaml")
+
+
+def _read_specs(path: Path = SPECS_FILE) -> dict[str, Any]:
+    import yaml
+
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not {"label_sets", "core", "extra", "families"} <= set(doc):
+        raise ValueError(f"{path}: expected the keys label_sets, core, extra and families")
+    return doc
+
+
+_SPECS = _read_specs()
+LABEL_SETS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _SPECS["label_sets"].items()}
+
+SST2_LABELS = LABEL_SETS["sst2"]
+BOOLQ_LABELS = LABEL_SETS["boolq"]
+SENTIMENT3_LABELS = LABEL_SETS["sentiment3"]
+SIB200_LABELS = LABEL_SETS["sib200"]
+SUBJ_LABELS = LABEL_SETS["subj"]
+DBPEDIA_LABELS = LABEL_SETS["dbpedia"]
+LETTERS = LABEL_SETS["letters"]
 RACE_MAX_PASSAGE_CHARS = 1500
 
 
@@ -523,591 +482,87 @@ def convert_dbpedia(row: Mapping[str, Any]) -> Row:
 # Registry
 # --------------------------------------------------------------------------------------------
 
-_PAPER_SUBSET_NOTE = (
-    " The paper_subset flags of shared/data (the exact evaluation items of Chatterjee et al. 2024)"
-    " are not reproduced by a hub fetch; use shared/data to compare with that paper's numbers."
-)
-_SENTIMENT3_INSTRUCTION = "Classify the sentiment of the text as negative, neutral or positive."
-_SIB200_INSTRUCTION = (
-    "Classify the topic of the sentence as science, travel, politics, sports, health, "
-    "entertainment or geography."
-)
-_ARC_LICENSE = "CC BY-SA 4.0"
-_ARC_CITATION = "Clark et al., 2018, arXiv:1803.05457 (AI2 Reasoning Challenge)"
-_TWEETEVAL_LICENSE = (
-    "unknown (TweetEval: no restrictions of its own; original dataset licences and Twitter "
-    "terms apply)"
-)
-_NLI_ROLES = {"passage": "premise", "text": "hypothesis"}
+#: Row converters a spec may name (``convert`` in fetch_specs.yaml).
+CONVERTERS: dict[str, Callable[..., Row]] = {
+    fn.__name__: fn
+    for fn in (
+        convert_text_label,
+        convert_pair_label,
+        convert_sst2,
+        convert_boolq,
+        convert_arc,
+        convert_commonsense_qa,
+        convert_race,
+        convert_financial_phrasebank,
+        convert_medmcqa,
+        convert_sciq,
+        convert_social_iqa,
+        convert_subj,
+        convert_dbpedia,
+    )
+}
+_LABEL_ARGS = ("labels", "hub_order")
+
+
+def _converter(spec: Any, task: str) -> Callable[[Mapping[str, Any]], Row]:
+    if isinstance(spec, str):
+        spec = {"function": spec}
+    args = dict(spec)
+    name = args.pop("function", None)
+    if name not in CONVERTERS:
+        raise ValueError(f"{SPECS_FILE.name}: task {task!r} names unknown converter {name!r}")
+    for key in _LABEL_ARGS:
+        if key in args:
+            args[key] = LABEL_SETS[args[key]]
+    return partial(CONVERTERS[name], **args) if args else CONVERTERS[name]
+
+
+def spec_from_doc(doc: Mapping[str, Any]) -> TaskSpec:
+    """A `TaskSpec` from one task entry of fetch_specs.yaml (see the file's header)."""
+    fields = dict(doc)
+    name = fields.get("name", "?")
+    labels = fields.pop("labels")
+    fields["labels"] = LABEL_SETS[labels] if isinstance(labels, str) else tuple(labels)
+    fields["convert_row"] = _converter(fields.pop("convert"), name)
+    fields["fields"] = tuple(fields["fields"])
+    try:
+        return TaskSpec(**fields)
+    except TypeError as exc:
+        raise ValueError(f"{SPECS_FILE.name}: task {name!r}: {exc}") from None
 
 
 def _core_specs() -> list[TaskSpec]:
-    return [
-        TaskSpec(
-            name="sst2",
-            title="SST-2",
-            kind="classification",
-            hub_id="SetFit/sst2",
-            config=None,
-            splits={"train": "train", "test": "test", "dev": "validation"},
-            convert_row=convert_sst2,
-            labels=SST2_LABELS,
-            instruction="Classify the sentiment of the movie review as negative or positive.",
-            fields=("text",),
-            language="en",
-            license="unknown",
-            citation="Socher et al., 2013, EMNLP (Stanford Sentiment Treebank)",
-            url="https://nlp.stanford.edu/sentiment/",
-            notes="Sentence-level SST-2 (the stsa.binary release: train 6920 / dev 872 / test 1821),"
-            " as in shared/data; the paper used GLUE SST-2 train (phrase-level).",
-        ),
-        TaskSpec(
-            name="ag_news",
-            title="AG News",
-            kind="classification",
-            hub_id="fancyzhx/ag_news",
-            config=None,
-            splits={"train": "train", "test": "test"},
-            convert_row=partial(
-                convert_text_label, text_key="text", label_key="label", labels=AG_NEWS_LABELS
-            ),
-            labels=AG_NEWS_LABELS,
-            instruction=(
-                "Classify the topic of the news article as world, sports, business or technology."
-            ),
-            fields=("text",),
-            language="en",
-            license="unknown",
-            citation=(
-                "Zhang, Zhao & LeCun, 2015, NeurIPS (Character-level ConvNets for Text "
-                "Classification)"
-            ),
-            url="http://groups.di.unipi.it/~gulli/AG_corpus_of_news_articles.html",
-            notes="text = the hub's 'text' (title + ' ' + description). Label words follow the"
-            " paper (world/sports/business/technology; Sci/Tech -> technology).",
-        ),
-        TaskSpec(
-            name="boolq",
-            title="BoolQ",
-            kind="classification",
-            hub_id="google/boolq",
-            config=None,
-            splits={"train": "train", "test": "validation"},
-            convert_row=convert_boolq,
-            labels=BOOLQ_LABELS,
-            instruction="Read the passage and answer the yes/no question with true or false.",
-            fields=("passage", "text"),
-            language="en",
-            license="CC BY-SA 3.0 (as stated by the BoolQ release)",
-            citation="Clark et al., 2019, NAACL (BoolQ)",
-            url="https://github.com/google-research-datasets/boolean-questions",
-            field_roles={"passage": "passage", "text": "question"},
-            notes="passage = passage, text = question, label = answer (true/false).",
-        ),
-        TaskSpec(
-            name="mnli",
-            title="MultiNLI (matched)",
-            kind="classification",
-            hub_id="nyu-mll/glue",
-            config="mnli",
-            splits={"train": "train", "test": "validation_matched"},
-            convert_row=partial(
-                convert_pair_label,
-                passage_key="premise",
-                text_key="hypothesis",
-                label_key="label",
-                labels=MNLI_LABELS,
-            ),
-            labels=MNLI_LABELS,
-            instruction=(
-                "Decide whether the premise entails, is neutral to, or contradicts the hypothesis."
-            ),
-            fields=("passage", "text"),
-            language="en",
-            license=(
-                "mixed: OANC (free) / CC BY-SA 3.0 / CC BY 3.0 by genre (MultiNLI data description)"
-            ),
-            citation="Williams, Nangia & Bowman, 2018, NAACL (MultiNLI)",
-            url="https://cims.nyu.edu/~sbowman/multinli/",
-            field_roles=_NLI_ROLES,
-            notes="passage = premise, text = hypothesis.",
-        ),
-        TaskSpec(
-            name="arc_easy",
-            title="ARC-Easy",
-            kind="multiple_choice",
-            hub_id="allenai/ai2_arc",
-            config="ARC-Easy",
-            splits={"train": "train", "test": "test", "dev": "validation"},
-            convert_row=convert_arc,
-            labels=LETTERS[:4],
-            instruction="Answer the grade-school science question by choosing the correct option.",
-            fields=("question",),
-            language="en",
-            license=_ARC_LICENSE,
-            citation=_ARC_CITATION,
-            url="https://allenai.org/data/arc",
-            notes="Only 4-option items kept, as the paper did; numeric answer keys mapped to"
-            " option positions.",
-        ),
-        TaskSpec(
-            name="arc_challenge",
-            title="ARC-Challenge",
-            kind="multiple_choice",
-            hub_id="allenai/ai2_arc",
-            config="ARC-Challenge",
-            splits={"train": "train", "test": "test", "dev": "validation"},
-            convert_row=convert_arc,
-            labels=LETTERS[:4],
-            instruction=(
-                "Answer the challenging grade-school science question by choosing the correct "
-                "option."
-            ),
-            fields=("question",),
-            language="en",
-            license=_ARC_LICENSE,
-            citation=_ARC_CITATION,
-            url="https://allenai.org/data/arc",
-            role="target",
-            train_cap=500,
-            notes="Only 4-option items kept; train is a small pool (target task)."
-            + _PAPER_SUBSET_NOTE,
-        ),
-        TaskSpec(
-            name="commonsense_qa",
-            title="CommonsenseQA",
-            kind="multiple_choice",
-            hub_id="tau/commonsense_qa",
-            config=None,
-            splits={"train": "train", "test": "validation"},
-            convert_row=convert_commonsense_qa,
-            labels=LETTERS,
-            instruction="Answer the commonsense question by choosing the most sensible option.",
-            fields=("question",),
-            language="en",
-            license="MIT (as listed on the HF dataset card)",
-            citation="Talmor et al., 2019, NAACL (CommonsenseQA)",
-            url="https://www.tau-nlp.org/commonsenseqa",
-            notes="test comes from the official validation split (the test split is unlabelled).",
-        ),
-        TaskSpec(
-            name="race",
-            title="RACE (middle school)",
-            kind="multiple_choice",
-            hub_id="ehovy/race",
-            config="middle",
-            splits={"train": "train", "test": "test"},
-            convert_row=convert_race,
-            labels=LETTERS[:4],
-            instruction="Read the passage and answer the question by choosing the correct option.",
-            fields=("passage", "question"),
-            language="en",
-            license="RACE terms: non-commercial research use only",
-            citation="Lai et al., 2017, EMNLP (RACE)",
-            url="https://www.cs.cmu.edu/~glai1/data/race/",
-            notes=f"RACE-M; items whose passage exceeds {RACE_MAX_PASSAGE_CHARS} characters are"
-            " skipped. The paper sampled from RACE 'all' train; this is the middle-school subset.",
-        ),
-        TaskSpec(
-            name="financial_phrasebank",
-            title="Financial PhraseBank (sentences_allagree)",
-            kind="classification",
-            hub_id="takala/financial_phrasebank",
-            config="sentences_allagree",
-            splits={"train": "train", "test": "train"},
-            convert_row=convert_financial_phrasebank,
-            labels=SENTIMENT3_LABELS,
-            instruction=(
-                "Classify the sentiment of the financial news sentence as negative, neutral or "
-                "positive."
-            ),
-            fields=("text",),
-            language="en",
-            license="CC BY-NC-SA 3.0 (FinancialPhraseBank-v1.0/License.txt)",
-            citation="Malo et al., 2014, JASIST (Good debt or bad debt)",
-            url="https://huggingface.co/datasets/takala/financial_phrasebank",
-            role="target",
-            train_cap=500,
-            revision=PARQUET_REVISION,
-            notes="No official split exists: the single hub split is shuffled (seeded) and cut into"
-            " disjoint test and train parts." + _PAPER_SUBSET_NOTE,
-        ),
-        TaskSpec(
-            name="medmcqa",
-            title="MedMCQA",
-            kind="multiple_choice",
-            hub_id="openlifescienceai/medmcqa",
-            config=None,
-            splits={"train": "train", "test": "validation"},
-            convert_row=convert_medmcqa,
-            labels=LETTERS[:4],
-            instruction=(
-                "Answer the medical entrance-exam question by choosing the correct option."
-            ),
-            fields=("question",),
-            language="en",
-            license="MIT (medmcqa/medmcqa LICENSE.md; the HF card lists Apache-2.0)",
-            citation="Pal, Umapathi & Sankarasubbu, 2022, CHIL/PMLR (MedMCQA)",
-            url="https://medmcqa.github.io/",
-            role="target",
-            train_cap=500,
-            notes="test comes from the official validation split (the test split is unlabelled)."
-            + _PAPER_SUBSET_NOTE,
-        ),
-        TaskSpec(
-            name="sciq",
-            title="SciQ",
-            kind="multiple_choice",
-            hub_id="allenai/sciq",
-            config=None,
-            splits={"train": "train", "test": "test", "dev": "validation"},
-            convert_row=convert_sciq,
-            labels=LETTERS[:4],
-            instruction="Answer the science exam question by choosing the correct option.",
-            fields=("question",),
-            language="en",
-            license="CC BY-NC 3.0 (AI2 SciQ release)",
-            citation=(
-                "Welbl, Liu & Gardner, 2017, W-NUT (Crowdsourcing Multiple Choice Science Questions)"
-            ),
-            url="https://allenai.org/data/sciq",
-            role="target",
-            train_cap=500,
-            notes="Options = the three distractors with the correct answer inserted at position"
-            " sha256(question) mod 4 (deterministic; the paper shuffled with an unseeded shuffle)."
-            + _PAPER_SUBSET_NOTE,
-        ),
-        TaskSpec(
-            name="social_iqa",
-            title="Social IQa",
-            kind="multiple_choice",
-            hub_id="allenai/social_i_qa",
-            config=None,
-            splits={"train": "train", "test": "validation"},
-            convert_row=convert_social_iqa,
-            labels=LETTERS[:3],
-            instruction=(
-                "Read the social situation and choose the most appropriate answer to the question."
-            ),
-            fields=("passage", "question"),
-            language="en",
-            license="unknown (not stated in the AI2 release)",
-            citation="Sap et al., 2019, EMNLP (Social IQa)",
-            url="https://leaderboard.allenai.org/socialiqa",
-            role="target",
-            train_cap=500,
-            revision=PARQUET_REVISION,
-            field_roles={"passage": "context", "question": "question"},
-            notes="Labels 1-3 -> option indices 0-2; test comes from the dev (validation) split."
-            + _PAPER_SUBSET_NOTE,
-        ),
-    ]
+    return [spec_from_doc(d) for d in _SPECS["core"]]
 
 
 def _extra_specs() -> list[TaskSpec]:
     """Further tasks with a folder in shared/data (not needed by the spec's core experiments)."""
-    return [
-        TaskSpec(
-            name="sst5",
-            title="SST-5",
-            kind="classification",
-            hub_id="SetFit/sst5",
-            config=None,
-            splits={"train": "train", "test": "test", "dev": "validation"},
-            convert_row=partial(
-                convert_text_label, text_key="text", label_key="label", labels=SST5_LABELS
-            ),
-            labels=SST5_LABELS,
-            instruction=(
-                "Rate the sentiment of the movie review on a five-point scale from very negative "
-                "to very positive."
-            ),
-            fields=("text",),
-            language="en",
-            license="unknown",
-            citation="Socher et al., 2013, EMNLP (Stanford Sentiment Treebank)",
-            url="https://nlp.stanford.edu/sentiment/",
-            role="extra",
-        ),
-        TaskSpec(
-            name="trec",
-            title="TREC question classification (coarse, 6-way)",
-            kind="classification",
-            hub_id="CogComp/trec",
-            config=None,
-            splits={"train": "train", "test": "test"},
-            convert_row=partial(
-                convert_text_label,
-                text_key="text",
-                label_key="coarse_label",
-                labels=TREC_LABELS,
-                hub_order=TREC_HUB_ORDER,
-            ),
-            labels=TREC_LABELS,
-            instruction="Classify what type of answer the question asks for.",
-            fields=("text",),
-            language="en",
-            license="unknown",
-            citation="Li & Roth, 2002, COLING (Learning Question Classifiers)",
-            url="https://cogcomp.seas.upenn.edu/Data/QA/QC/",
-            role="extra",
-            notes="Coarse labels ABBR/ENTY/DESC/HUM/LOC/NUM -> abbreviation/entity/description/"
-            "human/location/number.",
-        ),
-        TaskSpec(
-            name="subj",
-            title="SUBJ (subjectivity)",
-            kind="classification",
-            hub_id="SetFit/subj",
-            config=None,
-            splits={"train": "train", "test": "test"},
-            convert_row=convert_subj,
-            labels=SUBJ_LABELS,
-            instruction=(
-                "Classify whether the movie sentence is subjective (opinion) or objective "
-                "(plot fact)."
-            ),
-            fields=("text",),
-            language="en",
-            license="unknown",
-            citation="Pang & Lee, 2004, ACL (subjectivity dataset)",
-            url="https://www.cs.cornell.edu/people/pabo/movie-review-data/",
-            role="extra",
-        ),
-        TaskSpec(
-            name="rte",
-            title="RTE (SuperGLUE)",
-            kind="classification",
-            hub_id="aps/super_glue",
-            config="rte",
-            splits={"train": "train", "test": "validation"},
-            convert_row=partial(
-                convert_pair_label,
-                passage_key="premise",
-                text_key="hypothesis",
-                label_key="label",
-                labels=RTE_LABELS,
-            ),
-            labels=RTE_LABELS,
-            instruction="Decide whether the premise entails the hypothesis.",
-            fields=("passage", "text"),
-            language="en",
-            license="unknown",
-            citation="Dagan et al., 2005 / Wang et al., 2019, NeurIPS (SuperGLUE)",
-            url="https://super.gluebenchmark.com/tasks",
-            role="extra",
-            field_roles=_NLI_ROLES,
-            revision=PARQUET_REVISION,
-            notes="test = the SuperGLUE validation split (the test split is unlabelled).",
-        ),
-        TaskSpec(
-            name="cb",
-            title="CommitmentBank (SuperGLUE CB)",
-            kind="classification",
-            hub_id="aps/super_glue",
-            config="cb",
-            splits={"train": "train", "test": "validation"},
-            convert_row=partial(
-                convert_pair_label,
-                passage_key="premise",
-                text_key="hypothesis",
-                label_key="label",
-                labels=CB_LABELS,
-            ),
-            labels=CB_LABELS,
-            instruction=(
-                "Decide whether the premise entails, contradicts, or is neutral to the hypothesis."
-            ),
-            fields=("passage", "text"),
-            language="en",
-            license="unknown",
-            citation="de Marneffe, Simons & Tonhauser, 2019, Sinn und Bedeutung 23",
-            url="https://github.com/mcdm/CommitmentBank",
-            role="extra",
-            field_roles=_NLI_ROLES,
-            revision=PARQUET_REVISION,
-            notes="test = the SuperGLUE validation split (the test split is unlabelled).",
-        ),
-        TaskSpec(
-            name="mrpc",
-            title="MRPC (Microsoft Research Paraphrase Corpus)",
-            kind="classification",
-            hub_id="nyu-mll/glue",
-            config="mrpc",
-            splits={"train": "train", "test": "validation"},
-            convert_row=partial(
-                convert_pair_label,
-                passage_key="sentence1",
-                text_key="sentence2",
-                label_key="label",
-                labels=MRPC_LABELS,
-            ),
-            labels=MRPC_LABELS,
-            instruction="Do the two sentences express the same meaning? Answer yes or no.",
-            fields=("passage", "text"),
-            language="en",
-            license="unknown (Microsoft Research Paraphrase Corpus licence terms)",
-            citation="Dolan & Brockett, 2005, IWP (MSR Paraphrase Corpus)",
-            url="https://www.microsoft.com/en-us/download/details.aspx?id=52398",
-            field_roles={"passage": "sentence1", "text": "sentence2"},
-            notes="label 0 not_equivalent -> no, 1 equivalent -> yes; test = GLUE validation.",
-        ),
-        TaskSpec(
-            name="dbpedia",
-            title="DBpedia-14",
-            kind="classification",
-            hub_id="fancyzhx/dbpedia_14",
-            config=None,
-            splits={"train": "train", "test": "test"},
-            convert_row=convert_dbpedia,
-            labels=DBPEDIA_LABELS,
-            instruction=(
-                "Classify the Wikipedia entity described by the title and text into one of 14 "
-                "ontology classes."
-            ),
-            fields=("text",),
-            language="en",
-            license="CC BY-SA 3.0 and GFDL (DBpedia ontology classification dataset readme)",
-            citation="Zhang, Zhao & LeCun, 2015, NeurIPS; Lehmann et al., 2015, Semantic Web Journal",
-            url="https://huggingface.co/datasets/fancyzhx/dbpedia_14",
-            role="extra",
-            notes="text = 'title: content'.",
-        ),
-        TaskSpec(
-            name="tweet_eval_emotion",
-            title="TweetEval emotion (4-way)",
-            kind="classification",
-            hub_id="cardiffnlp/tweet_eval",
-            config="emotion",
-            splits={"train": "train", "test": "test", "dev": "validation"},
-            convert_row=partial(
-                convert_text_label, text_key="text", label_key="label", labels=EMOTION_LABELS
-            ),
-            labels=EMOTION_LABELS,
-            instruction=(
-                "Classify the emotion expressed in the tweet as anger, joy, optimism or sadness."
-            ),
-            fields=("text",),
-            language="en",
-            license=_TWEETEVAL_LICENSE,
-            citation=(
-                "Barbieri et al., 2020, Findings of EMNLP (TweetEval); Mohammad et al., 2018, "
-                "SemEval (Affect in Tweets)"
-            ),
-            url="https://github.com/cardiffnlp/tweeteval",
-            role="extra",
-        ),
-        TaskSpec(
-            name="tweet_eval_hate",
-            title="TweetEval hate speech",
-            kind="classification",
-            hub_id="cardiffnlp/tweet_eval",
-            config="hate",
-            splits={"train": "train", "test": "test", "dev": "validation"},
-            convert_row=partial(
-                convert_text_label, text_key="text", label_key="label", labels=HATE_LABELS
-            ),
-            labels=HATE_LABELS,
-            instruction=(
-                "Decide whether the tweet is hate speech against immigrants or women "
-                "(hate or not-hate)."
-            ),
-            fields=("text",),
-            language="en",
-            license=_TWEETEVAL_LICENSE,
-            citation=(
-                "Barbieri et al., 2020, Findings of EMNLP (TweetEval); Basile et al., 2019, "
-                "SemEval (HatEval)"
-            ),
-            url="https://github.com/cardiffnlp/tweeteval",
-            role="extra",
-        ),
-        TaskSpec(
-            name="tweeteval_senti_eng",
-            title="TweetEval Sentiment (English, AfriSenti source)",
-            kind="classification",
-            hub_id="cardiffnlp/tweet_eval",
-            config="sentiment",
-            splits={"train": "train", "test": "test"},
-            convert_row=partial(
-                convert_text_label, text_key="text", label_key="label", labels=SENTIMENT3_LABELS
-            ),
-            labels=SENTIMENT3_LABELS,
-            instruction="Classify the sentiment of the tweet as negative, neutral or positive.",
-            fields=("text",),
-            language="en",
-            license=(
-                "unknown (TweetEval: no restrictions of its own; SemEval-2017 Task 4 terms and "
-                "Twitter terms apply)"
-            ),
-            citation=(
-                "Rosenthal et al., 2017, SemEval (Task 4); Barbieri et al., 2020, Findings of "
-                "EMNLP (TweetEval)"
-            ),
-            url="https://github.com/cardiffnlp/tweeteval",
-            role="source",
-            extra_meta={
-                "family": "afrisenti",
-                "language_name": "English",
-                "resource_level": "high",
-                "parallel": False,
-                "label_map": {"0": "negative", "1": "neutral", "2": "positive"},
-            },
-        ),
-    ]
+    return [spec_from_doc(d) for d in _SPECS["extra"]]
 
 
 # ---- families -------------------------------------------------------------------------------
 
+_SIB200 = _SPECS["families"]["sib200"]
+_NUSAX = _SPECS["families"]["nusax_senti"]
 #: SIB-200 languages with a short name: ISO 639-3 -> (FLORES code, ISO 639-1 where one exists,
 #: English name, resource level as used in shared/data).
 SIB200_LANGUAGES: dict[str, tuple[str, str, str, str]] = {
-    "eng": ("eng_Latn", "en", "English", "high"),
-    "fra": ("fra_Latn", "fr", "French", "high"),
-    "deu": ("deu_Latn", "de", "German", "high"),
-    "spa": ("spa_Latn", "es", "Spanish", "high"),
-    "por": ("por_Latn", "pt", "Portuguese", "high"),
-    "zho": ("zho_Hans", "zh", "Chinese (Simplified)", "high"),
-    "ind": ("ind_Latn", "id", "Indonesian", "high"),
-    "arb": ("arb_Arab", "ar", "Arabic (Modern Standard)", "high"),
-    "hin": ("hin_Deva", "hi", "Hindi", "high"),
-    "swh": ("swh_Latn", "sw", "Swahili", "mid"),
-    "jav": ("jav_Latn", "jv", "Javanese", "low"),
-    "sun": ("sun_Latn", "su", "Sundanese", "low"),
-    "hau": ("hau_Latn", "ha", "Hausa", "low"),
-    "yor": ("yor_Latn", "yo", "Yoruba", "low"),
-    "ibo": ("ibo_Latn", "ig", "Igbo", "low"),
-    "amh": ("amh_Ethi", "am", "Amharic", "low"),
-    "kin": ("kin_Latn", "rw", "Kinyarwanda", "low"),
-    "zul": ("zul_Latn", "zu", "Zulu", "low"),
-    "min": ("min_Latn", "min", "Minangkabau", "low"),
-    "ace": ("ace_Latn", "ace", "Acehnese", "low"),
-    "ban": ("ban_Latn", "ban", "Balinese", "low"),
-    "bjn": ("bjn_Latn", "bjn", "Banjar", "low"),
-    "bug": ("bug_Latn", "bug", "Buginese", "low"),
+    k: tuple(v) for k, v in _SIB200["languages"].items()
 }
+SIB200_LABEL_MAP: dict[str, str] = dict(_SIB200["label_map"])
 #: Full-pool (source) SIB-200 languages; every other language keeps a small train pool.
-SIB200_SOURCES = {"eng": "source", "zho": "source_or_target"}
-SIB200_TARGET_TRAIN_CAP = 200
-SIB200_DEFAULT_LANGUAGES = ("eng", "fra", "ind", "swh", "jav", "sun", "hau", "yor", "zho")
+SIB200_SOURCES: dict[str, str] = dict(_SIB200["sources"])
+SIB200_TARGET_TRAIN_CAP: int = _SIB200["target_train_cap"]
+SIB200_DEFAULT_LANGUAGES: tuple[str, ...] = tuple(_SIB200["default_languages"])
+_SIB200_INSTRUCTION: str = _SIB200["instruction"]
 
 #: NusaX-Senti languages (hub config = ISO 639-3) -> (language code, English name, level).
 NUSAX_LANGUAGES: dict[str, tuple[str, str, str]] = {
-    "ace": ("ace", "Acehnese", "low"),
-    "ban": ("ban", "Balinese", "low"),
-    "bbc": ("bbc", "Toba Batak", "low"),
-    "bjn": ("bjn", "Banjarese", "low"),
-    "bug": ("bug", "Buginese", "low"),
-    "eng": ("en", "English", "high"),
-    "ind": ("id", "Indonesian", "high"),
-    "jav": ("jv", "Javanese", "low"),
-    "mad": ("mad", "Madurese", "low"),
-    "min": ("min", "Minangkabau", "low"),
-    "nij": ("nij", "Ngaju", "low"),
-    "sun": ("su", "Sundanese", "low"),
+    k: tuple(v) for k, v in _NUSAX["languages"].items()
 }
-NUSAX_SOURCES = {"eng": "source", "ind": "source_or_target"}
-NUSAX_TARGET_TRAIN_CAP = 200
+NUSAX_SOURCES: dict[str, str] = dict(_NUSAX["sources"])
+NUSAX_TARGET_TRAIN_CAP: int = _NUSAX["target_train_cap"]
+_SENTIMENT3_INSTRUCTION: str = _NUSAX["instruction"]
 
 
 def sib200_spec(lang: str) -> TaskSpec:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .evaluate import answer_token_ids
+from .logprobs import answer_token_ids
 from .models import LanguageModel
 from .padding import encode, iter_batches, position_ids_from_mask
 from .prefix_cache import _new_cache
@@ -74,7 +74,10 @@ def cacheable_prompts(lm: LanguageModel, prompts: Sequence[str]) -> bool:
 
 
 def _foreign_hooks(lm: LanguageModel) -> int:
-    """Forward hooks on the blocks that are not castlib steering hooks."""
+    """Forward hooks on the blocks that are not castlib steering hooks. A safety check only:
+    castlib tracks its own interventions in ``lm.interventions``, but a hook installed by
+    other code can be seen only in torch's hook dicts, and it would make the cached prefix
+    (run without it) disagree with the full path."""
     total = sum(len(block._forward_hooks) for block in lm.blocks)
     return total - len(active_steer_hooks(lm))
 

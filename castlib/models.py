@@ -24,11 +24,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .activation_store import ActivationStore, store_from_env
+from .architectures import BLOCK_PATHS
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -43,22 +45,6 @@ __all__ = [
 ]
 
 EMBEDDED_MODEL = "gemma-3-270m"
-
-#: Attribute paths tried, in order, to find the decoder blocks of a causal LM.
-#: Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3: ``model.layers``; GPT-2, Falcon, GPT-J, Bloom:
-#: ``transformer.h``; GPT-NeoX/Pythia: ``gpt_neox.layers``; OPT: ``model.decoder.layers``;
-#: MPT: ``transformer.blocks``; multimodal Gemma 3 / Llava-style: ``model.language_model.layers``.
-BLOCK_PATHS: tuple[str, ...] = (
-    "model.layers",
-    "model.language_model.layers",
-    "model.decoder.layers",
-    "transformer.h",
-    "transformer.layers",
-    "transformer.blocks",
-    "gpt_neox.layers",
-    "language_model.model.layers",
-    "model.model.layers",
-)
 
 _MANIFEST = "castlib_manifest.json"
 _CACHE_FORMAT = 1
@@ -76,6 +62,11 @@ class LanguageModel:
         name: the model id or path it was loaded from.
         device: where the weights live.
         dtype: the floating dtype of the weights.
+        interventions: castlib's own record of what it currently has hooked into the model, in
+            registration order: each active `castlib.steer.Steering` handle (``kind ==
+            "steer"``) and each running `castlib.record_activations` (``kind == "record"``).
+            Entries add themselves on entry and remove themselves on exit (also after an
+            exception); castlib reads this list, never torch's private hook dicts.
     """
 
     model: nn.Module
@@ -88,6 +79,7 @@ class LanguageModel:
     #: reuse of recorded activations (`castlib.activation_store`); `load_model` gives every
     #: model one (memory, plus ``$CASTLIB_ACTIVATION_STORE`` on disk), `wrap_model` none.
     activation_store: ActivationStore | None = field(default=None, repr=False, compare=False)
+    interventions: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -161,7 +153,8 @@ def find_blocks(model: nn.Module, blocks_path: str | None = None) -> tuple[nn.Mo
     """Return the decoder blocks of ``model`` and the attribute path they were found at.
 
     ``blocks_path`` overrides the search (e.g. ``"model.layers"``). Without it, the paths of
-    `BLOCK_PATHS` are tried in order and the first ``nn.ModuleList`` wins.
+    `BLOCK_PATHS` (from `castlib.architectures`) are tried in order and the first
+    ``nn.ModuleList`` wins.
     """
     if blocks_path is not None:
         found = _get_path(model, blocks_path)

@@ -6,9 +6,9 @@ helpers keep that contract in one place:
 
 * `sample_test` -- a seeded subsample of a task's test split, the same for every method and seed
   (some task files are ordered by label, so a prefix ``limit`` would be biased);
-* `expand_methods` / `build_method` -- method labels (registry names plus the two cross-task ICL
-  variants) to configured `castlib.methods` instances, with shared parameters filtered to the
-  ones each method accepts;
+* `expand_methods` / `build_method` -- method labels (registry names and the presets registered
+  next to each method, e.g. ``lora_target_dev``) to configured `castlib.methods` instances, with
+  shared parameters filtered to the ones each method accepts;
 * `icl_deltas` -- per-example ICL enhancements ``delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x))``;
 * `flat_record` / `write_results` / `write_table` / `save_figure` -- the structured outputs a run
   leaves in ``output_dir`` (``results.json`` is what `castlib.runs` aggregates);
@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import random
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,14 +30,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .methods import available, get
+from .methods import available, get, preset, presets
 from .methods.base import Method
 from .methods.steering import icl_activations
 from .models import LanguageModel
+from .profiling import profile
 from .tasks import Example, Task, load_task, sample_examples
 
 __all__ = [
-    "METHOD_VARIANTS",
     "DROP_FIELDS",
     "build_method",
     "expand_methods",
@@ -56,16 +55,6 @@ __all__ = [
     "write_results",
     "write_table",
 ]
-
-#: Method labels that are a registered method with fixed parameters.
-METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "cross_task_icl_random": ("cross_task_icl", {"demo_choice": "random"}),
-    "cross_task_icl_similar": ("cross_task_icl", {"demo_choice": "similar"}),
-    "lora_source": ("lora", {"train_on": "source"}),
-    "lora_target_dev": ("lora", {"train_on": "target_dev"}),
-    "kasa_source": ("kasa", {"train_on": "source"}),
-    "kasa_target_dev": ("kasa", {"train_on": "target_dev"}),
-}
 
 #: Record fields too bulky for results.json (kept out of the flat records).
 DROP_FIELDS = ("tuning_grid",)
@@ -100,7 +89,7 @@ def sample_test(task: Task, n: int | None, seed: int = 0, split: str = "test") -
 
 def expand_methods(methods: str | Sequence[str]) -> list[str]:
     """Method labels to run: a list as given, or ``"all"``: every registered method, those with
-    labelled variants in `METHOD_VARIANTS` split into them (``cross_task_icl`` into its
+    registered presets (`castlib.methods.presets`) split into them (``cross_task_icl`` into its
     ``random`` and ``similar`` demonstrations, ``lora`` and ``kasa`` into training on the selected
     ``source`` samples or on labelled ``target_dev`` examples)."""
     if isinstance(methods, str):
@@ -108,8 +97,7 @@ def expand_methods(methods: str | Sequence[str]) -> list[str]:
             return [methods]
         out: list[str] = []
         for name in available():
-            variants = [label for label, (base, _) in METHOD_VARIANTS.items() if base == name]
-            out += variants or [name]
+            out += [p.label for p in presets(name)] or [name]
         return out
     return list(methods)
 
@@ -120,18 +108,19 @@ def build_method(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     data_dir: str | Path | None = None,
 ) -> Method:
-    """A configured method for ``label`` (a registry name or a `METHOD_VARIANTS` key).
+    """A configured method for ``label`` (a registry name or a registered preset label).
 
     Parameters, later wins: the ``shared`` ones the method's ``Params`` accepts (the others are
-    ignored, so ``k`` or ``layers`` can be given once for all methods), the variant's fixed ones,
+    ignored, so ``k`` or ``layers`` can be given once for all methods), the preset's fixed ones,
     then ``overrides[label]`` (else ``overrides[registry name]``), passed as is (an unknown name
     there raises).
     """
-    name, fixed = METHOD_VARIANTS.get(label, (label, {}))
+    fixed = preset(label) if label not in available() else None
+    name, fixed_params = (fixed.method, dict(fixed.params)) if fixed else (label, {})
     cls = get(name)
     accepted = {f.name for f in dataclasses.fields(cls.Params)}
     params = {k: v for k, v in (shared or {}).items() if k in accepted}
-    params.update(fixed)
+    params.update(fixed_params)
     overrides = overrides or {}
     params.update(overrides.get(label, overrides.get(name, {})))
     if data_dir is not None and "data_dir" in accepted:
@@ -249,40 +238,22 @@ def fmt(x: float | None, decimals: int = 3) -> str:
 
 @contextmanager
 def peak_memory(device: torch.device | str, interval: float = 0.005) -> Iterator[dict[str, float]]:
-    """Absolute peak memory (MiB) of the block, filled in on exit as ``out["peak_mb"]``.
+    """Absolute peak memory (MiB) of the block, filled in on exit as ``out["peak_mb"]``
+    (`castlib.profiling.profile`'s ``peak_mb``).
 
     CUDA: ``torch.cuda.max_memory_allocated`` after a reset (weights included). Elsewhere: the
     process's peak resident set size, sampled every ``interval`` seconds in a thread (weights
     included). Unlike a growth measure, it does not depend on what earlier code left allocated,
     so ratios between methods run one after the other are meaningful.
     """
-    dev = torch.device(device)
     out: dict[str, float] = {}
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        try:
-            yield out
-        finally:
-            out["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-        return
-    import psutil
-
-    proc = psutil.Process()
-    peak = [proc.memory_info().rss]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(interval):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    prof = None
     try:
-        yield out
+        with profile(device, interval=interval) as prof:
+            yield out
     finally:
-        stop.set()
-        thread.join()
-        out["peak_mb"] = max(peak[0], proc.memory_info().rss) / 2**20
+        if prof is not None:
+            out["peak_mb"] = prof.peak_mb
 
 
 def load_tasks(names: Iterable[str], data_dir: str | Path | None = None) -> dict[str, Task]:

@@ -25,7 +25,7 @@ Batching after a cached prefix (why it is done this way):
     * Sliding-window layers (Gemma 2/3, Mistral) keep only their last ``window - 1`` prefix
       tokens, which is exactly what the suffix's first token may attend to.
 
-Scoring is the one of `castlib.evaluate.score_prompts`: single-token answers from the logits
+Scoring is the one of `castlib.scoring.score_plain`: single-token answers from the logits
 at the last suffix token (all answers at once), otherwise each (suffix, answer) pair is one row
 and the answer tokens' log-probs are summed.
 
@@ -55,8 +55,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .logprobs import answer_token_ids
 from .models import LanguageModel
 from .padding import encode, pad
+from .steer import active_steer_hooks
 
 __all__ = [
     "PrefixCache",
@@ -96,8 +98,6 @@ class PrefixCache:
 
 def check_no_steering(lm: LanguageModel) -> None:
     """Raise if a castlib steering hook is active on ``lm`` (see the module docstring)."""
-    from .steer import active_steer_hooks
-
     hooks = active_steer_hooks(lm)
     if hooks:
         raise RuntimeError(
@@ -282,8 +282,6 @@ def score_suffixes(
         ``(scores [n_suffixes, n_answers] float32 on CPU, prompt token counts)``, the counts
         being prefix + suffix tokens (what the model attends to; only the suffix is computed).
     """
-    from .evaluate import answer_token_ids
-
     if isinstance(suffixes, str):
         raise TypeError("suffixes must be a sequence of strings, not a single string")
     if len(suffixes) == 0:

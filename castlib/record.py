@@ -14,7 +14,9 @@ side and prompt are reused and only the others run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +26,24 @@ from .hooks import HookGroup, StopForward, hidden_of
 from .models import LanguageModel
 from .padding import encode, iter_batches, last_token_index
 
-__all__ = ["record_activations", "record_token_ids"]
+__all__ = ["record_activations", "record_token_ids", "Recording"]
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """The ``lm.interventions`` entry of a running `record_activations` (its read hooks)."""
+
+    layers: tuple[int, ...]
+    kind: str = "record"
+
+
+@contextmanager
+def _listed(lm: LanguageModel, entry: object) -> Iterator[None]:
+    lm.interventions.append(entry)
+    try:
+        yield
+    finally:
+        lm.interventions.remove(entry)
 
 
 def record_token_ids(
@@ -58,7 +77,8 @@ def record_token_ids(
     batches = iter_batches(token_ids, batch_size, pad_id, padding_side, lm.device)
     n_batches = -(-len(token_ids) // batch_size)
     show = progress if progress is not None else n_batches > 4
-    with HookGroup() as hooks, torch.inference_mode():
+    entry = Recording(layers=tuple(wanted))
+    with HookGroup() as hooks, torch.inference_mode(), _listed(lm, entry):
         for slot, layer in enumerate(wanted):
             hooks.add(lm.blocks[layer].register_forward_hook(make_hook(slot, layer)))
         for batch in tqdm(batches, total=n_batches, desc=desc, disable=not show, leave=False):

@@ -34,7 +34,7 @@ from .models import LanguageModel
 from .padding import last_token_index
 from .vectors import SteeringVector
 
-__all__ = ["steer", "Steering", "override_positions", "as_layer_map"]
+__all__ = ["steer", "Steering", "override_positions", "as_layer_map", "active_steer_hooks"]
 
 Positions = Literal["last", "all"]
 Op = Literal["add", "replace"]
@@ -127,18 +127,36 @@ class SteerHook:
 
 
 class Steering:
-    """Handle of an active steering intervention; ``remove()`` or leave its ``with`` block."""
+    """Handle of an active steering intervention; ``remove()`` or leave its ``with`` block.
 
-    def __init__(self, hooks: HookGroup, steer_hooks: dict[int, SteerHook]) -> None:
+    While active it is listed in ``lm.interventions`` (``kind == "steer"``).
+    """
+
+    kind = "steer"
+
+    def __init__(
+        self, lm: LanguageModel, hooks: HookGroup, steer_hooks: dict[int, SteerHook]
+    ) -> None:
+        self._lm = lm
         self._hooks = hooks
         self.steer_hooks = steer_hooks
+        lm.interventions.append(self)
+
+    @property
+    def layers(self) -> list[int]:
+        """The steered layers."""
+        return sorted(self.steer_hooks)
 
     @property
     def active(self) -> bool:
         return bool(self._hooks.handles)
 
     def remove(self) -> None:
-        self._hooks.remove()
+        try:
+            self._hooks.remove()
+        finally:
+            if self in self._lm.interventions:
+                self._lm.interventions.remove(self)
 
     def __enter__(self) -> Steering:
         return self
@@ -243,17 +261,18 @@ def steer(
     except BaseException:
         hooks.remove()
         raise
-    return Steering(hooks, steer_hooks)
+    return Steering(lm, hooks, steer_hooks)
 
 
 def active_steer_hooks(lm: LanguageModel) -> list[SteerHook]:
-    """The castlib steering hooks currently registered on ``lm``'s blocks."""
-    found = []
-    for block in lm.blocks:
-        for hook in block._forward_hooks.values():
-            if isinstance(hook, SteerHook):
-                found.append(hook)
-    return found
+    """The castlib steering hooks currently active on ``lm`` (from ``lm.interventions``), in
+    the order their `Steering` handles were made."""
+    return [
+        hook
+        for entry in lm.interventions
+        if isinstance(entry, Steering)
+        for hook in entry.steer_hooks.values()
+    ]
 
 
 @contextmanager

@@ -37,6 +37,8 @@ __all__ = [
     "resolve_data_dir",
     "sample_examples",
     "TaskFormatError",
+    "RowLabelError",
+    "parse_row",
 ]
 
 SPLITS = ("train", "dev", "test")
@@ -45,6 +47,10 @@ KINDS = ("classification", "multiple_choice")
 
 class TaskFormatError(ValueError):
     """A task file does not follow the normalised format."""
+
+
+class RowLabelError(TaskFormatError):
+    """A row's label is outside its task's label space."""
 
 
 @dataclass(frozen=True)
@@ -190,42 +196,63 @@ def list_tasks(data_dir: str | Path | None = None) -> list[str]:
     return sorted(p.parent.name for p in root.glob("*/meta.json"))
 
 
-def _parse_row(obj: Any, meta: Mapping[str, Any], where: str) -> Example:
-    if not isinstance(obj, dict):
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def parse_row(obj: Any, meta: Mapping[str, Any], where: str = "row") -> Example:
+    """The `Example` of one jsonl row of a task with this ``meta``; the one validator of the row
+    format (FORMAT.md), used by the loader and by `castlib.fetch.validate_row`.
+
+    A row is a JSON object with a non-empty string ``id``; every ``meta["fields"]`` entry a
+    non-empty string; ``paper_subset``, when present, a bool; classification: ``label`` one of
+    ``meta["labels"]``; multiple choice: ``options`` a list of 2..len(labels) non-empty strings
+    (one per option letter, in order) and ``label`` an int index into it. Other keys are allowed.
+
+    Raises:
+        RowLabelError: the label is outside the label space (a `TaskFormatError`).
+        TaskFormatError: any other violation; messages start with ``where``.
+    """
+    if not isinstance(obj, Mapping):
         raise TaskFormatError(f"{where}: row is not a JSON object")
     if "id" not in obj or "label" not in obj:
         raise TaskFormatError(f"{where}: row lacks 'id' or 'label'")
+    if not _nonempty_str(obj["id"]):
+        raise TaskFormatError(f"{where}: 'id' must be a non-empty string, got {obj['id']!r}")
     labels = list(meta["labels"])
     fields = {}
     for name in meta["fields"]:
         value = obj.get(name)
-        if not isinstance(value, str) or not value.strip():
+        if not _nonempty_str(value):
             raise TaskFormatError(f"{where}: field {name!r} missing or empty")
         fields[name] = value
     paper_subset = obj.get("paper_subset", False)
     if not isinstance(paper_subset, bool):
         raise TaskFormatError(f"{where}: paper_subset must be true or false, got {paper_subset!r}")
-    if meta["kind"] == "classification":
-        if obj["label"] not in labels:
-            raise TaskFormatError(f"{where}: label {obj['label']!r} not in {labels}")
+    kind = meta["kind"]
+    if kind == "classification":
+        if not isinstance(obj["label"], str) or obj["label"] not in labels:
+            raise RowLabelError(f"{where}: label {obj['label']!r} not in {labels}")
         return Example(
-            id=str(obj["id"]),
+            id=obj["id"],
             fields=fields,
             label=labels.index(obj["label"]),
             paper_subset=paper_subset,
         )
+    if kind != "multiple_choice":
+        raise TaskFormatError(f"{where}: unknown task kind {kind!r}")
     options = obj.get("options")
     if not isinstance(options, list) or len(options) < 2:
         raise TaskFormatError(f"{where}: multiple-choice row needs a list of >= 2 options")
     if len(options) > len(labels):
         raise TaskFormatError(f"{where}: {len(options)} options but only {len(labels)} letters")
-    if not all(isinstance(o, str) for o in options):
-        raise TaskFormatError(f"{where}: options must be strings")
+    if not all(_nonempty_str(o) for o in options):
+        raise TaskFormatError(f"{where}: options must be non-empty strings")
     label = obj["label"]
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(options):
-        raise TaskFormatError(f"{where}: label {label!r} is not an index into the options")
+        raise RowLabelError(f"{where}: label {label!r} is not an index into the options")
     return Example(
-        id=str(obj["id"]),
+        id=obj["id"],
         fields=fields,
         label=label,
         options=tuple(options),
@@ -270,7 +297,7 @@ def read_jsonl(path: Path, meta: Mapping[str, Any]) -> list[Example]:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise TaskFormatError(f"{where}: invalid JSON ({err.msg})") from err
-        row = _parse_row(obj, meta, where)
+        row = parse_row(obj, meta, where)
         if row.id in seen:
             raise TaskFormatError(
                 f"{where}: duplicate row id {row.id!r} (first on line {seen[row.id]})"

@@ -315,7 +315,8 @@ def test_validate_row_rejects_bad_rows() -> None:
         {"label": -1},
         {"label": "A"},
         {"label": True},
-        {"options": ["1", "2", "3"]},
+        {"options": ["1", "2", "3", "4", "5"]},  # more options than letters
+        {"options": ["1"]},
         {"options": ["1", "2", "", "4"]},
         {"question": None},
     ]
@@ -324,6 +325,21 @@ def test_validate_row_rejects_bad_rows() -> None:
             validate_row({**good_mc, **change}, mc)
     with pytest.raises(LabelError):
         validate_row({"id": "a", "text": "t", "label": "neutral"}, cls)
+
+
+def test_validate_row_is_the_loaders_validator() -> None:
+    from castlib.tasks import TaskFormatError, parse_row
+
+    meta = resolve_task("arc_easy").meta_core()
+    good = {"id": "a", "question": "q", "options": ["1", "2", "3", "4"], "label": 1}
+    assert parse_row(good, meta).options == ("1", "2", "3", "4")
+    for change in ({"id": 7}, {"options": ["1", " "]}, {"paper_subset": "yes"}, {"label": 9}):
+        row = {**good, **change}
+        with pytest.raises(TaskFormatError) as loader:
+            parse_row(row, meta)
+        with pytest.raises(ValueError) as fetcher:
+            validate_row(row, meta)
+        assert str(fetcher.value) == str(loader.value)
 
 
 # ------------------------------------------------------------------------------------------

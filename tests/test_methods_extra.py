@@ -296,3 +296,34 @@ def test_adapter_methods_merge_or_wrap_at_inference(lm, source, target):
     assert a["accuracy"] == b["accuracy"]
     for x, y in zip(merged.last_result.predictions, wrapped.last_result.predictions, strict=True):
         assert x["log_probs"] == pytest.approx(y["log_probs"], abs=1e-4)
+
+
+def test_adapters_share_cast_selection_params():
+    import dataclasses
+
+    from castlib.methods.cast import CAST, SelectionParams
+
+    names = {f.name for f in dataclasses.fields(SelectionParams)}
+    for cls in (CAST, LoRA, KaSA):
+        assert issubclass(cls.Params, SelectionParams)
+        assert names <= {f.name for f in dataclasses.fields(cls.Params)}
+    cast = KaSA(m=5, n_candidates=20, graph_k=3, selection_gamma=0.25, gamma=0.9).cast()
+    p = cast.params
+    assert (p.m, p.n_candidates, p.graph_k, p.gamma) == (5, 20, 3, 0.25)
+
+
+def test_methods_register_themselves_with_presets():
+    from castlib.methods import registry
+
+    assert methods.get("lora") is LoRA and methods.get("kasa") is KaSA
+    assert [p.label for p in methods.presets("lora")] == ["lora_source", "lora_target_dev"]
+    assert methods.preset("kasa_target_dev").params == {"train_on": "target_dev"}
+    assert methods.preset("cast") is None
+    with pytest.raises(ValueError, match="already registered"):
+
+        class Other(methods.Method):
+            name = "cast"
+
+        registry.register(Other)
+    with pytest.raises(KeyError, match="unknown method 'nope'"):
+        methods.get("nope")

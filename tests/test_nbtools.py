@@ -9,10 +9,18 @@ from castlib import nbtools
 def test_all_expands_every_registered_method_into_its_variants():
     labels = nbtools.expand_methods("all")
     assert len(labels) == len(set(labels))
-    bases = {nbtools.METHOD_VARIANTS.get(lab, (lab, {}))[0] for lab in labels}
+    bases = {methods.preset(lab).method if methods.preset(lab) else lab for lab in labels}
     assert bases == set(methods.available())
-    for variant, (base, _) in nbtools.METHOD_VARIANTS.items():
-        assert variant in labels and base not in labels
+    for preset in methods.PRESETS.values():
+        assert preset.label in labels and preset.method not in labels
+    assert {p.label for p in methods.PRESETS.values()} == {
+        "cross_task_icl_random",
+        "cross_task_icl_similar",
+        "lora_source",
+        "lora_target_dev",
+        "kasa_source",
+        "kasa_target_dev",
+    }
     assert nbtools.expand_methods("cast") == ["cast"]
     assert nbtools.expand_methods(["icv", "cast"]) == ["icv", "cast"]
 

@@ -199,3 +199,33 @@ def test_steering_vector_and_errors(lm, tokenizer):
     with pytest.raises(KeyError, match="not in the steering vector"):
         steer(lm, sv, layers=[2])
     assert not any(b._forward_hooks for b in lm.blocks)
+
+
+def test_interventions_record_active_steering_and_recording(lm):
+    from castlib.steer import active_steer_hooks
+
+    assert lm.interventions == []
+    v = torch.ones(lm.hidden_size)
+    with steer(lm, v, alpha=1.0, layers=[0]) as outer:
+        with steer(lm, v, alpha=2.0, layers=[1, 2]) as inner:
+            assert lm.interventions == [outer, inner]
+            assert [e.kind for e in lm.interventions] == ["steer", "steer"]
+            assert inner.layers == [1, 2]
+            assert [h.alpha for h in active_steer_hooks(lm)] == [1.0, 2.0, 2.0]
+        assert lm.interventions == [outer]
+    assert lm.interventions == [] and active_steer_hooks(lm) == []
+    with pytest.raises(RuntimeError, match="boom"), steer(lm, v, alpha=1.0, layers=[0]):
+        raise RuntimeError("boom")
+    assert lm.interventions == []
+
+    seen = []
+    handle = lm.blocks[0].register_forward_hook(
+        lambda *args: seen.append([(e.kind, tuple(e.layers)) for e in lm.interventions])
+    )
+    try:
+        with steer(lm, v, alpha=1.0, layers=[1]):
+            castlib.record_activations(lm, ["a b"], layers=[0, 2])
+    finally:
+        handle.remove()
+    assert seen == [[("steer", (1,)), ("record", (0, 2))]]
+    assert lm.interventions == []

@@ -5,7 +5,9 @@
     record = method.evaluate(lm, "financial_phrasebank", limit=200)
 
 Registered: cast, zero_shot, few_shot, cross_task_icl, task_vector, icv, function_vector, i2cl,
-lora, kasa.
+and (with the ``adapters`` extra, ``pip install "castlib[adapters]"``) lora and kasa. Each method
+registers itself where it is defined (`castlib.methods.registry.register`), with its presets
+(`register_preset`, e.g. ``lora_target_dev``).
 """
 
 from __future__ import annotations
@@ -13,57 +15,44 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# importing the method modules registers them (lora and kasa: on first use, see registry.LAZY)
+from . import (  # noqa: F401
+    cast,
+    cross_task_icl,
+    few_shot,
+    function_vector,
+    i2cl,
+    icv,
+    task_vector,
+    zero_shot,
+)
 from .base import RESULT_FIELDS, Method
-from .cast import CAST
-from .cross_task_icl import CrossTaskICL
-from .few_shot import FewShotMethod
-from .function_vector import FunctionVector
-from .i2cl import I2CL
-from .icv import ICV
-from .kasa import KaSA
-from .lora import LoRA
-from .task_vector import TaskVector
-from .zero_shot import ZeroShotMethod
+from .registry import (
+    PRESETS,
+    REGISTRY,
+    Preset,
+    available,
+    get,
+    preset,
+    presets,
+    register,
+    register_preset,
+)
 
-__all__ = ["Method", "RESULT_FIELDS", "REGISTRY", "get", "available", "register", "load"]
-
-REGISTRY: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (
-        CAST,
-        ZeroShotMethod,
-        FewShotMethod,
-        CrossTaskICL,
-        TaskVector,
-        ICV,
-        FunctionVector,
-        I2CL,
-        LoRA,
-        KaSA,
-    )
-}
-
-
-def available() -> list[str]:
-    """Names of the registered methods."""
-    return sorted(REGISTRY)
-
-
-def get(name: str) -> type[Method]:
-    """The method class registered under ``name``."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(available())}")
-    return REGISTRY[name]
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Register a method class under ``cls.name`` (usable as a decorator)."""
-    if not cls.name:
-        raise ValueError("a method class needs a non-empty name")
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} is already registered")
-    REGISTRY[cls.name] = cls
-    return cls
+__all__ = [
+    "Method",
+    "RESULT_FIELDS",
+    "REGISTRY",
+    "PRESETS",
+    "Preset",
+    "get",
+    "available",
+    "register",
+    "register_preset",
+    "presets",
+    "preset",
+    "load",
+]
 
 
 def load(folder: str | Path) -> Method:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 from .._version import __version__
 from ..evaluate import evaluate, select_examples
 from ..models import LanguageModel
+from ..profiling import profile
 from ..tasks import Example, Task, load_task
 from ..vectors import SteeringVector
 
@@ -123,56 +122,21 @@ def task_from_json(doc: dict[str, Any]) -> Task:
     )
 
 
-class _PeakRSS:
-    """Samples the process's resident set size in a background thread (CPU peak memory:
-    torch's CPU allocations bypass Python's allocator, so tracemalloc cannot see them)."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self.base = self.peak = self._proc.memory_info().rss
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
-
-
 @contextmanager
 def measure(device: torch.device) -> Iterator[dict[str, float]]:
-    """Wall seconds and peak memory growth (MiB) of the block: the CUDA peak allocation on CUDA,
-    the peak resident-set growth of the process (sampled every 5 ms) elsewhere."""
+    """Wall seconds and peak memory growth (MiB) of the block, as a dict filled in on exit
+    (``seconds``, ``peak_memory_mb``): `castlib.profiling.profile`'s ``seconds`` and
+    ``growth_mb`` (the CUDA peak allocation on CUDA, the peak resident-set growth of the
+    process, sampled every 5 ms, elsewhere)."""
     out: dict[str, float] = {}
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        sampler = None
-    else:
-        sampler = _PeakRSS().__enter__()
-    start = time.perf_counter()
+    prof = None
     try:
-        yield out
+        with profile(device) as prof:
+            yield out
     finally:
-        out["seconds"] = time.perf_counter() - start
-        if sampler is None:
-            peak = torch.cuda.max_memory_allocated(device) - base
-        else:
-            sampler.__exit__()
-            peak = sampler.peak - sampler.base
-        out["peak_memory_mb"] = max(peak, 0) / 2**20
+        if prof is not None:
+            out["seconds"] = prof.seconds
+            out["peak_memory_mb"] = prof.growth_mb
 
 
 class Method:

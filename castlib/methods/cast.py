@@ -40,30 +40,46 @@ from ..prompts import zero_shot
 from ..record import record_activations
 from ..selection import SELECTION_METHODS, select
 from ..tasks import Example, Task
+from .registry import register
 from .steering import SteeringMethod, icl_activations, make_vector
 
-__all__ = ["CAST", "CONTRASTS"]
+__all__ = ["CAST", "CONTRASTS", "SelectionParams"]
 
 CONTRASTS = ("mean", "pca", "fewshot_only")
 
 
+@dataclasses.dataclass(frozen=True)
+class SelectionParams:
+    """CAST's steps 1-2 (which source samples to use), defined once: `CAST`'s parameters and
+    those of the adapter methods trained on CAST's selection (`castlib.methods.lora`) share
+    them. The diversity weight is CAST's ``gamma`` (the adapters' ``selection_gamma``, since
+    KaSA's own ``gamma`` is a regulariser).
+
+    m: samples selected; selection: `castlib.selection.SELECTION_METHODS`; n_candidates: source
+    candidates drawn per source task; n_queries: unlabelled target queries (0: none); embed_layer:
+    l_e (None: L // 2); graph_k, diffusion_steps: the kNN graph and its diffusion steps T.
+    """
+
+    m: int = 32
+    selection: str = "cast"
+    n_candidates: int = 256
+    n_queries: int = 64
+    embed_layer: int | None = None
+    graph_k: int = 10
+    diffusion_steps: int = 2
+
+
+@register
 class CAST(SteeringMethod):
     """CAST (see the module docstring for the math)."""
 
     name = "cast"
 
     @dataclasses.dataclass(frozen=True)
-    class Params(SteeringMethod.Params):
-        m: int = 32
+    class Params(SelectionParams, SteeringMethod.Params):
         k: int = 4
-        selection: str = "cast"
         contrast: str = "mean"
-        n_candidates: int = 256
-        n_queries: int = 64
-        embed_layer: int | None = None
-        graph_k: int = 10
-        diffusion_steps: int = 2
-        gamma: float = 0.5
+        gamma: float = 0.5  # the diversity weight of selection "cast"
         source_weighting: str = "none"
         tau: float = 0.1
 
@@ -92,16 +108,12 @@ class CAST(SteeringMethod):
         acts = record_activations(lm, prompts, layers=[layer], batch_size=self.params.batch_size)
         return acts[:, 0]
 
-    def select_samples(
-        self, lm: LanguageModel, sources: list[Task], target: Task, rng: random.Random, seed: int
-    ) -> tuple[
-        list[tuple[Task, Example]], list[tuple[Task, Example]], torch.Tensor, torch.Tensor | None
-    ]:
-        """Steps 1-2: ``(selected, candidates, candidate states, query states)``; the random
-        draws come from ``rng`` in a fixed order (candidates per source, then queries)."""
+    def draw(
+        self, sources: list[Task], target: Task, rng: random.Random
+    ) -> tuple[list[tuple[Task, Example]], list[Example]]:
+        """Step 1's draws from ``rng`` in a fixed order: ``n_candidates`` per source task (pooled),
+        then ``n_queries`` unlabelled inputs of the target's train pool (never its test split)."""
         p = self.params
-        l_e = lm.check_layers([p.embed_layer if p.embed_layer is not None else lm.n_layers // 2])[0]
-        self.info["embed_layer"] = l_e
         candidates: list[tuple[Task, Example]] = []
         for task in sources:
             pool = list(task.train)
@@ -110,11 +122,30 @@ class CAST(SteeringMethod):
             candidates += [(task, ex) for ex in rng.sample(pool, min(p.n_candidates, len(pool)))]
         if len(candidates) < p.m:
             raise ValueError(f"only {len(candidates)} source candidates for m={p.m}")
-        cand_h = self._embed(lm, candidates, l_e)
         queries = list(target.train)
         queries = rng.sample(queries, min(p.n_queries, len(queries))) if p.n_queries > 0 else []
+        return candidates, queries
+
+    def embed(
+        self,
+        lm: LanguageModel,
+        candidates: list[tuple[Task, Example]],
+        target: Task,
+        queries: list[Example],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Step 1: zero-shot states at l_e of the candidates and of the target queries
+        (``[n, hidden]`` each; None without queries); sets ``info["embed_layer"]``."""
+        p = self.params
+        l_e = lm.check_layers([p.embed_layer if p.embed_layer is not None else lm.n_layers // 2])[0]
+        self.info["embed_layer"] = l_e
+        cand_h = self._embed(lm, candidates, l_e)
         query_h = self._embed(lm, [(target, q) for q in queries], l_e) if queries else None
-        chosen = select(
+        return cand_h, query_h
+
+    def choose(self, cand_h: torch.Tensor, query_h: torch.Tensor | None, seed: int) -> list[int]:
+        """Step 2: indices of the m selected candidates (`castlib.selection.select`)."""
+        p = self.params
+        return select(
             torch.nn.functional.normalize(cand_h, dim=-1),
             p.m,
             method=p.selection,
@@ -124,15 +155,32 @@ class CAST(SteeringMethod):
             gamma=p.gamma,
             seed=seed,
         )
+
+    def select_samples(
+        self, lm: LanguageModel, sources: list[Task], target: Task, rng: random.Random, seed: int
+    ) -> tuple[
+        list[tuple[Task, Example]], list[tuple[Task, Example]], torch.Tensor, torch.Tensor | None
+    ]:
+        """Steps 1-2: ``(selected, candidates, candidate states, query states)``; the random
+        draws come from ``rng`` in a fixed order (candidates per source, then queries)."""
+        candidates, queries = self.draw(sources, target, rng)
+        cand_h, query_h = self.embed(lm, candidates, target, queries)
+        chosen = self.choose(cand_h, query_h, seed)
         return [candidates[i] for i in chosen], candidates, cand_h, query_h
 
-    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+    def extract(
+        self,
+        lm: LanguageModel,
+        sources: list[Task],
+        selected: list[tuple[Task, Example]],
+        candidates: list[tuple[Task, Example]],
+        cand_h: torch.Tensor,
+        query_h: torch.Tensor | None,
+        rng: random.Random,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Step 3: the per-layer vector ``[L, hidden]`` (source-weighted) and the weights."""
         p = self.params
-        rng = random.Random(seed)
-        # 1-2. candidate embeddings and selection
-        selected, candidates, cand_h, query_h = self.select_samples(lm, sources, target, rng, seed)
-
-        # 3. contrastive ICL activations: demos from the same task's selected samples
+        # contrastive ICL activations: demos from the same task's selected samples
         items = []
         for task, s in selected:
             same = [ex for t, ex in selected if t.name == task.name and ex.id != s.id]
@@ -153,6 +201,14 @@ class CAST(SteeringMethod):
                 per_source[task.name] = self._contrast(h_k[rows], h_0[rows])
         weights = self._source_weights(sources, per_source, candidates, cand_h, query_h)
         vec = sum(weights[name] * v for name, v in per_source.items())
+        return vec, weights
+
+    def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
+        rng = random.Random(seed)
+        # 1-2. candidate embeddings and selection
+        selected, candidates, cand_h, query_h = self.select_samples(lm, sources, target, rng, seed)
+        # 3. contrastive representation-enhanced activations
+        vec, weights = self.extract(lm, sources, selected, candidates, cand_h, query_h, rng)
         self.vector = make_vector(lm, vec, self.name, self._vector_params())
         self.info.update(
             selected_ids=[f"{t.name}:{ex.id}" for t, ex in selected],

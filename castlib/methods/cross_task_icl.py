@@ -24,10 +24,12 @@ from ..prompts import CrossTask, cross_task, zero_shot
 from ..record import record_activations
 from ..tasks import Example, Task
 from .base import Method, example_from_json, example_to_json, task_from_json, task_to_json
+from .registry import register, register_preset
 
 __all__ = ["CrossTaskICL"]
 
 
+@register
 class CrossTaskICL(Method):
     name = "cross_task_icl"
 
@@ -114,3 +116,7 @@ class CrossTaskICL(Method):
         else:
             self.candidates = pairs
             self.cand_e = torch.tensor(state["cand_e"])
+
+
+register_preset("cross_task_icl_random", "cross_task_icl", demo_choice="random")
+register_preset("cross_task_icl_similar", "cross_task_icl", demo_choice="similar")

@@ -15,10 +15,12 @@ from ..models import LanguageModel
 from ..prompts import FewShot
 from ..tasks import Task
 from .base import Method, example_from_json, example_to_json
+from .registry import register
 
 __all__ = ["FewShotMethod"]
 
 
+@register
 class FewShotMethod(Method):
     name = "few_shot"
 

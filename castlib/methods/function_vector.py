@@ -43,13 +43,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..evaluate import answer_token_ids
+from ..architectures import ATTENTION_NAMES, MLP_NAMES, OUT_PROJ_NAMES
 from ..hooks import HookGroup
+from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches
 from ..prefix_cache import expand_cache
 from ..prompts import k_shot
 from ..tasks import Example, Task
+from .registry import register
 from .steering import SteeringMethod, draw_icl_item, make_vector
 
 __all__ = [
@@ -64,10 +66,6 @@ __all__ = [
     "corrupt",
 ]
 
-ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
-OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense")
-MLP_NAMES = ("mlp", "feed_forward")
-
 
 def attention_module(block: nn.Module) -> nn.Module:
     """The self-attention submodule of a decoder block."""
@@ -80,11 +78,11 @@ def attention_module(block: nn.Module) -> nn.Module:
 
 def mlp_module(block: nn.Module) -> nn.Module:
     """The MLP of a decoder block (OPT has none: its second feed-forward linear ``fc2``)."""
-    for name in (*MLP_NAMES, "fc2"):
+    for name in MLP_NAMES:
         mod = getattr(block, name, None)
         if isinstance(mod, nn.Module):
             return mod
-    raise ValueError(f"no MLP submodule ({MLP_NAMES} or fc2) in {type(block).__name__}")
+    raise ValueError(f"no MLP submodule ({MLP_NAMES}) in {type(block).__name__}")
 
 
 def out_projection(block: nn.Module) -> nn.Module:
@@ -270,6 +268,7 @@ def function_vector(
     return fv
 
 
+@register
 class FunctionVector(SteeringMethod):
     """Function vectors (see the module docstring)."""
 

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..evaluate import answer_token_ids
 from ..hooks import HookGroup, hidden_of, with_hidden
+from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches, pad, position_ids_from_mask
 from ..prompts import demonstration, zero_shot
@@ -50,6 +50,7 @@ from ..steer import steer
 from ..tasks import Example, Task
 from .base import Method
 from .function_vector import attention_module, mlp_module
+from .registry import register
 from .steering import make_vector
 
 __all__ = ["I2CL", "context_vectors", "residual_sites"]
@@ -131,6 +132,7 @@ class _Injection:
         self.hooks.remove()
 
 
+@register
 class I2CL(Method):
     """I2CL (see the module docstring)."""
 

@@ -21,11 +21,13 @@ from ..analysis import first_principal_direction
 from ..models import LanguageModel
 from ..steer import steer
 from ..tasks import Task
+from .registry import register
 from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector
 
 __all__ = ["ICV"]
 
 
+@register
 class ICV(SteeringMethod):
     name = "icv"
 

@@ -23,10 +23,12 @@ import torch
 from ..adapters import AdapterHandle, KaSAAdapter, apply_adapter
 from ..models import LanguageModel
 from .lora import AdapterMethod
+from .registry import register, register_preset
 
 __all__ = ["KaSA"]
 
 
+@register
 class KaSA(AdapterMethod):
     """KaSA adapters (see the module docstring)."""
 
@@ -60,3 +62,7 @@ class KaSA(AdapterMethod):
 
     def restore_adapter(self, tensors: dict[str, torch.Tensor]) -> None:
         self.adapter = KaSAAdapter.from_tensors(tensors, self.names, **self._weights())
+
+
+register_preset("kasa_source", "kasa", train_on="source")
+register_preset("kasa_target_dev", "kasa", train_on="target_dev")

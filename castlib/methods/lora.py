@@ -37,6 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
+try:
+    import peft  # noqa: F401 - the adapters extra; imported here so a missing one fails at once
+except ImportError as err:  # pragma: no cover - exercised in a subprocess by tests/test_core.py
+    raise ImportError(
+        'the adapter methods (lora, kasa) need peft: pip install "castlib[adapters]"'
+    ) from err
+
 from ..adapters import (
     AdapterHandle,
     _is_conv1d,
@@ -51,7 +58,8 @@ from ..models import LanguageModel
 from ..selection import SELECTION_METHODS
 from ..tasks import Example, Task
 from .base import Method
-from .cast import CAST
+from .cast import CAST, SelectionParams
+from .registry import register, register_preset
 from .steering import MAX_TARGET_DEV, tuning_set
 
 __all__ = ["AdapterMethod", "LoRA", "PeftLoraAdapter", "cast_selection", "TRAIN_ON"]
@@ -193,7 +201,7 @@ class AdapterMethod(Method):
     """A parameter-updating method: an adapter trained on source samples or target examples."""
 
     @dataclasses.dataclass(frozen=True)
-    class Params(Method.Params):
+    class Params(SelectionParams, Method.Params):
         train_on: str = "source"
         r: int = 8
         lora_alpha: float = 16.0
@@ -202,15 +210,8 @@ class AdapterMethod(Method):
         train_batch_size: int = 8
         targets: tuple[str, ...] | None = None  # module name patterns; None: DEFAULT_TARGETS
         n_target: int = 32  # target_dev: labelled target examples (<= 32)
-        # source: CAST's selection of the m training samples (same names as CAST's, except
-        # `selection_gamma`, CAST's diversity weight `gamma`)
-        m: int = 32
-        selection: str = "cast"
-        n_candidates: int = 256
-        n_queries: int = 64
-        embed_layer: int | None = None
-        graph_k: int = 10
-        diffusion_steps: int = 2
+        # source: CAST's selection of the m training samples (`SelectionParams`), its
+        # diversity weight under the name `selection_gamma` (CAST's `gamma`)
         selection_gamma: float = 0.5
         merge: bool = True  # evaluate with the adapter folded into the weights (no overhead)
         progress: bool | None = None  # tqdm bar (None: when stderr is a terminal)
@@ -248,18 +249,8 @@ class AdapterMethod(Method):
     # -- training data ------------------------------------------------------------------------
     def cast(self) -> CAST:
         p = self.params
-        return CAST(
-            batch_size=p.batch_size,
-            data_dir=p.data_dir,
-            m=p.m,
-            selection=p.selection,
-            n_candidates=p.n_candidates,
-            n_queries=p.n_queries,
-            embed_layer=p.embed_layer,
-            graph_k=p.graph_k,
-            diffusion_steps=p.diffusion_steps,
-            gamma=p.selection_gamma,
-        )
+        shared = {f.name: getattr(p, f.name) for f in dataclasses.fields(SelectionParams)}
+        return CAST(batch_size=p.batch_size, data_dir=p.data_dir, gamma=p.selection_gamma, **shared)
 
     def training_set(
         self, lm: LanguageModel, sources: list[Task], target: Task, seed: int
@@ -335,6 +326,7 @@ class AdapterMethod(Method):
         return method
 
 
+@register
 class LoRA(AdapterMethod):
     """LoRA through PEFT (see the module docstring)."""
 
@@ -362,3 +354,7 @@ class LoRA(AdapterMethod):
         self.adapter = PeftLoraAdapter(
             self.names, p.r, p.lora_alpha, self._fan_in_fan_out, dict(tensors)
         )
+
+
+register_preset("lora_source", "lora", train_on="source")
+register_preset("lora_target_dev", "lora", train_on="target_dev")

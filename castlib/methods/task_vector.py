@@ -15,11 +15,13 @@ from ..models import LanguageModel
 from ..prompts import k_shot
 from ..record import record_activations
 from ..tasks import Task
+from .registry import register
 from .steering import SteeringMethod, draw_icl_item, make_vector
 
 __all__ = ["TaskVector"]
 
 
+@register
 class TaskVector(SteeringMethod):
     name = "task_vector"
     op = "replace"

@@ -5,10 +5,12 @@ from __future__ import annotations
 from ..models import LanguageModel
 from ..tasks import Task
 from .base import Method
+from .registry import register
 
 __all__ = ["ZeroShotMethod"]
 
 
+@register
 class ZeroShotMethod(Method):
     """Nothing to fit; the reference every other method is compared with."""
 

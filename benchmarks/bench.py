@@ -1,6 +1,6 @@
 """Benchmarks: castlib's overheads, CAST vs in-context learning cost, and peer libraries.
 
-    python -m castlib.bench --json benchmarks/results/bench.json [--quick] [--device cpu|cuda]
+    python -m benchmarks.bench --json benchmarks/results/bench.json [--quick] [--device cpu|cuda]
         [--dtype auto] [--n N] [--threads T] [--sections overheads,peers,icl,fitting,length]
 
 Every number that matters is a *ratio of two timings taken in the same run, on the same model
@@ -32,9 +32,11 @@ Sections (each a function usable on a tiny test model; `run_bench` runs the chos
   (k = 1, 4, 16; naive, and with the shared demonstration prefix cached by
   `castlib.prefix_cache`): prompt tokens, per-query latency, peak memory.
   ``cast_vs_zero_shot_latency``, ``icl4_vs_zero_shot_latency``, ``icl4_vs_zero_shot_tokens``.
-* ``fitting`` -- the one-off cost of fitting a CAST vector vs m: embedding the candidate pool
-  (`record_activations` at l_e), `castlib.selection.select` (method "cast"), and extracting
-  few-shot / zero-shot activations of the m selected samples at every layer.
+* ``fitting`` -- the one-off cost of fitting a CAST vector vs m, through the stages of
+  `castlib.methods.cast.CAST` itself: embedding the candidate pool and the target queries
+  (`CAST.draw` + `CAST.embed`, zero-shot states at l_e), selection (`CAST.choose`, method
+  "cast"), and extraction (`CAST.extract`: few-shot / zero-shot activations of the m selected
+  samples at every layer).
 * ``length`` -- per-query latency vs prompt length (64..2048 tokens): k-shot ICL with as many
   demonstrations as fit in the length, CAST at its zero-shot length, and a zero-shot input of
   that length steered and unsteered.
@@ -47,7 +49,6 @@ of magnitude slower and the timings meaningless.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as _dt
 import gc
 import json
@@ -57,7 +58,6 @@ import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -67,21 +67,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._version import __version__
-from .evaluate import evaluate, score_prompts
-from .models import LanguageModel
-from .padding import Batch, encode, iter_batches, last_token_index
-from .prefix_cache import (
+from castlib._version import __version__
+from castlib.evaluate import evaluate, score_prompts
+from castlib.methods.cast import CAST
+from castlib.models import LanguageModel
+from castlib.padding import Batch, encode, iter_batches, last_token_index
+from castlib.prefix_cache import (
     build_prefix_cache,
     joint_tokenisation_matches,
     score_suffixes,
     split_shared_prefix,
 )
-from .prompts import cross_task, k_shot, zero_shot
-from .record import record_activations
-from .selection import select
-from .steer import steer
-from .tasks import Example, Task
+from castlib.profiling import profile
+from castlib.prompts import cross_task, zero_shot
+from castlib.record import record_activations
+from castlib.steer import steer
+from castlib.tasks import Example, Task
 
 __all__ = [
     "BenchConfig",
@@ -90,9 +91,10 @@ __all__ = [
     "interleaved",
     "paired_ratio",
     "run_total",
-    "PeakMemory",
-    "embed_candidates",
-    "fit_cast_vector",
+    "CastPool",
+    "cast_method",
+    "embed_pool",
+    "fit_cast_stages",
     "bench_overheads",
     "bench_peers",
     "bench_icl",
@@ -291,73 +293,12 @@ def _median(xs: Iterable[float]) -> float:
     return float(statistics.median(list(xs)))
 
 
-def _malloc_trim() -> None:
-    """Return freed heap memory to the OS (glibc), so RSS deltas start from a low baseline."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        pass
-
-
-class PeakMemory:
-    """Peak memory used inside the block, in bytes above the level at entry.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` (reset at entry). CPU: the process RSS sampled
-    every ``interval`` seconds by a background thread (psutil), after ``gc.collect`` and
-    ``malloc_trim`` at entry. ``peak_bytes`` is None when it cannot be measured.
-    """
-
-    def __init__(self, device: torch.device, interval: float = 0.001) -> None:
-        self.device = device
-        self.interval = interval
-        self.peak_bytes: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._base = 0
-        self._max = 0
-        self.method = ""
-
-    def _sample(self, proc: Any) -> None:
-        while not self._stop.is_set():
-            self._max = max(self._max, proc.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated delta"
-            return self
-        _malloc_trim()
-        try:
-            import psutil
-        except ImportError:  # pragma: no cover - psutil is a transitive dependency
-            self.method = "unavailable (no psutil)"
-            return self
-        proc = psutil.Process()
-        self._base = self._max = proc.memory_info().rss
-        self.method = "psutil RSS delta (1 ms sampling, after malloc_trim)"
-        self._thread = threading.Thread(target=self._sample, args=(proc,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device) - self._base)
-            return
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = int(max(0, self._max - self._base))
-
-
 def _peak_memory(device: torch.device, fn: Callable[[], object]) -> tuple[int | None, str]:
-    with PeakMemory(device) as mem:
+    """Peak memory of ``fn()`` above the level at entry, in bytes, and how it was measured
+    (`castlib.profiling.profile` with 1 ms RSS sampling, after gc and malloc_trim)."""
+    with profile(device, interval=0.001, settle=True) as prof:
         fn()
-    return mem.peak_bytes, mem.method
+    return prof.growth_bytes, f"{prof.method} (delta)"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,82 +358,72 @@ def _steer_layer(lm: LanguageModel, cfg: BenchConfig) -> int:
     return lm.check_layers(cfg.layer if cfg.layer is not None else lm.n_layers // 2)[0]
 
 
-def embed_candidates(
-    lm: LanguageModel,
-    source: Task,
-    target_queries: Sequence[Example],
-    target: Task,
-    pool: int,
-    embed_layer: int | None = None,
-    batch_size: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-shot activations at l_e (default L // 2) of the first ``pool`` source training
-    examples and of the target queries: the embeddings CAST selection runs on."""
-    layer_e = lm.n_layers // 2 if embed_layer is None else embed_layer
-    cand = record_activations(
-        lm,
-        [zero_shot(source, x) for x in source.train[:pool]],
-        [layer_e],
-        batch_size,
-        progress=False,
-    )
-    queries = record_activations(
-        lm, [zero_shot(target, x) for x in target_queries], [layer_e], batch_size, progress=False
-    )
-    return cand[:, 0], queries[:, 0]
+@dataclass
+class CastPool:
+    """CAST's step-1 state for the fitting section: the drawn candidates and target queries,
+    their embeddings at l_e, and the random state after the draws (what `CAST._fit` continues
+    with)."""
+
+    candidates: list[tuple[Task, Example]]
+    queries: list[Example]
+    cand_h: torch.Tensor
+    query_h: torch.Tensor | None
+    rng_state: object
 
 
-def fit_cast_vector(
+def cast_method(
+    m: int, pool: int, n_queries: int, k_demos: int, batch_size: int, seed: int = 0
+) -> CAST:
+    """The `castlib.methods.cast.CAST` whose fitting stages the bench times (mean contrast,
+    ``selection="cast"``, ``pool`` candidates, ``n_queries`` target queries)."""
+    return CAST(m=m, k=k_demos, n_candidates=pool, n_queries=n_queries, batch_size=batch_size)
+
+
+def embed_pool(
+    lm: LanguageModel, cast: CAST, source: Task, target: Task, seed: int = 0
+) -> CastPool:
+    """CAST step 1 (`CAST.draw` with ``random.Random(seed)`` and `CAST.embed`)."""
+    rng = random.Random(seed)
+    candidates, queries = cast.draw([source], target, rng)
+    cand_h, query_h = cast.embed(lm, candidates, target, queries)
+    return CastPool(candidates, queries, cand_h, query_h, rng.getstate())
+
+
+def fit_cast_stages(
     lm: LanguageModel,
+    cast: CAST,
     source: Task,
-    target_queries: Sequence[Example],
     target: Task,
-    m: int,
-    pool: int,
-    k_demos: int = 4,
-    embed_layer: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
-    embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
-    """Fit a single-source CAST vector and time its components.
+    pool: CastPool | None = None,
+) -> tuple[torch.Tensor, dict[str, float], CastPool]:
+    """Fit a single-source CAST vector through castlib's own code and time its stages.
 
-    1. embed: zero-shot activations at l_e (default L // 2) of ``pool`` source candidates and
-       of the target queries (skipped when ``embeddings`` are given);
-    2. select: ``castlib.selection.select(method="cast", m=m)``;
-    3. extract: ``v_l = mean_s h_l(Pk(s; D_s)) - h_l(P0(s))`` at every layer, D_s = ``k_demos``
-       other selected samples (seeded).
+    1. embed: `CAST.draw` + `CAST.embed` (skipped when ``pool`` is given);
+    2. select: `CAST.choose` (``castlib.selection.select``, method ``cast``);
+    3. extract: `CAST.extract` (k-shot and zero-shot activations of the m selected samples at
+       every layer, ``v_l = mean_s h_l(Pk(s; D_s)) - h_l(P0(s))``).
 
-    Returns ``(vector [n_layers, hidden], seconds per component, (candidate, query)
-    embeddings)``.
+    Returns ``(vector [n_layers, hidden], seconds per stage, pool)``.
     """
     times: dict[str, float] = {}
-    candidates = list(source.train[:pool])
-    if m > len(candidates):
-        raise ValueError(f"m={m} exceeds the candidate pool ({len(candidates)})")
     start = time.perf_counter()
-    if embeddings is None:
-        embeddings = embed_candidates(
-            lm, source, target_queries, target, pool, embed_layer, batch_size
-        )
+    if pool is None:
+        pool = embed_pool(lm, cast, source, target, seed)
     times["embed_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    chosen = select(embeddings[0], m, method="cast", queries=embeddings[1], seed=seed)
+    chosen = cast.choose(pool.cand_h, pool.query_h, seed)
     times["select_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    rng = random.Random(seed)
-    picked = [candidates[i] for i in chosen]
-    few, zero = [], []
-    for s in picked:
-        others = [d for d in picked if d.id != s.id]
-        demos = rng.sample(others, min(k_demos, len(others)))
-        few.append(k_shot(source, s, demos))
-        zero.append(zero_shot(source, s))
-    acts = record_activations(lm, few + zero, None, batch_size, progress=False)
-    vector = (acts[: len(few)] - acts[len(few) :]).mean(dim=0)
+    rng = random.Random()
+    rng.setstate(pool.rng_state)
+    selected = [pool.candidates[i] for i in chosen]
+    vector, _ = cast.extract(
+        lm, [source], selected, pool.candidates, pool.cand_h, pool.query_h, rng
+    )
     times["extract_s"] = time.perf_counter() - start
     times["total_s"] = times["embed_s"] + times["select_s"] + times["extract_s"]
-    return vector, times, embeddings
+    return vector, times, pool
 
 
 # ----------------------------------------------------------------------------------------------
@@ -949,35 +880,27 @@ def bench_icl(
 def bench_fitting(
     lm: LanguageModel, source: Task, target: Task, cfg: BenchConfig
 ) -> dict[str, Any]:
-    """One-off CAST fitting cost vs m: embed the pool, select, extract (see `fit_cast_vector`)."""
-    queries = list(target.test[: cfg.n_select_queries])
-    pool = min(cfg.pool, len(source.train))
-    embeddings = embed_candidates(lm, source, queries, target, pool, batch_size=cfg.batch_size)
+    """One-off CAST fitting cost vs m: embed the pool, select, extract (`fit_cast_stages`,
+    i.e. `castlib.methods.cast.CAST`'s own stages)."""
+    n_pool = min(cfg.pool, len(source.train))
+    casts = {
+        m: cast_method(m, n_pool, cfg.n_select_queries, cfg.k_demos, cfg.batch_size) for m in cfg.ms
+    }
+    first = casts[cfg.ms[0]]
+    pool = embed_pool(lm, first, source, target, cfg.seed)
+    queries = pool.queries
     components: dict[int, list[dict[str, float]]] = {m: [] for m in cfg.ms}
 
     def fit(m: int) -> Callable[[], None]:
         def run() -> None:
-            _, t, _ = fit_cast_vector(
-                lm,
-                source,
-                queries,
-                target,
-                m,
-                pool,
-                cfg.k_demos,
-                seed=cfg.seed,
-                batch_size=cfg.batch_size,
-                embeddings=embeddings,
-            )
+            _, t, _ = fit_cast_stages(lm, casts[m], source, target, seed=cfg.seed, pool=pool)
             components[m].append(t)
 
         return run
 
     zs = [zero_shot(target, q) for q in queries]
     fns: dict[str, Callable[[], object]] = {
-        "embed_pool": lambda: embed_candidates(
-            lm, source, queries, target, pool, batch_size=cfg.batch_size
-        ),
+        "embed_pool": lambda: embed_pool(lm, first, source, target, cfg.seed),
         "zero_shot_queries": lambda: score_prompts(
             lm, zs, target.labels, batch_size=cfg.latency_batch_size, progress=False
         ),
@@ -1000,18 +923,18 @@ def bench_fitting(
             "select_plus_extract_vs_zero_shot_query": (sel + ext) / zs_query,
         }
     return {
-        "pool": pool,
+        "pool": n_pool,
         "n_select_queries": len(queries),
         "k_demos": cfg.k_demos,
         "embed_pool_s": embed_s,
-        "embed_pool_prompts": pool + len(queries),
+        "embed_pool_prompts": n_pool + len(queries),
         "zero_shot_query_s": zs_query,
         "per_m": per_m,
         "notes": [
             "embedding the candidate pool (and the target queries) is independent of m (done "
             "once per pool); selection + extraction scale with m",
-            "extraction: 2m prompts (k-shot and zero-shot of each selected sample) through "
-            "record_activations at every layer",
+            "extraction (CAST.extract): 2m prompts (k-shot and zero-shot of each selected "
+            "sample) through record_activations at every layer",
             "x zero-shot query: the one-off cost in units of one zero-shot query's latency",
         ],
     }
@@ -1200,23 +1123,20 @@ def run_bench(
     target: Task | None = None,
 ) -> dict[str, Any]:
     """Run the sections of ``cfg`` and return the JSON-ready result (see the module doc)."""
-    from .tasks import load_task
+    from castlib.tasks import load_task
 
     source = source if source is not None else load_task(cfg.source)
     target = target if target is not None else load_task(cfg.target)
     started = time.perf_counter()
     # a real (small) CAST vector for the timings: m = 4 samples of the source
-    vector, _, _ = fit_cast_vector(
-        lm,
-        source,
-        list(target.test[:4]),
-        target,
+    small = cast_method(
         m=min(4, len(source.train)),
         pool=min(16, len(source.train)),
+        n_queries=4,
         k_demos=3,
-        seed=cfg.seed,
         batch_size=cfg.batch_size,
     )
+    vector, _, _ = fit_cast_stages(lm, small, source, target, seed=cfg.seed)
     result: dict[str, Any] = {
         "meta": machine_info(lm),
         "config": asdict(cfg),
@@ -1328,7 +1248,9 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m castlib.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--json", required=True, help="where to write the JSON result")
     p.add_argument("--quick", action="store_true", help="a run of a few minutes")
     p.add_argument("--model", default=None, help="model id/path (default: the embedded Gemma)")
@@ -1355,7 +1277,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .models import EMBEDDED_MODEL, load_model
+    from castlib.models import EMBEDDED_MODEL, load_model
 
     overrides: dict[str, Any] = {
         "sections": tuple(s.strip() for s in args.sections.split(",") if s.strip()),

@@ -1,0 +1,67 @@
+"""Token-level log-probabilities: the primitives every scorer builds on.
+
+For a prompt p and an answer a, the scored continuation is ``" " + a``
+(`castlib.prompts.continuation`) tokenised without special tokens, c = (c_1..c_T), and
+
+    log P(c | p) = sum_t log P(c_t | p, c_<t)
+
+`answer_token_ids` gives c for each answer; `continuation_log_probs` computes the sum for rows
+that end in their continuation, in one left-padded forward pass. Inside a
+``steer(..., positions="last")`` context the steered positions are the last prompt token and
+every continuation token, as they would be when the answer is generated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .models import LanguageModel
+from .padding import pad, position_ids_from_mask
+from .prompts import continuation
+from .steer import override_positions
+
+__all__ = ["answer_token_ids", "continuation_log_probs"]
+
+
+def answer_token_ids(tokenizer: object, answers: Sequence[str]) -> list[list[int]]:
+    """Token ids of each answer's continuation (no special tokens); empty ones raise."""
+    ids = tokenizer([continuation(a) for a in answers], add_special_tokens=False)["input_ids"]
+    for a, row in zip(answers, ids, strict=True):
+        if not a.strip() or len(row) == 0:
+            raise ValueError(
+                f"label word {a!r} is blank or tokenises to nothing; choose another label word"
+            )
+    return ids
+
+
+def continuation_log_probs(
+    lm: LanguageModel, rows: Sequence[Sequence[int]], conts: Sequence[int]
+) -> torch.Tensor:
+    """``sum_t log p(row[t] | row[:t])`` over the last ``conts[b]`` tokens of each row: ``[n]``.
+
+    One left-padded forward pass with logits only at the scored positions; inside a
+    `castlib.steer` context the last prompt token and every continuation token are steered
+    (as generation would steer them). Differentiable (used for adapter training too).
+    """
+    ids, mask = pad(list(rows), lm.tokenizer.pad_token_id, "left", lm.device)
+    width = ids.shape[1]
+    keep = max(conts) + 1
+    cols = torch.arange(width, device=lm.device)
+    first = torch.as_tensor([width - c - 1 for c in conts], device=lm.device)
+    with override_positions(lm, cols[None, :] >= first[:, None]):
+        logits = lm.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            use_cache=False,
+            logits_to_keep=keep,
+        ).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    sums = []
+    for b, (row, c) in enumerate(zip(rows, conts, strict=True)):
+        targets = torch.as_tensor(list(row[len(row) - c :]), device=lm.device)
+        # logits at kept index t predict the token at kept index t + 1
+        sums.append(logp[b, keep - c - 1 : keep - 1].gather(1, targets[:, None]).sum())
+    return torch.stack(sums)

