@@ -93,6 +93,9 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from .activation_store import STORE_ENV
+from .kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
+
 __all__ = [
     "ConfigError",
     "MissingResultsError",
@@ -480,8 +483,6 @@ def _kernel_and_language(notebook: Path, kernel: str | None) -> tuple[str, str |
     (``None`` when it does)."""
     import nbformat
 
-    from .kernels import CURRENT_ENV_KERNEL
-
     try:
         metadata = nbformat.read(notebook, as_version=4).metadata
     except Exception:  # noqa: BLE001 - an unreadable notebook fails later with papermill's message
@@ -542,8 +543,6 @@ def execute_run(
     Exceptions from the notebook or the kernel are recorded, not raised; KeyboardInterrupt is.
     """
     import papermill
-
-    from .kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
 
     if not force and is_complete(run, output_dir):
         return RunOutcome(run, "skipped")
@@ -613,8 +612,6 @@ STORE_FOLDER = ".activation_store"
 def _store_for_kernels(folder: Path) -> Iterator[None]:
     """Point the kernels started inside at one on-disk activation store (unless the user set
     ``$CASTLIB_ACTIVATION_STORE`` already); the variable is restored on exit."""
-    from .activation_store import STORE_ENV
-
     before = os.environ.get(STORE_ENV)
     if before is None:
         os.environ[STORE_ENV] = str(folder.resolve())
