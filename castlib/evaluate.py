@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .last_token import SCORING_CACHED, Config, sweep_scores
 from .logprobs import answer_token_ids, continuation_log_probs  # noqa: F401 - re-exported
 from .models import LanguageModel
 from .prefix_cache import score_prompts_cached
@@ -35,6 +36,8 @@ from .tasks import Example, Task, sample_examples
 __all__ = [
     "EvalResult",
     "evaluate",
+    "evaluate_sweep",
+    "result_from_scores",
     "select_examples",
     "continuation_log_probs",
     "score_prompts",
@@ -58,6 +61,10 @@ class EvalResult:
     prompt_tokens_total: int
     seconds: float
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    #: how the scores were computed: ``"full"`` (`score_prompts`, every token of every
+    #: prompt), ``"demo_prefix_cached"`` (`castlib.prefix_cache`: a shared demonstration
+    #: prefix run once) or `castlib.last_token.SCORING_CACHED` (`evaluate_sweep`)
+    scoring: str = "full"
 
     @property
     def examples_per_second(self) -> float:
@@ -147,6 +154,24 @@ def select_examples(
     return sample_examples(rows, sample, sample_seed)
 
 
+def _examples(
+    task: Task,
+    split: str,
+    limit: int | None,
+    sample: int | None,
+    sample_seed: int,
+    examples: Sequence[Example] | None,
+) -> list[Example]:
+    if examples is None:
+        examples = select_examples(task, split, limit, sample, sample_seed)
+    elif limit is not None or sample is not None:
+        raise ValueError("give either examples or limit/sample, not both")
+    examples = list(examples)
+    if not examples:
+        raise ValueError(f"no examples to evaluate in {task.name}/{split}")
+    return examples
+
+
 def evaluate(
     lm: LanguageModel,
     task: Task,
@@ -176,23 +201,32 @@ def evaluate(
 
     Works inside a `castlib.steer` context (the steering applies to every forward pass).
     """
-    if examples is None:
-        examples = select_examples(task, split, limit, sample, sample_seed)
-    elif limit is not None or sample is not None:
-        raise ValueError("give either examples or limit/sample, not both")
-    examples = list(examples)
-    if not examples:
-        raise ValueError(f"no examples to evaluate in {task.name}/{split}")
+    examples = _examples(task, split, limit, sample, sample_seed, examples)
     start = time.perf_counter()
     prompts = build_prompts(task, examples, prompt)
     scores, n_tokens = score_prompts(
         lm, prompts, task.labels, batch_size, progress, prefix_cache=prefix_cache
     )
-    for row, ex in enumerate(examples):
-        n_valid = len(task.label_space(ex))
-        scores[row, n_valid:] = float("-inf")
-    pred = scores.argmax(dim=1).tolist()
     seconds = time.perf_counter() - start
+    scoring = "demo_prefix_cached" if prefix_cache else "full"
+    return result_from_scores(task, split, examples, scores, n_tokens, seconds, scoring)
+
+
+def result_from_scores(
+    task: Task,
+    split: str,
+    examples: Sequence[Example],
+    scores: torch.Tensor,
+    n_tokens: Sequence[int],
+    seconds: float,
+    scoring: str = "full",
+) -> EvalResult:
+    """The `EvalResult` of answer log-probs ``scores [n, n_labels]``: answers outside an
+    example's label space are masked, the prediction is the argmax."""
+    scores = scores.clone()
+    for row, ex in enumerate(examples):
+        scores[row, len(task.label_space(ex)) :] = float("-inf")
+    pred = scores.argmax(dim=1).tolist()
     gold = [ex.label for ex in examples]
     predictions = [
         {
@@ -214,4 +248,37 @@ def evaluate(
         prompt_tokens_total=sum(n_tokens),
         seconds=seconds,
         predictions=predictions,
+        scoring=scoring,
     )
+
+
+def evaluate_sweep(
+    lm: LanguageModel,
+    task: Task,
+    configs: Sequence[Config],
+    prompt: Builder | Sequence[str] | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 16,
+    examples: Sequence[Example] | None = None,
+    progress: bool | None = None,
+    sample: int | None = None,
+    sample_seed: int = 0,
+) -> list[EvalResult]:
+    """`evaluate` under each of several last-position steering configurations, every prompt's
+    prefix run once (`castlib.last_token.sweep_scores`): one `EvalResult` per configuration,
+    equal to ``with config(): evaluate(...)`` up to float rounding of the scores.
+
+    ``configs``: zero-argument callables returning a steering context that uses castlib
+    ``positions="last"`` steering only (e.g. ``lambda: steer(lm, v, alpha=a, layers=[l])``),
+    or None for the unsteered model. ``seconds`` of each result is its share of the sweep.
+    """
+    examples = _examples(task, split, limit, sample, sample_seed, examples)
+    start = time.perf_counter()
+    prompts = build_prompts(task, examples, prompt)
+    all_scores, n_tokens = sweep_scores(lm, prompts, task.labels, configs, batch_size, progress)
+    seconds = (time.perf_counter() - start) / len(configs)
+    return [
+        result_from_scores(task, split, examples, scores, n_tokens, seconds, SCORING_CACHED)
+        for scores in all_scores
+    ]

@@ -149,7 +149,7 @@ def test_method_grid_cached_equals_full(lm, name, params):
         method.fit(lm, [source], target, seed=0)
         fitted[scoring] = method.info
     cached, full = fitted["auto"], fitted["full"]
-    assert cached["scoring"] == "last_token_cached" and full["scoring"] == "full"
+    assert cached["tuning_scoring"] == "last_token_cached" and full["tuning_scoring"] == "full"
     assert (cached["layer"], cached["alpha"]) == (full["layer"], full["alpha"])
     for a, b in zip(cached["tuning_grid"], full["tuning_grid"], strict=True):
         assert a["accuracy"] == b["accuracy"]
@@ -163,6 +163,44 @@ def test_positions_all_methods_keep_the_full_path(lm):
     source, target = make_task("src", n_train=40, seed=1), make_task("tgt", n_train=12, seed=2)
     icv = methods.get("icv")(batch_size=4, n_tune=4, alphas=(0.05,), k=2, n_samples=4)
     icv.fit(lm, [source], target, seed=0)
-    assert icv.info["scoring"] == "full"
+    assert icv.info["tuning_scoring"] == "full"
     with pytest.raises(ValueError, match="positions='last'"):
         methods.get("cast")(positions="all", scoring="cached")
+
+
+def test_evaluate_sweep_equals_evaluate_in_each_context(lm):
+    from castlib.evaluate import evaluate, evaluate_sweep
+    from tests.conftest import make_task
+
+    task = make_task("tgt", n_train=4, n_test=9, seed=3)
+    v = torch.randn(lm.n_layers, lm.hidden_size, generator=torch.Generator().manual_seed(4))
+    configs = [None, lambda: steer(lm, v, alpha=3.0, layers=[1]), lambda: steer(lm, v, layers=[2])]
+    swept = evaluate_sweep(lm, task, configs, batch_size=4)
+    for config, got in zip(configs, swept, strict=True):
+        if config is None:
+            want = evaluate(lm, task, batch_size=4)
+        else:
+            with config():
+                want = evaluate(lm, task, batch_size=4)
+        assert got.scoring == "last_token_cached" and want.scoring == "full"
+        assert [p["pred"] for p in got.predictions] == [p["pred"] for p in want.predictions]
+        assert got.accuracy == want.accuracy and got.prompt_tokens_total == want.prompt_tokens_total
+        for a, b in zip(got.predictions, want.predictions, strict=True):
+            assert a["log_probs"] == pytest.approx(b["log_probs"], abs=1e-4)
+
+
+def test_steering_method_record_says_which_path_ran(lm):
+    import castlib.methods as methods
+    from tests.conftest import make_task
+
+    source, target = make_task("src", n_train=40, seed=1), make_task("tgt", n_train=12, seed=2)
+    grid = {"batch_size": 4, "n_tune": 4, "alphas": (0.5,), "layers": (1,), "k": 2, "n_prompts": 4}
+    records = {}
+    for scoring in ("auto", "full"):
+        tv = methods.get("task_vector")(**grid, scoring=scoring).fit(lm, [source], target, seed=0)
+        records[scoring] = tv.evaluate(lm, target, limit=6)
+    assert records["auto"]["scoring"] == "last_token_cached"
+    assert records["full"]["scoring"] == "full"
+    assert records["auto"]["accuracy"] == records["full"]["accuracy"]
+    zs = methods.get("zero_shot")().fit(lm, [source], target).evaluate(lm, target, limit=6)
+    assert zs["scoring"] == "full"

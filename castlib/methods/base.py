@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 import torch
 
 from .._version import __version__
-from ..evaluate import evaluate, select_examples
+from ..evaluate import evaluate, evaluate_sweep, select_examples
+from ..last_token import SCORING_CACHED
 from ..models import LanguageModel
 from ..profiling import profile
 from ..tasks import Example, Task, load_task
@@ -61,6 +62,7 @@ RESULT_FIELDS = (
     "peak_memory_mb",
     "trainable_params",
     "uses_target_labels",
+    "scoring",
     "castlib_version",
 )
 
@@ -195,6 +197,11 @@ class Method:
         `castlib.evaluate` should reuse (`castlib.prefix_cache`)."""
         return False
 
+    def eval_scoring(self) -> str:
+        """How `evaluate` scores the target: ``"full"``, or `castlib.last_token.SCORING_CACHED`
+        where that is exact for the method (last-position steering)."""
+        return "full"
+
     def state(self) -> dict[str, Any]:
         """JSON-serialisable fitted state besides the steering vector."""
         return {}
@@ -252,17 +259,29 @@ class Method:
         examples = select_examples(tgt, split, limit, sample, sample_seed)
         with measure(lm.device) as stats:
             prompt = self.prompts(lm, tgt, examples)
-            with self.applied(lm):
-                result = evaluate(
+            if self.eval_scoring() == SCORING_CACHED:
+                (result,) = evaluate_sweep(
                     lm,
                     tgt,
+                    [lambda: self.applied(lm)],
                     prompt=prompt,
                     split=split,
                     examples=examples,
                     batch_size=self.params.batch_size,
                     progress=progress,
-                    prefix_cache=self.prefix_cache(),
                 )
+            else:
+                with self.applied(lm):
+                    result = evaluate(
+                        lm,
+                        tgt,
+                        prompt=prompt,
+                        split=split,
+                        examples=examples,
+                        batch_size=self.params.batch_size,
+                        progress=progress,
+                        prefix_cache=self.prefix_cache(),
+                    )
         self.last_result = result
         return self.record(lm, result, stats)
 
@@ -289,6 +308,7 @@ class Method:
             "peak_memory_mb": max(self.fit_stats["peak_memory_mb"], stats["peak_memory_mb"]),
             "trainable_params": self.info.get("trainable_params", 0),
             "uses_target_labels": self.uses_target_labels,
+            "scoring": result.scoring,
             "castlib_version": __version__,
         }
         for key, value in self.info.items():

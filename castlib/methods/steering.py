@@ -12,8 +12,9 @@ the earlier grid point). Two protocols:
 Scoring the grid (``scoring``): with ``positions="last"`` every grid point is scored against
 one cached prefix per tuning prompt (`castlib.last_token.sweep_scores`: one prefix pass, then
 one token per prompt and grid point), which gives the same predictions as scoring every grid
-point in full (``scoring="full"``); ``positions="all"`` always scores in full. The path that
-ran is ``info["scoring"]`` (in the record).
+point in full (``scoring="full"``); ``positions="all"`` always scores in full. The test
+evaluation takes the same path. The paths that ran are in the record: ``tuning_scoring`` and
+``scoring``.
 """
 
 from __future__ import annotations
@@ -206,13 +207,16 @@ class SteeringMethod(Method):
         ]
         best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))
         self.info.update(
-            scoring=scoring,
+            tuning_scoring=scoring,
             layer=best["layer"],
             alpha=best["alpha"],
             protocol=p.protocol,
             tuning_grid=grid,
             tuning_n=len(tune),
         )
+
+    def eval_scoring(self) -> str:
+        return self.grid_scoring()
 
     def grid_scoring(self) -> str:
         """The path the tuning grid is scored by: `castlib.last_token.SCORING_CACHED` or
