@@ -84,6 +84,8 @@ from castlib.record import record_activations
 from castlib.steer import steer
 from castlib.tasks import Example, Task
 
+from .bench_sweep import SWEEP_RATIO_KEYS, bench_sweep
+
 __all__ = [
     "BenchConfig",
     "quick_config",
@@ -105,7 +107,7 @@ __all__ = [
     "main",
 ]
 
-SECTIONS = ("overheads", "peers", "icl", "fitting", "length")
+SECTIONS = ("overheads", "peers", "icl", "fitting", "length", "sweep")
 
 #: The headline ratio keys, their goal (None: no goal, reported only) and definition.
 RATIO_KEYS: dict[str, tuple[str | None, str]] = {
@@ -141,6 +143,7 @@ RATIO_KEYS: dict[str, tuple[str | None, str]] = {
         "per-query latency of cross-task 4-shot ICL (naive) / zero-shot",
     ),
     "icl4_vs_zero_shot_tokens": (None, "prompt tokens per query, 4-shot ICL / zero-shot"),
+    **SWEEP_RATIO_KEYS,
 }
 
 
@@ -173,6 +176,15 @@ class BenchConfig:
     lengths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
     n_length: int = 2
     length_repeats: int = 3
+    n_sweep: int = 200  # test rows of the sweep section
+    sweep_cast: tuple[tuple[str, Any], ...] = (
+        ("m", 32),
+        ("k", 4),
+        ("n_candidates", 256),
+        ("n_queries", 64),
+        ("n_tune", 32),
+    )
+    bf16: bool = True
     seed: int = 0
     sections: tuple[str, ...] = SECTIONS
     progress: bool = True
@@ -205,6 +217,8 @@ def quick_config(**overrides: Any) -> BenchConfig:
         lengths=(64, 256, 1024),
         n_length=1,
         length_repeats=2,
+        n_sweep=32,
+        sweep_cast=(("m", 8), ("k", 2), ("n_candidates", 32), ("n_queries", 8), ("n_tune", 8)),
     )
     return replace(base, **overrides)
 
@@ -1154,7 +1168,19 @@ def run_bench(
         sections["fitting"] = bench_fitting(lm, source, target, cfg)
     if "length" in cfg.sections:
         sections["length"] = bench_length(lm, source, target, vector, cfg)
-    for name in ("overheads", "icl"):
+    if "sweep" in cfg.sections:
+        sections["sweep"] = bench_sweep(
+            lm,
+            source,
+            target,
+            vector,
+            n=cfg.n_sweep,
+            batch_size=cfg.batch_size,
+            cast_params=dict(cfg.sweep_cast),
+            seed=cfg.seed,
+            bf16=cfg.bf16,
+        )
+    for name in ("overheads", "icl", "sweep"):
         for key in RATIO_KEYS:
             if name in sections and key in sections[name]:
                 result[key] = sections[name][key]

@@ -22,6 +22,9 @@ HEADLINE = (
     "cast_vs_zero_shot_latency",
     "icl4_vs_zero_shot_latency",
     "icl4_vs_zero_shot_tokens",
+    "steered_cached_vs_zero_shot",
+    "grid_cached_speedup",
+    "cast_fit_eval_speedup",
 )
 
 
@@ -51,6 +54,8 @@ def tiny_config(**overrides):
         "k_demos": 2,
         "lengths": (64, 160),
         "n_length": 1,
+        "n_sweep": 8,
+        "sweep_cast": (("m", 4), ("k", 2), ("n_candidates", 12), ("n_queries", 4), ("n_tune", 4)),
         "progress": False,
     }
     sizes.update(overrides)
@@ -75,6 +80,8 @@ def test_headline_ratios(result):
         "record_vs_model_forward",
         "steer_last_overhead",
         "steer_all_overhead",
+        "steered_cached_vs_zero_shot",
+        "cast_fit_eval_speedup",
     }
     for row in result["goals"].values():
         assert isinstance(row["holds"], bool)
@@ -134,6 +141,17 @@ def test_fitting_and_length_sections(result):
         assert _finite_positive(row["long_input_steer_overhead"])
     assert per_length["160"]["icl_tokens_per_query"] <= 160
     assert per_length["160"]["icl_tokens_per_query"] > per_length["64"]["icl_tokens_per_query"]
+
+
+def test_sweep_section(result):
+    sweep = result["sections"]["sweep"]
+    assert sweep["n"] == 8 and sweep["configs"] == len(sweep["layers"]) * len(sweep["alphas"])
+    assert sweep["cached_vs_full_prediction_agreement"] == 1.0  # exact path: same predictions
+    assert sweep["cast_same_choice"] is True
+    assert sweep["cast_accuracy"]["full"] == sweep["cast_accuracy"]["fast"]
+    assert sweep["sweep_peak_memory_mb"] > 0
+    assert 0 <= sweep["bf16_prediction_agreement"] <= 1
+    assert _finite_positive(sweep["bf16_vs_fp32_time"])
 
 
 def test_format_table(result):

@@ -1,0 +1,153 @@
+"""Benchmark section ``sweep``: steering sweeps through cached prefixes vs the full path.
+
+Every number is measured in one run on one loaded model, so only the ratios mean anything:
+
+- ``steered_cached_vs_zero_shot``: the marginal cost of one more steered configuration in
+  `castlib.evaluate.evaluate_sweep` (``(t(G configs) - t(1 config)) / (G - 1)``) over one
+  zero-shot `castlib.evaluate.evaluate` of the same rows (goal <= 0.1);
+- ``grid_cached_speedup``: G configurations scored one by one in full (``with steer(...):
+  evaluate(...)``) over the same G in one `evaluate_sweep`;
+- ``cast_fit_eval_speedup``: CAST fitted with its full tuning grid plus its test evaluation,
+  on the path of commit 577608b (``scoring="full"``, no activation store) over the fast path
+  (``scoring="auto"``, a fresh in-memory activation store), same seed and rows (goal >= 4);
+- the sweep's peak memory (`castlib.profiling.profile`), and bf16-on-CPU: zero-shot time and
+  prediction agreement against float32 on the same rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+from castlib.activation_store import ActivationStore
+from castlib.evaluate import evaluate, evaluate_sweep
+from castlib.methods.cast import CAST
+from castlib.methods.steering import default_layers
+from castlib.models import LanguageModel, wrap_model
+from castlib.profiling import profile
+from castlib.steer import steer
+from castlib.tasks import Task, sample_examples
+
+__all__ = ["bench_sweep", "SWEEP_RATIO_KEYS"]
+
+SWEEP_RATIO_KEYS: dict[str, tuple[str | None, str]] = {
+    "steered_cached_vs_zero_shot": (
+        "<= 0.1",
+        "marginal seconds of one more steered configuration in evaluate_sweep / seconds of one "
+        "zero-shot evaluate on the same rows",
+    ),
+    "grid_cached_speedup": (
+        None,
+        "G configurations scored in full one by one / the same G in one evaluate_sweep",
+    ),
+    "cast_fit_eval_speedup": (
+        ">= 4",
+        "CAST fit (full tuning grid) + test evaluation: scoring='full' without an activation "
+        "store (the path of 577608b) / scoring='auto' with a fresh store",
+    ),
+}
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_sweep(
+    lm: LanguageModel,
+    source: Task,
+    target: Task,
+    vector: Any,
+    n: int,
+    batch_size: int,
+    cast_params: dict[str, Any],
+    seed: int = 0,
+    bf16: bool = True,
+) -> dict[str, Any]:
+    """The ``sweep`` section (see the module docstring)."""
+    rows = sample_examples(target.test, n, seed)
+    layers = default_layers(lm.n_layers)
+    alphas = (0.25, 0.5, 1.0, 2.0)
+    configs = [
+        (lambda layer=layer, alpha=alpha: steer(lm, vector, alpha=alpha, layers=[layer]))
+        for layer in layers
+        for alpha in alphas
+    ]
+    zero, t_zero = _timed(lambda: evaluate(lm, target, examples=rows, batch_size=batch_size))
+    _, t_one = _timed(
+        lambda: evaluate_sweep(lm, target, configs[:1], examples=rows, batch_size=batch_size)
+    )
+    with profile(lm.device, settle=True) as prof:
+        swept = evaluate_sweep(lm, target, configs, examples=rows, batch_size=batch_size)
+    t_grid = prof.seconds
+    full = []
+    start = time.perf_counter()
+    for config in configs:
+        with config():
+            full.append(evaluate(lm, target, examples=rows, batch_size=batch_size))
+    t_full_grid = time.perf_counter() - start
+    agree = sum(
+        a["pred"] == b["pred"]
+        for s, f in zip(swept, full, strict=True)
+        for a, b in zip(s.predictions, f.predictions, strict=True)
+    ) / (len(configs) * len(rows))
+    marginal = (t_grid - t_one) / (len(configs) - 1)
+    out: dict[str, Any] = {
+        "n": len(rows),
+        "configs": len(configs),
+        "layers": layers,
+        "alphas": list(alphas),
+        "zero_shot_s": t_zero,
+        "sweep_one_config_s": t_one,
+        "sweep_all_configs_s": t_grid,
+        "full_all_configs_s": t_full_grid,
+        "sweep_peak_memory_mb": prof.peak_mb,
+        "sweep_memory_growth_mb": prof.growth_mb,
+        "memory_method": prof.method,
+        "cached_vs_full_prediction_agreement": agree,
+        "steered_cached_vs_zero_shot": marginal / t_zero,
+        "grid_cached_speedup": t_full_grid / t_grid,
+        "zero_shot_accuracy": zero.accuracy,
+    }
+    # CAST: fit with its full grid + test evaluation, old path vs new path
+    timings = {}
+    records = {}
+    saved_store = lm.activation_store
+    try:
+        for name, scoring, store in (("full", "full", None), ("fast", "auto", ActivationStore())):
+            lm.activation_store = store
+            method = CAST(**cast_params, scoring=scoring, batch_size=batch_size)
+            start = time.perf_counter()
+            method.fit(lm, [source], target, seed=seed)
+            records[name] = method.evaluate(lm, target, sample=n, sample_seed=seed)
+            timings[name] = time.perf_counter() - start
+    finally:
+        lm.activation_store = saved_store
+    out.update(
+        cast_params=cast_params,
+        cast_full_path_s=timings["full"],
+        cast_fast_path_s=timings["fast"],
+        cast_fit_eval_speedup=timings["full"] / timings["fast"],
+        cast_same_choice=(records["full"]["layer"], records["full"]["alpha"])
+        == (records["fast"]["layer"], records["fast"]["alpha"]),
+        cast_accuracy={k: r["accuracy"] for k, r in records.items()},
+    )
+    if bf16:
+        model = copy.deepcopy(lm.model).to(torch.bfloat16)
+        half = wrap_model(model, lm.tokenizer, name=lm.name, blocks_path=lm.blocks_path)
+        low, t_low = _timed(lambda: evaluate(half, target, examples=rows, batch_size=batch_size))
+        same = sum(
+            a["pred"] == b["pred"] for a, b in zip(low.predictions, zero.predictions, strict=True)
+        )
+        out.update(
+            bf16_zero_shot_s=t_low,
+            bf16_vs_fp32_time=t_low / t_zero,
+            bf16_prediction_agreement=same / len(rows),
+            bf16_accuracy=low.accuracy,
+        )
+        del half
+    return out
