@@ -15,7 +15,11 @@ $(VENV)/.castlib-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,ray]"
+	# steering-vectors and repeng (interop parity tests): their pins predate transformers 5 and
+	# numpy 2, so they go in without their pins, then their one real extra dependency
+	$(PY) -m pip install -q --no-deps "steering-vectors>=0.12" "repeng>=0.4"
+	$(PY) -m pip install -q scikit-learn
 	$(PY) -m ipykernel install --user --name python3 --display-name "Python 3 (castlib)" >/dev/null
 	touch $@
 
