@@ -21,7 +21,8 @@ asks for more CPUs or GPUs than any live node of the cluster has is recorded as 
 ("unschedulable") without being submitted, instead of waiting forever; the check uses the
 nodes alive when the batch starts.
 
-Connecting: ``address=None`` starts a local Ray instance for the batch (shut down at the end);
+Connecting: a Ray session this process already opened (``ray.init``) is used as it is;
+otherwise ``address=None`` starts a local Ray instance for the batch (shut down at the end);
 ``"auto"`` joins the cluster started on this machine with ``ray start``; ``HOST:PORT`` joins a
 cluster's head (its GCS port, 6379 by default) and ``ray://HOST:PORT`` goes through Ray Client.
 Before this process joins, `check_address` makes sure a Ray cluster answers there, so a wrong

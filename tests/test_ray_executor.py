@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,13 +63,17 @@ def _config(tmp_path: Path, name: str, runs: list[dict], **top) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     """A Ray head on this machine with 2 CPUs (two worker processes at a time), no GPU;
     yields (its address as 127.0.0.1:PORT, its node IP)."""
     from ray.cluster_utils import Cluster
 
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old) if p)
+    old = {key: os.environ.get(key) for key in ("PYTHONPATH", "TMPDIR", "RAY_TMPDIR")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old["PYTHONPATH"]) if p)
+    # the workers' private run folders (left behind by the killed task) go under pytest's tmp;
+    # Ray's own session folder stays where it was (its socket paths must stay short)
+    os.environ["RAY_TMPDIR"] = old["RAY_TMPDIR"] or tempfile.gettempdir()
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("ray_workers"))
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False},
@@ -78,10 +83,11 @@ def cluster():
         yield f"127.0.0.1:{port}", cluster.head_node.node_ip_address
     finally:
         cluster.shutdown()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _tables(output_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
