@@ -73,7 +73,8 @@ class LanguageModel:
         blocks: the decoder blocks, ``blocks[l]`` producing h_l.
         blocks_path: the attribute path the blocks were found at (e.g. ``"model.layers"``).
         name: the model id or path it was loaded from.
-        device: where the weights live.
+        device: where the weights live (for a model dispatched by accelerate with
+            ``device_map``: where its inputs go, the input embeddings' device).
         dtype: the floating dtype of the weights.
     """
 
