@@ -129,3 +129,30 @@ def test_load_model_device_map_arguments():
 
 def test_input_device_of_plain_model(lm):
     assert input_device(lm.model) == next(lm.model.parameters()).device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_blocks_split_between_gpu_and_cpu(family, tokenizer, prompts):
+    """Even blocks on the GPU, odd ones on the CPU (cuda:1 when there are two GPUs): indices,
+    vectors and recorded states cross devices inside the hooks."""
+    lm = tiny_model(family, tokenizer=tokenizer)
+    other = "cuda:1" if torch.cuda.device_count() > 1 else "cpu"
+    device_map = {
+        name: ("cuda:0" if device == "cpu" else other) for name, device in _device_map(lm).items()
+    }
+    model = copy.deepcopy(lm.model)
+    accelerate.dispatch_model(model, device_map=device_map, main_device="cuda:0")
+    split = wrap_model(model, lm.tokenizer, name=lm.name)
+    assert split.device == torch.device("cuda", 0)
+    assert {p.device.type for p in split.model.parameters()} == {"cuda", torch.device(other).type}
+
+    got = record_activations(split, prompts, batch_size=3)
+    assert got.device.type == "cpu"
+    torch.testing.assert_close(got, record_activations(lm, prompts, batch_size=3))
+    vec = {layer: torch.ones(lm.hidden_size) for layer in (1, 2)}
+    with steer(lm, vec, alpha=3.0):
+        want = _logits(lm, prompts)
+    with steer(split, vec, alpha=3.0):
+        have = _logits(split, prompts)
+    torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-4)
