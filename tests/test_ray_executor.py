@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the kill test uses POSIX signals")
 
 import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -233,5 +234,19 @@ def test_address_needs_the_ray_executor(tmp_path):
         main([str(cfg), "--address", "127.0.0.1:1"])
 
 
-if sys.platform == "win32":  # pragma: no cover
-    pytestmark = pytest.mark.skip(reason="the kill test relies on POSIX signals")
+def test_without_address_a_local_ray_runs_the_batch_and_stops(tmp_path):
+    nb = _notebook(tmp_path / "tiny.ipynb")
+    cfg = _config(tmp_path, "local", [{"notebook": str(nb), "grid": {"value": [4, 5]}}])
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old) if p)
+    try:
+        outcomes = run_batch_ray(cfg, num_cpus=2, progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    assert not ray.is_initialized()
+    summary, _ = _tables(tmp_path / "local")
+    assert summary["square"].tolist() == [16, 25]
