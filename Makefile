@@ -17,7 +17,11 @@ $(VENV)/.castlib-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[all,dev]"
+	$(PY) -m pip install -q -e ".[all,dev,ray]"
+	# steering-vectors and repeng (interop parity tests): their pins predate transformers 5 and
+	# numpy 2, so they go in without their pins, then their one real extra dependency
+	$(PY) -m pip install -q --no-deps "steering-vectors>=0.12" "repeng>=0.4"
+	$(PY) -m pip install -q scikit-learn
 	# A kernel spec inside .venv only (never the user's Jupyter folders): `jupyter lab` started
 	# from .venv offers "Python 3 (castlib)"; papermill batches and nbval use the running
 	# interpreter whatever kernels the user has.

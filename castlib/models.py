@@ -42,6 +42,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "cache_dir",
+    "input_device",
 ]
 
 EMBEDDED_MODEL = "gemma-3-270m"
@@ -60,7 +61,8 @@ class LanguageModel:
         blocks: the decoder blocks, ``blocks[l]`` producing h_l.
         blocks_path: the attribute path the blocks were found at (e.g. ``"model.layers"``).
         name: the model id or path it was loaded from.
-        device: where the weights live.
+        device: where the weights live (for a model dispatched by accelerate with
+            ``device_map``: where its inputs go, the input embeddings' device).
         dtype: the floating dtype of the weights.
         interventions: castlib's own record of what it currently has hooked into the model, in
             registration order: each active `castlib.steer.Steering` handle (``kind ==
@@ -241,9 +243,25 @@ def wrap_model(
         blocks=blocks,
         blocks_path=path,
         name=name or getattr(model.config, "_name_or_path", "") or type(model).__name__,
-        device=param.device,
+        device=input_device(model),
         dtype=param.dtype,
     )
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's inputs go: the device of its first parameter, or, for a model
+    dispatched by accelerate (``device_map``, CPU/disk offload), the execution device of its
+    input embeddings (offloaded weights sit on the ``meta`` device until a forward pass)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    hook = getattr(embeddings, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+    if embeddings is not None and hasattr(model, "hf_device_map"):
+        weight = getattr(embeddings, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+            return weight.device
+    return next(model.parameters()).device
 
 
 def _sha256(path: Path) -> str:
@@ -336,6 +354,8 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     blocks_path: str | None = None,
+    device_map: str | dict[str, object] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
     **from_pretrained_kwargs: object,
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer, ready to record and steer.
@@ -347,13 +367,34 @@ def load_model(
         dtype: ``"auto"`` (bf16 on CUDA where supported, float32 on CPU) or a torch dtype/name.
         blocks_path: attribute path of the decoder blocks, for architectures castlib does not
             know (e.g. ``"model.layers"``).
+        device_map: shard the model with accelerate instead of placing it on ``device``:
+            ``"auto"`` (fill the GPUs in order, then CPU, then disk), ``"balanced"``,
+            ``"sequential"``, or an explicit ``{module name: device}`` map. Decoder blocks may
+            then live on different devices; recording and steering stay exact (the vector is
+            moved to each activation's device inside the hook, recorded states are gathered
+            to CPU). ``lm.device`` is then the device of the input embeddings.
+        max_memory: with ``device_map``, the most memory accelerate may use per device, e.g.
+            ``{0: "20GiB", 1: "20GiB", "cpu": "64GiB"}``.
         from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``
             (e.g. ``revision=``, ``trust_remote_code=``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device_map is None and max_memory is not None:
+        raise ValueError("max_memory= needs device_map= (e.g. device_map='auto')")
+    if device_map is not None and device != "auto":
+        raise ValueError(
+            f"give either device={device!r} or device_map={device_map!r}, not both "
+            "(device_map places every module itself)"
+        )
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if device_map is not None:
+        from_pretrained_kwargs = {
+            **from_pretrained_kwargs,
+            "device_map": device_map,
+            **({"max_memory": max_memory} if max_memory is not None else {}),
+        }
     if name_or_path == EMBEDDED_MODEL:
         source = str(embedded_model_path())
     else:
@@ -366,7 +407,8 @@ def load_model(
             f"cannot load model {name_or_path!r}: not the embedded model ({EMBEDDED_MODEL!r}), "
             f"not a local folder, and not reachable on the Hugging Face hub ({err})"
         ) from err
-    model.to(dev)
+    if device_map is None:
+        model.to(dev)
     lm = wrap_model(model, tokenizer, name=name_or_path, blocks_path=blocks_path)
     lm.activation_store = store_from_env()
     return lm

@@ -66,8 +66,11 @@ def record_token_ids(
     def make_hook(slot: int, layer: int):
         def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
             hidden = hidden_of(output)
-            rows = current["rows"]
-            out[current["indices"], slot] = hidden[rows, current["last"]].float().cpu()
+            # blocks may live on different devices (accelerate device_map / offload): index on
+            # the activation's device, gather the result to CPU
+            rows = current["rows"].to(hidden.device)
+            last = current["last"].to(hidden.device)
+            out[current["indices"], slot] = hidden[rows, last].float().cpu()
             if layer == deepest:
                 raise StopForward
 

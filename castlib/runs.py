@@ -3,6 +3,7 @@
 Usage::
 
     python -m castlib.runs CONFIG.yaml [--dry-run] [--only SUBSTR] [--force] [--kernel NAME]
+                                       [--executor ray [--address ADDR]]
     python -m castlib.runs --aggregate-only OUTPUT_DIR
 
 Run config (YAML)
@@ -11,11 +12,13 @@ Run config (YAML)
 
     output_dir: runs_out/cross_domain     # required; relative to the current working directory
     kernel: castlib                       # optional (default: the current interpreter); --kernel overrides it
+    num_gpus: 1                           # optional (also num_cpus); per run, --executor ray
     defaults:                             # optional; applied to every run
       n_test: 200
     runs:                                 # required, non-empty
       - notebook: notebooks/02_cross_domain.ipynb
         name: xdomain                     # optional; run ids start with it instead of the stem
+        num_cpus: 4                       # optional; overrides the top-level value
         parameters: {model: gemma-3-270m} # optional; fixed for every run of this entry
         grid:                             # optional; cartesian product, each value a list
           seed: [0, 1, 2]
@@ -57,6 +60,10 @@ run that finishes without a readable ``results.json`` counts as failed. A failed
 stop the batch. Rerunning resumes: a run whose run.json says ok with the same parameters and whose
 results.json exists is skipped unless ``--force``; failed runs are retried.
 
+``--executor ray [--address ADDR]`` runs each run as a Ray task instead, with the config's
+``num_cpus``/``num_gpus`` per run, into the same layout (see castlib.executors); the sequential
+executor ignores those two keys.
+
 Exit status: 0 when every selected run is ok (or skipped as done), 1 when any run failed,
 2 on a configuration or usage error.
 
@@ -87,7 +94,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,8 +120,9 @@ __all__ = [
     "run_batch",
 ]
 
-TOP_LEVEL_KEYS = ("output_dir", "kernel", "defaults", "runs")
-ENTRY_KEYS = ("notebook", "name", "parameters", "grid")
+RESOURCE_KEYS = ("num_cpus", "num_gpus")
+TOP_LEVEL_KEYS = ("output_dir", "kernel", "defaults", "runs", *RESOURCE_KEYS)
+ENTRY_KEYS = ("notebook", "name", "parameters", "grid", *RESOURCE_KEYS)
 RESERVED_PARAMETERS = frozenset({"output_dir"})
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -142,6 +150,8 @@ class Run:
         run_id: relative POSIX path identifying the run, also its directory under ``output_dir``.
         grid: the grid point of this run (a subset of ``parameters``), used for its id.
         notebook_label: the notebook path as written in the config (used in tables and hashes).
+        resources: what one run asks of a cluster (``num_cpus``, ``num_gpus``; the config's
+            top level, overridden per entry); only the Ray executor (castlib.executors) uses it.
     """
 
     notebook: Path
@@ -149,6 +159,7 @@ class Run:
     run_id: str
     grid: dict[str, Any] = field(default_factory=dict)
     notebook_label: str = ""
+    resources: dict[str, float] = field(default_factory=dict)
 
     def run_dir(self, output_dir: str | Path) -> Path:
         """Directory holding this run's outputs."""
@@ -213,6 +224,7 @@ def parse_config(
     if kernel is not None and not isinstance(kernel, str):
         raise ConfigError(f"{where}: 'kernel' must be a string, got {_kind(kernel)}")
     defaults = _parameter_mapping(data.get("defaults"), f"{where}: defaults")
+    resources = _resources(data, where)
     entries = data.get("runs")
     if entries is None or (isinstance(entries, list) and not entries):
         raise ConfigError(f"{where}: 'runs' must list at least one run")
@@ -221,7 +233,7 @@ def parse_config(
     base = Path(base_dir) if base_dir is not None else None
     runs: list[Run] = []
     for i, entry in enumerate(entries):
-        runs.extend(_expand_entry(entry, defaults, base, f"{where}: runs[{i}]"))
+        runs.extend(_expand_entry(entry, defaults, base, f"{where}: runs[{i}]", resources))
     return RunConfig(
         output_dir=output_dir,
         runs=_disambiguate(runs, where),
@@ -231,7 +243,11 @@ def parse_config(
 
 
 def _expand_entry(
-    entry: Any, defaults: dict[str, Any], base_dir: Path | None, where: str
+    entry: Any,
+    defaults: dict[str, Any],
+    base_dir: Path | None,
+    where: str,
+    resources: dict[str, float] | None = None,
 ) -> list[Run]:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: expected a mapping with 'notebook', got {_kind(entry)}")
@@ -247,6 +263,7 @@ def _expand_entry(
     if not group:
         raise ConfigError(f"{where}.name: {name!r} has no filesystem-safe characters")
     fixed = _parameter_mapping(entry.get("parameters"), f"{where}.parameters")
+    resources = {**(resources or {}), **_resources(entry, where)}
     grid = _grid_mapping(entry.get("grid"), f"{where}.grid")
     both = sorted(set(fixed) & set(grid))
     if both:
@@ -259,7 +276,7 @@ def _expand_entry(
         point = dict(zip(grid, values, strict=True))
         params = {**defaults, **fixed, **point}
         run_id = f"{group}/{_grid_slug(point, label, params)}"
-        runs.append(Run(notebook, params, run_id, point, label))
+        runs.append(Run(notebook, params, run_id, point, label, dict(resources)))
     return runs
 
 
@@ -335,6 +352,19 @@ def _parameter_mapping(value: Any, where: str) -> dict[str, Any]:
     for key in value:
         _check_parameter_name(key, where)
     return dict(value)
+
+
+def _resources(mapping: Mapping[str, Any], where: str) -> dict[str, float]:
+    """The ``num_cpus``/``num_gpus`` a run asks for: non-negative numbers."""
+    out: dict[str, float] = {}
+    for key in RESOURCE_KEYS:
+        if key not in mapping:
+            continue
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}: {key!r} must be a non-negative number, got {_kind(value)}")
+        out[key] = value
+    return out
 
 
 def _grid_mapping(value: Any, where: str) -> dict[str, list[Any]]:
@@ -432,9 +462,7 @@ def _disambiguate(runs: list[Run], where: str) -> list[Run]:
                 )
             seen[key] = i
             run = runs[i]
-            out[i] = Run(
-                run.notebook, run.parameters, f"{run_id}__{key}", run.grid, run.notebook_label
-            )
+            out[i] = replace(run, run_id=f"{run_id}__{key}")
     final = [r.run_id for r in out]
     if len(set(final)) != len(final):  # pragma: no cover - needs a hash collision
         raise ConfigError(f"{where}: duplicate run ids after disambiguation; set entry names")
@@ -846,6 +874,19 @@ def _parser() -> argparse.ArgumentParser:
         help="only rebuild summary.csv, runs.csv and figures/ of an output directory",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--executor",
+        choices=("sequential", "ray"),
+        default="sequential",
+        help="sequential (default: one run after another in this process) or ray (one Ray "
+        "task per run; see castlib.executors)",
+    )
+    parser.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --executor ray: the cluster to join (HOST:PORT, ray://HOST:PORT or auto); "
+        "default: start a local Ray for the batch",
+    )
     return parser
 
 
@@ -865,6 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.config:
         parser.error("a CONFIG file is required (or --aggregate-only OUTPUT_DIR)")
+    if args.address and args.executor != "ray":
+        parser.error("--address needs --executor ray")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -881,13 +924,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{'skip' if done else 'run '}  {run.run_id}  {run.notebook_label}  {params}")
         print(f"{len(runs)} runs -> {config.output_dir}")
         return 0
-    outcomes = run_batch(
-        config,
-        only=args.only,
-        force=args.force,
-        kernel_name=args.kernel,
-        progress=not args.no_progress,
-    )
+    batch = dict(only=args.only, force=args.force, kernel_name=args.kernel)
+    if args.executor == "ray":
+        from .executors import RayConnectionError, run_batch_ray
+
+        try:
+            outcomes = run_batch_ray(
+                config, address=args.address, progress=not args.no_progress, **batch
+            )
+        except (RayConnectionError, ImportError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        outcomes = run_batch(config, progress=not args.no_progress, **batch)
     summary = aggregate(config.output_dir)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "failed", "skipped")}
     print(

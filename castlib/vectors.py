@@ -206,6 +206,19 @@ class SteeringVector:
             layers = {int(key.split(".", 1)[1]): f.get_tensor(key) for key in f.keys()}
         return cls(layers=layers, **meta)
 
+    def to_gguf(self, path: str | Path, *, model_hint: str | None = None) -> Path:
+        """Write a llama.cpp control vector (see `castlib.interop.to_gguf`)."""
+        from .interop import to_gguf
+
+        return to_gguf(self, path, model_hint=model_hint)
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, lm: Any = None, **shape: Any) -> SteeringVector:
+        """Read a llama.cpp control vector (see `castlib.interop.from_gguf`)."""
+        from .interop import from_gguf
+
+        return from_gguf(path, lm, **shape)
+
     def __repr__(self) -> str:
         return (
             f"SteeringVector(method={self.method!r}, model={self.model_id!r}, "
