@@ -55,6 +55,7 @@ from .runs import (
     _now,
     _select,
     _write_json,
+    execute_run,
     is_complete,
     load_config,
 )
@@ -138,8 +139,6 @@ def check_address(
 def _execute_remote(run: Run, kernel: str | None) -> dict[str, Any]:
     """Body of the Ray task: run into a private folder, return its files."""
     import tempfile
-
-    from .runs import execute_run
 
     try:
         import ray
