@@ -30,7 +30,13 @@ from .models import LanguageModel
 from .padding import encode, iter_batches, pad, position_ids_from_mask
 from .prompts import continuation, zero_shot
 from .steer import override_positions
-from .tasks import Example, Task, sample_examples
+from .tasks import Example, Task, load_task, sample_examples
+from .validate import (
+    check_optional_positive_int,
+    check_positive_int,
+    check_prompts,
+    check_token_lengths,
+)
 
 __all__ = [
     "EvalResult",
@@ -191,12 +197,28 @@ def score_prompts(
 
     Returns ``(scores [n_prompts, n_answers], prompt token counts)``.
     """
+    prompts = check_prompts(prompts)
+    if isinstance(answers, (str, bytes)) or not isinstance(answers, Sequence):
+        raise TypeError(f"answers must be a list of strings, got {answers!r}")
+    answers = list(answers)
+    if not answers:
+        raise ValueError("answers is empty: give the answer strings to score, e.g. ['yes', 'no']")
+    if not all(isinstance(a, str) for a in answers):
+        raise TypeError(f"answers must be strings, got {answers!r}")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    answer_ids = answer_token_ids(lm.tokenizer, answers)
+    prompt_ids = encode(lm.tokenizer, prompts)
+    longest = max(len(row) for row in answer_ids)
+    check_token_lengths(
+        [len(row) + longest for row in prompt_ids],
+        lm.context_length,
+        lm.name,
+        what="prompt (with its longest answer)",
+    )
     if prefix_cache:
         from .prefix_cache import score_prompts_cached
 
         return score_prompts_cached(lm, prompts, answers, batch_size=batch_size, progress=progress)
-    prompt_ids = encode(lm.tokenizer, prompts)
-    answer_ids = answer_token_ids(lm.tokenizer, answers)
     show = progress if progress is not None else len(prompts) > 4 * batch_size
     firsts = [row[0] for row in answer_ids]
     with torch.inference_mode():
@@ -231,19 +253,21 @@ def select_examples(
     sample_seed: int = 0,
 ) -> list[Example]:
     """The rows of ``task``'s ``split`` to score: all, the first ``limit``, or a seeded sample."""
+    limit = check_optional_positive_int(limit, "limit")
+    sample = check_optional_positive_int(sample, "sample")
+    if isinstance(sample_seed, bool) or not isinstance(sample_seed, int):
+        raise TypeError(f"sample_seed must be an int, got {sample_seed!r}")
     rows = task.split(split)
     if limit is not None and sample is not None:
         raise ValueError("give limit (the first rows) or sample (a seeded sample), not both")
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
         return list(rows[:limit])
     return sample_examples(rows, sample, sample_seed)
 
 
 def evaluate(
     lm: LanguageModel,
-    task: Task,
+    task: Task | str,
     prompt: Builder | Sequence[str] | None = None,
     split: str = "test",
     limit: int | None = None,
@@ -268,8 +292,15 @@ def evaluate(
         prefix_cache: run the prompts' shared demonstration prefix once and score each query
             against its key/value cache (`castlib.prefix_cache`; refused while steering).
 
-    Works inside a `castlib.steer` context (the steering applies to every forward pass).
+    ``task`` may be a task name, loaded with `castlib.tasks.load_task` from the default data
+    directory. Works inside a `castlib.steer` context (the steering applies to every forward
+    pass).
     """
+    if isinstance(task, str):
+        task = load_task(task)
+    elif not isinstance(task, Task):
+        raise TypeError(f"task must be a Task or a task name, got {type(task).__name__}")
+    batch_size = check_positive_int(batch_size, "batch_size")
     if examples is None:
         examples = select_examples(task, split, limit, sample, sample_seed)
     elif limit is not None or sample is not None:
@@ -282,6 +313,13 @@ def evaluate(
     scores, n_tokens = score_prompts(
         lm, prompts, task.labels, batch_size, progress, prefix_cache=prefix_cache
     )
+    nan_rows = [ex.id for row, ex in enumerate(examples) if torch.isnan(scores[row]).any()]
+    if nan_rows:
+        raise FloatingPointError(
+            f"{lm.name} gave NaN log-probabilities on {task.name}/{split} rows {nan_rows[:5]}"
+            f"{' ...' if len(nan_rows) > 5 else ''}; no prediction can be made (a steering "
+            f"scale too large for the dtype, or a broken model)"
+        )
     for row, ex in enumerate(examples):
         n_valid = len(task.label_space(ex))
         scores[row, n_valid:] = float("-inf")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .hooks import HookGroup, StopForward, hidden_of
 from .models import LanguageModel
 from .padding import encode, iter_batches, last_token_index
+from .validate import check_positive_int, check_prompts, check_token_lengths
 
 __all__ = ["record_activations", "record_token_ids"]
 
@@ -34,6 +35,8 @@ def record_token_ids(
     """`record_activations` for already tokenised prompts."""
     if len(token_ids) == 0:
         raise ValueError("empty prompt list")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    check_token_lengths([len(row) for row in token_ids], lm.context_length, lm.name)
     wanted = lm.check_layers(layers)
     deepest = wanted[-1]
     out = torch.empty((len(token_ids), len(wanted), lm.hidden_size), dtype=torch.float32)
@@ -91,5 +94,5 @@ def record_activations(
     Returns:
         float32 tensor ``[n_prompts, n_layers, hidden]`` on CPU.
     """
-    ids = encode(lm.tokenizer, prompts)
+    ids = encode(lm.tokenizer, check_prompts(prompts))
     return record_token_ids(lm, ids, layers, batch_size, padding_side, progress)

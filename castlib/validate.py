@@ -61,7 +61,7 @@ def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
         raise TypeError(f"{name} must be a list of strings, got {type(prompts).__name__}")
     out = list(prompts)
     if not out:
-        raise ValueError(f"{name} is empty; give at least one")
+        raise ValueError(f"empty prompt list: {name} needs at least one entry")
     for i, p in enumerate(out):
         if not isinstance(p, str):
             raise TypeError(f"{name}[{i}] is {type(p).__name__}, expected str")

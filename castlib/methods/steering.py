@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -26,6 +27,7 @@ from ..prompts import k_shot, zero_shot
 from ..record import record_activations
 from ..steer import steer
 from ..tasks import Example, Task
+from ..validate import check_finite_number
 from ..vectors import SteeringVector
 from .base import Method
 
@@ -82,6 +84,11 @@ def make_vector(
     )
 
 
+def tuning_rows_per_source(n_tune: int, n_sources: int) -> int:
+    """Held-out rows the ``source`` protocol draws from each source task."""
+    return max(1, n_tune // n_sources)
+
+
 def tuning_set(
     protocol: str,
     sources: Sequence[Task],
@@ -92,11 +99,22 @@ def tuning_set(
 ) -> list[tuple[Task, Example]]:
     """The (task, example) pairs (layer, alpha) are chosen on; never target test rows."""
     if protocol == "source":
-        per = max(1, n // len(sources))
+        per = tuning_rows_per_source(n, len(sources))
         out = []
         for task in sources:
-            pool = [ex for ex in task.train if ex.id not in exclude]
+            pool = [
+                ex
+                for ex in task.train
+                if ex.id not in exclude and f"{task.name}:{ex.id}" not in exclude
+            ]
             out += [(task, ex) for ex in rng.sample(pool, min(per, len(pool)))]
+        if not out:
+            sizes = {t.name: len(t.train) for t in sources}
+            raise ValueError(
+                f"source protocol: no held-out source rows left to tune on (train sizes "
+                f"{sizes}, {len(exclude)} rows used to build the vector); use fewer rows for "
+                f"the vector, more source data, or protocol='target_dev'"
+            )
         return out
     if protocol == "target_dev":
         pool = list(target.train)
@@ -121,6 +139,7 @@ class SteeringMethod(Method):
         layer_window: int = 1  # steer l*..l*+w-1, alpha split evenly
 
     op: str = "add"
+    needs_vector = True
 
     def check_params(self) -> None:
         p = self.params
@@ -172,7 +191,7 @@ class SteeringMethod(Method):
         """Choose (l*, alpha) by the configured protocol; stores the grid in ``self.info``."""
         p = self.params
         candidates = lm.check_layers(list(layers or p.layers or default_layers(lm.n_layers)))
-        alphas = list(alphas or p.alphas)
+        alphas = [check_finite_number(a, f"{self.name}: alpha") for a in (alphas or p.alphas)]
         tune = tuning_set(p.protocol, sources, target, p.n_tune, exclude, rng)
         by_task: dict[str, tuple[Task, list[Example]]] = {}
         for task, ex in tune:
@@ -181,15 +200,19 @@ class SteeringMethod(Method):
         for layer in candidates:
             for alpha in alphas:
                 correct, n, margin = 0.0, 0, 0.0
-                with self.steering(lm, layer, alpha):
-                    for task, exs in by_task.values():
-                        res = evaluate(lm, task, examples=exs, batch_size=p.batch_size)
-                        correct += res.accuracy * res.n
-                        n += res.n
-                        margin += sum(
-                            row["log_probs"][ex.label]
-                            for row, ex in zip(res.predictions, exs, strict=True)
-                        )
+                try:
+                    with self.steering(lm, layer, alpha):
+                        for task, exs in by_task.values():
+                            res = evaluate(lm, task, examples=exs, batch_size=p.batch_size)
+                            correct += res.accuracy * res.n
+                            n += res.n
+                            margin += sum(
+                                row["log_probs"][ex.label]
+                                for row, ex in zip(res.predictions, exs, strict=True)
+                            )
+                except FloatingPointError as err:  # NaN log-probs: this point cannot score
+                    grid.append({"layer": layer, "alpha": alpha, "error": str(err)})
+                    continue
                 grid.append(
                     {
                         "layer": layer,
@@ -198,7 +221,13 @@ class SteeringMethod(Method):
                         "gold_logp": margin / n,
                     }
                 )
-        best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))
+        scored = [g for g in grid if "error" not in g]
+        if not scored:
+            raise FloatingPointError(
+                f"{self.name}: every (layer, alpha) of the tuning grid gave NaN log-probs "
+                f"({grid[0]['error']})"
+            )
+        best = max(scored, key=lambda g: (g["accuracy"], g["gold_logp"]))
         self.info.update(
             layer=best["layer"],
             alpha=best["alpha"],
@@ -206,3 +235,22 @@ class SteeringMethod(Method):
             tuning_grid=grid,
             tuning_n=len(tune),
         )
+        self.record_vector_norm(lm)
+
+    def record_vector_norm(self, lm: LanguageModel) -> None:
+        """Store the norm of the vector at the chosen layer(s) as ``info["vector_norm"]``
+        (their root sum of squares) and warn when it is zero: steering then changes nothing,
+        whatever layer and alpha the record names."""
+        layer = self.info.get("layer")
+        if self.vector is None or not (isinstance(layer, int) or layer == "all"):
+            return
+        steered = self.vector.layer_ids if layer == "all" else self.steer_layers(lm, layer)
+        layers = [la for la in steered if la in self.vector.layers]
+        norm = float(sum(float(self.vector[la].norm()) ** 2 for la in layers) ** 0.5)
+        self.info["vector_norm"] = norm
+        if norm == 0.0:
+            warnings.warn(
+                f"{self.name}: the steering vector is exactly zero at layer(s) {layers}; the "
+                f"steered run equals zero-shot (recorded as vector_norm=0.0)",
+                stacklevel=3,
+            )
