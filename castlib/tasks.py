@@ -249,6 +249,12 @@ def load_task(name: str, data_dir: str | Path | None = None) -> Task:
         path = folder / f"{split}.jsonl"
         if path.is_file():
             splits[split] = read_jsonl(path, meta)
+    for split, rows in splits.items():
+        seen: set[str] = set()
+        for ex in rows:
+            if ex.id in seen:
+                raise TaskFormatError(f"{folder / f'{split}.jsonl'}: duplicate row id {ex.id!r}")
+            seen.add(ex.id)
     if "test" not in splits:
         raise TaskFormatError(f"{folder}: no test.jsonl")
     splits.setdefault("train", [])
