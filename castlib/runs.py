@@ -641,6 +641,7 @@ def _recover_swap(run: Run, output_dir: str | Path) -> None:
         shutil.rmtree(old)
         return
     new = _staging_dir(run, output_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
     if _complete_in(run, new):
         new.rename(final)  # the rerun had finished: complete the swap
         shutil.rmtree(old)
