@@ -74,7 +74,11 @@ RESULT_FIELDS = (
 
 def resolve_task(task: TaskRef, data_dir: str | Path | None = None) -> Task:
     """A loaded task, from a name or a `Task`."""
-    return task if isinstance(task, Task) else load_task(task, data_dir)
+    if isinstance(task, Task):
+        return task
+    if not isinstance(task, str):
+        raise TypeError(f"a task must be a Task or a task name, got {task!r}")
+    return load_task(task, data_dir)
 
 
 def resolve_tasks(
