@@ -19,7 +19,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import castlib.methods as methods  # noqa: E402
@@ -57,7 +57,11 @@ scalars = st.one_of(
     st.none(),
     st.text(max_size=3),
 )
+valid_layers = st.lists(st.integers(-3, 2), min_size=1, max_size=3, unique=True)
 layer_lists = st.one_of(
+    valid_layers,
+    valid_layers,
+    valid_layers,
     scalars,
     st.lists(st.integers(-5, 5), max_size=5),
     st.lists(scalars, max_size=4),
@@ -73,7 +77,10 @@ alphas = st.one_of(
 prompt_text = st.text(
     alphabet=st.sampled_from(list(string.printable) + ["é", "日", "\u200b", "\t"]), max_size=40
 )
+words = st.text(alphabet=string.ascii_letters + " ,.?é日", min_size=1, max_size=30)
 prompt_lists = st.one_of(
+    st.lists(words.filter(str.strip), min_size=1, max_size=5),  # mostly accepted
+    st.lists(words.filter(str.strip), min_size=1, max_size=5),
     st.lists(prompt_text, max_size=5),
     prompt_text,
     st.lists(st.one_of(prompt_text, st.integers(), st.none()), max_size=3),
@@ -93,9 +100,9 @@ json_values = st.recursive(
 )
 metadata = st.fixed_dictionaries(
     {
-        "model_id": st.one_of(st.just("m"), st.text(max_size=3), st.integers()),
-        "hidden_size": st.one_of(st.just(4), st.integers(-1, 6), st.text(max_size=2)),
-        "n_layers": st.one_of(st.just(3), st.integers(-1, 4), st.floats(0, 4)),
+        "model_id": st.one_of(st.just("m"), st.just("m"), st.text(max_size=3), st.integers()),
+        "hidden_size": st.one_of(st.just(4), st.just(4), st.integers(-1, 6), st.text(max_size=2)),
+        "n_layers": st.one_of(st.just(3), st.just(3), st.integers(-1, 4), st.floats(0, 4)),
     },
     optional={
         "site": st.one_of(st.just("block_output"), st.text(max_size=4), st.integers()),
@@ -123,7 +130,9 @@ def test_check_layers_returns_sorted_valid_layers_or_refuses(layers):
         out = LM.check_layers(layers)
     except REFUSED as err:
         assert str(err)
+        event(f"refused: {type(err).__name__}")
         return
+    event("accepted")
     assert out == sorted(set(out)) and all(0 <= la < LM.n_layers for la in out)
     if layers is None:
         assert out == list(range(LM.n_layers))
@@ -147,6 +156,29 @@ def test_steer_accepts_only_valid_layers_and_finite_alphas(layers, alpha):
         assert isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
         assert math.isfinite(alpha)
         assert sorted(handle.steer_hooks) == LM.check_layers(layers)
+    assert no_hooks()
+
+
+@SLOW
+@given(
+    mapping=st.dictionaries(st.integers(-3, 3), st.sampled_from([16, 16, 16, 15]), max_size=3),
+    layers=st.one_of(st.none(), st.lists(st.integers(-3, 2), max_size=2)),
+)
+def test_steer_with_a_layer_dict(mapping, layers):
+    vec = {k: torch.ones(n) for k, n in mapping.items()}
+    try:
+        handle = steer(LM, vec, alpha=1.0, layers=layers)
+    except REFUSED as err:
+        assert str(err)
+        assert no_hooks()
+        event(f"refused: {type(err).__name__}")
+        return
+    event("accepted")
+    with handle:
+        normalised = {k % LM.n_layers for k in mapping}
+        assert len(normalised) == len(mapping)  # -1 and L-1 together are refused
+        want = normalised if layers is None else set(LM.check_layers(layers))
+        assert set(handle.steer_hooks) == want
     assert no_hooks()
 
 
@@ -190,7 +222,9 @@ def test_record_activations_on_any_prompt_list(prompts):
         out = record_activations(LM, prompts, layers=[0, 2], batch_size=2)
     except REFUSED as err:
         assert str(err)
+        event(f"refused: {type(err).__name__}")
         return
+    event("accepted")
     assert isinstance(prompts, list) and all(isinstance(p, str) and p.strip() for p in prompts)
     assert out.shape == (len(prompts), 2, LM.hidden_size) and torch.isfinite(out).all()
 
@@ -198,14 +232,19 @@ def test_record_activations_on_any_prompt_list(prompts):
 @SLOW
 @given(
     prompts=prompt_lists,
-    answers=st.lists(st.text(alphabet=string.ascii_letters + " ", max_size=6), max_size=3),
+    answers=st.one_of(
+        st.lists(st.sampled_from(["yes", "no", "positive", "not a", "B"]), min_size=1, max_size=3),
+        st.lists(st.text(alphabet=string.ascii_letters + " ", max_size=6), max_size=3),
+    ),
 )
 def test_score_prompts_on_any_input(prompts, answers):
     try:
         scores, n_tokens = score_prompts(LM, prompts, answers, batch_size=3)
     except REFUSED as err:
         assert str(err)
+        event(f"refused: {type(err).__name__}")
         return
+    event("accepted")
     assert scores.shape == (len(prompts), len(answers))
     assert torch.isfinite(scores).all() and (scores <= 0).all()
     assert len(n_tokens) == len(prompts)
@@ -214,16 +253,24 @@ def test_score_prompts_on_any_input(prompts, answers):
 @FAST
 @given(
     limit=st.one_of(
-        st.none(), st.integers(-2, 8), st.floats(-1, 8), st.booleans(), st.text(max_size=2)
+        st.none(),
+        st.none(),
+        st.integers(1, 8),
+        st.integers(-2, 8),
+        st.floats(-1, 8),
+        st.booleans(),
+        st.text(max_size=2),
     ),
-    sample=st.one_of(st.none(), st.integers(-2, 8), st.floats(0, 3)),
+    sample=st.one_of(st.none(), st.none(), st.none(), st.integers(-2, 8), st.floats(0, 3)),
 )
 def test_select_examples_counts(limit, sample):
     try:
         rows = select_examples(TASK, "test", limit=limit, sample=sample)
     except REFUSED as err:
         assert str(err)
+        event(f"refused: {type(err).__name__}")
         return
+    event("accepted")
     assert limit is None or sample is None
     want = len(TASK.test) if (limit or sample) is None else min(limit or sample, len(TASK.test))
     assert len(rows) == want and len({r.id for r in rows}) == want
@@ -260,8 +307,8 @@ def test_vector_files_load_exactly_or_fail_naming_the_path(meta, keys):
 @given(
     meta=metadata,
     layers=st.dictionaries(
-        st.one_of(st.integers(-1, 4), st.booleans(), st.text(max_size=1)),
-        st.integers(2, 5),
+        st.one_of(st.integers(0, 2), st.integers(-1, 4), st.booleans(), st.text(max_size=1)),
+        st.sampled_from([4, 4, 4, 3]),
         max_size=3,
     ),
 )
@@ -272,7 +319,9 @@ def test_vector_constructor_validates_metadata(meta, layers):
         v = SteeringVector(layers=tensors, **meta)
     except REFUSED as err:
         assert str(err)
+        event(f"refused: {type(err).__name__}")
         return
+    event("accepted")
     assert isinstance(v.hidden_size, int) and v.hidden_size >= 1 and v.n_layers >= 1
     assert all(0 <= la < v.n_layers and t.shape == (v.hidden_size,) for la, t in v.layers.items())
     try:
@@ -374,7 +423,7 @@ def test_task_files_load_validated_or_raise_task_format_error(test_rows, train_r
         assert all(ex.label in (0, 1) and ex.fields["text"].strip() for ex in task.split(split))
 
 
-@SLOW
+@settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10**6), n=st.integers(1, 5))
 def test_evaluate_is_deterministic_and_well_formed(seed, n):
     res = evaluate(LM, TASK, sample=n, sample_seed=seed, batch_size=2)
