@@ -137,6 +137,7 @@ def continuation_log_probs(
     `castlib.steer` context the last prompt token and every continuation token are steered
     (as generation would steer them). Differentiable (used for adapter training too).
     """
+    check_token_lengths([len(r) for r in rows], lm.context_length, lm.name, what="sequence")
     ids, mask = pad(list(rows), lm.tokenizer.pad_token_id, "left", lm.device)
     width = ids.shape[1]
     keep = max(conts) + 1

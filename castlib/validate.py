@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -138,6 +139,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if tp is float:
         return check_finite_number(value, name)
     if tp is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)  # data_dir=Path(...)
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a string, got {value!r}")
         return value
