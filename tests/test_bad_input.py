@@ -413,3 +413,18 @@ def test_unreachable_reason_and_fetch_task_api(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert "127.0.0.1:9" in unreachable_reason(timeout=1.0)
+
+
+def test_cross_task_icl_refuses_sources_smaller_than_k(lm):
+    tiny, tgt = make_task("tiny", 2, 2, seed=3), make_task("tgt", 12, 6, seed=2)
+    with pytest.raises(ValueError, match=r"source train pools \{'tiny': 2\} are smaller than k=4"):
+        methods.get("cross_task_icl")(k=4).fit(lm, [tiny], tgt)
+    with pytest.raises(ValueError, match=r"n_candidates \(2\) must be >= k \(4\)"):
+        methods.get("cross_task_icl")(k=4, n_candidates=2)
+
+
+def test_layer_window_cut_at_the_last_block_is_recorded(lm):
+    src, tgt = make_task("src", 40, 4, seed=1), make_task("tgt", 12, 6, seed=2)
+    m = methods.get("task_vector")(**{**FAST, "layers": (3,)}, layer_window=3, k=1, n_prompts=2)
+    rec = m.fit(lm, [src], tgt).evaluate(lm, tgt, limit=2)
+    assert rec["layer"] == 3 and rec["steered_layers"] == [3]  # 4 blocks: 3..5 is cut to 3

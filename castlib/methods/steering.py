@@ -238,8 +238,9 @@ class SteeringMethod(Method):
         self.record_vector_norm(lm)
 
     def record_vector_norm(self, lm: LanguageModel) -> None:
-        """Store the norm of the vector at the chosen layer(s) as ``info["vector_norm"]``
-        (their root sum of squares) and warn when it is zero: steering then changes nothing,
+        """Store the layers actually steered (``info["steered_layers"]``: a ``layer_window``
+        is cut at the last block) and the norm of the vector there (``info["vector_norm"]``,
+        their root sum of squares), and warn when it is zero: steering then changes nothing,
         whatever layer and alpha the record names."""
         layer = self.info.get("layer")
         if self.vector is None or not (isinstance(layer, int) or layer == "all"):
@@ -248,6 +249,7 @@ class SteeringMethod(Method):
         layers = [la for la in steered if la in self.vector.layers]
         norm = float(sum(float(self.vector[la].norm()) ** 2 for la in layers) ** 0.5)
         self.info["vector_norm"] = norm
+        self.info["steered_layers"] = layers
         if norm == 0.0:
             warnings.warn(
                 f"{self.name}: the steering vector is exactly zero at layer(s) {layers}; the "
