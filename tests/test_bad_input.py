@@ -420,7 +420,7 @@ def test_cross_task_icl_refuses_sources_smaller_than_k(lm):
     with pytest.raises(ValueError, match=r"source train pools \{'tiny': 2\} are smaller than k=4"):
         methods.get("cross_task_icl")(k=4).fit(lm, [tiny], tgt)
     with pytest.raises(ValueError, match=r"n_candidates \(2\) must be >= k \(4\)"):
-        methods.get("cross_task_icl")(k=4, n_candidates=2)
+        methods.get("cross_task_icl")(k=4, n_candidates=2, demo_choice="similar")
 
 
 def test_layer_window_cut_at_the_last_block_is_recorded(lm):

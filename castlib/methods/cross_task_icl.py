@@ -44,7 +44,7 @@ class CrossTaskICL(Method):
             raise ValueError("demo_choice must be 'random' or 'similar'")
         if self.params.k < 1:
             raise ValueError("k must be >= 1")
-        if self.params.n_candidates < self.params.k:
+        if self.params.demo_choice == "similar" and self.params.n_candidates < self.params.k:
             raise ValueError(
                 f"n_candidates ({self.params.n_candidates}) must be >= k ({self.params.k})"
             )
