@@ -196,6 +196,9 @@ def score_prompts(
     With ``prefix_cache=True`` the prompts' shared demonstration prefix runs once and is reused
     from its key/value cache (`castlib.prefix_cache.score_prompts_cached`; not with steering).
 
+    Refused before any forward pass: blank prompts, an empty answer list, ``batch_size`` < 1,
+    and a prompt that with its longest answer exceeds the model's context.
+
     Returns ``(scores [n_prompts, n_answers], prompt token counts)``.
     """
     prompts = check_prompts(prompts)

@@ -84,7 +84,8 @@ def record_activations(
 
     Args:
         lm: a loaded model (`castlib.load_model`).
-        prompts: the prompts (non-empty list of strings).
+        prompts: the prompts (a non-empty list of non-blank strings, each within the model's
+            context, `LanguageModel.context_length`; refused otherwise).
         layers: block indices to read (default: all), in any order; the result follows the
             sorted order of the requested layers.
         batch_size: prompts per forward pass.

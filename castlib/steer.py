@@ -216,7 +216,8 @@ def steer(
         lm: the model.
         vector: a `SteeringVector`, ``{layer: [hidden]}``, a ``[hidden]`` tensor (with
             ``layers``) or a ``[n_layers, hidden]`` tensor.
-        alpha: the scale (the same at every steered layer; split it yourself across layers).
+        alpha: the scale, a finite number (the same at every steered layer; split it yourself
+            across layers). NaN and infinities are refused.
         layers: which layers to steer (default: every layer the vector has).
         positions: ``"last"`` (last real prompt token and every generated token) or ``"all"``.
         norm_preserving: rescale each steered state to its original norm.

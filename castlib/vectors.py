@@ -253,7 +253,10 @@ class SteeringVector:
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
-        """Read a vector written by `save`."""
+        """Read a vector written by `save`.
+
+        A missing file raises FileNotFoundError; an unreadable file, a tensor not named
+        ``layer.<index>`` or bad metadata raise ValueError naming the path."""
         from safetensors import safe_open
 
         path = Path(path)

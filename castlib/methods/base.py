@@ -270,7 +270,8 @@ class Method:
         seed: int = 0,
     ) -> Method:
         """Fit on (model, source tasks, target task, seed); the target's test split is never
-        read."""
+        read. A target given among the sources is allowed (with a warning), and the record
+        then says ``uses_target_labels=True``."""
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"{self.name}: seed must be an int, got {seed!r}")
         src = resolve_tasks(sources, self.params.data_dir)
