@@ -150,7 +150,10 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 def check_params(params: Any, owner: str) -> Any:
     """A copy of the frozen dataclass ``params`` whose fields match their annotations (see
     `_coerce`), with ``batch_size`` >= 1; errors name ``owner`` and the field."""
-    hints = typing.get_type_hints(type(params))
+    try:
+        hints = typing.get_type_hints(type(params))
+    except Exception:  # noqa: BLE001 - unresolvable annotations of a user's class: not checked
+        hints = {}
     changes = {}
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
