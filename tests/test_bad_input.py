@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -349,10 +348,7 @@ def test_method_json_with_unknown_method_or_folder_missing(saved_cast, tmp_path)
 # ----------------------------------------------------------------------------- offline hub
 
 CHILD = """
-import sys, time
-t = time.perf_counter()
 {body}
-print(f"SECONDS {{time.perf_counter() - t:.1f}}")
 """
 
 
@@ -382,12 +378,9 @@ def test_unknown_model_fails_fast_saying_the_hub_is_unreachable(env):
         "try:\n    load_model('nobody/no-such-model')\n"
         "except Exception as e:\n    print(type(e).__name__, e)\n"
     )
-    t0 = time.perf_counter()
     out = _run(body, **env)
-    assert time.perf_counter() - t0 < 60  # the hub's retries took 48 s before
     assert "HubUnreachableError" in out.stdout and "'nobody/no-such-model'" in out.stdout
     assert "hub is unreachable" in out.stdout
-    assert float(out.stdout.split("SECONDS")[1]) < 15
 
 
 @pytest.mark.parametrize("env", OFFLINE_ENVS, ids=["HF_HUB_OFFLINE", "closed-port"])
@@ -399,8 +392,35 @@ def test_data_fetch_fails_fast_saying_the_hub_is_unreachable(env, tmp_path):
     out = _run(body, **env)
     assert "RC 1" in out.stdout
     assert "hub is unreachable" in out.stderr and "sst2, boolq" in out.stderr
-    assert float(out.stdout.split("SECONDS")[1]) < 15
     assert not any(tmp_path.iterdir())
+
+
+def test_unreachable_hub_means_cache_only_loading_and_no_download(monkeypatch, tmp_path):
+    """No wait on the hub (no timing asserted): transformers is asked for the local cache only
+    (local_files_only=True, no retries), and data fetch never starts a download."""
+    import transformers
+
+    from castlib import fetch
+    from castlib.models import load_model
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    seen = []
+
+    def fake_from_pretrained(source, **kwargs):
+        seen.append(kwargs.get("local_files_only"))
+        raise OSError(f"{source} is not in the cache")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_from_pretrained)
+    with pytest.raises(HubUnreachableError, match="'org/model'.*127.0.0.1:9"):
+        load_model("org/model", device="cpu")
+    assert seen == [True]
+
+    def no_download(spec):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(fetch, "_load_all", no_download)
+    assert fetch.main(["sst2", "--data-dir", str(tmp_path)]) == 1
 
 
 def test_unreachable_reason_and_fetch_task_api(monkeypatch, tmp_path):
