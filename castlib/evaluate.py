@@ -28,10 +28,17 @@ import torch
 from .last_token import SCORING_CACHED, Config, sweep_scores
 from .logprobs import answer_token_ids, continuation_log_probs  # noqa: F401 - re-exported
 from .models import LanguageModel
+from .padding import encode
 from .prefix_cache import score_prompts_cached
 from .prompts import zero_shot
 from .scoring import score_plain
-from .tasks import Example, Task, sample_examples
+from .tasks import Example, Task, load_task, sample_examples
+from .validate import (
+    check_optional_positive_int,
+    check_positive_int,
+    check_prompts,
+    check_token_lengths,
+)
 
 __all__ = [
     "EvalResult",
@@ -113,8 +120,29 @@ def score_prompts(
     shared demonstration prefix runs once and is reused from its key/value cache
     (`castlib.prefix_cache.score_prompts_cached`; not with steering).
 
+    Refused before any forward pass: blank prompts, an empty answer list, ``batch_size`` < 1,
+    and a prompt that with its longest answer exceeds the model's context.
+
     Returns ``(scores [n_prompts, n_answers], prompt token counts)``.
     """
+    prompts = check_prompts(prompts)
+    if isinstance(answers, (str, bytes)) or not isinstance(answers, Sequence):
+        raise TypeError(f"answers must be a list of strings, got {answers!r}")
+    answers = list(answers)
+    if not answers:
+        raise ValueError("answers is empty: give the answer strings to score, e.g. ['yes', 'no']")
+    if not all(isinstance(a, str) for a in answers):
+        raise TypeError(f"answers must be strings, got {answers!r}")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    answer_ids = answer_token_ids(lm.tokenizer, answers)
+    prompt_ids = encode(lm.tokenizer, prompts)
+    longest = max(len(row) for row in answer_ids)
+    check_token_lengths(
+        [len(row) + longest for row in prompt_ids],
+        lm.context_length,
+        lm.name,
+        what="prompt (with its longest answer)",
+    )
     if prefix_cache:
         return score_prompts_cached(lm, prompts, answers, batch_size=batch_size, progress=progress)
     return score_plain(lm, prompts, answers, batch_size=batch_size, progress=progress)
@@ -144,12 +172,14 @@ def select_examples(
     sample_seed: int = 0,
 ) -> list[Example]:
     """The rows of ``task``'s ``split`` to score: all, the first ``limit``, or a seeded sample."""
+    limit = check_optional_positive_int(limit, "limit")
+    sample = check_optional_positive_int(sample, "sample")
+    if isinstance(sample_seed, bool) or not isinstance(sample_seed, int):
+        raise TypeError(f"sample_seed must be an int, got {sample_seed!r}")
     rows = task.split(split)
     if limit is not None and sample is not None:
         raise ValueError("give limit (the first rows) or sample (a seeded sample), not both")
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
         return list(rows[:limit])
     return sample_examples(rows, sample, sample_seed)
 
@@ -174,7 +204,7 @@ def _examples(
 
 def evaluate(
     lm: LanguageModel,
-    task: Task,
+    task: Task | str,
     prompt: Builder | Sequence[str] | None = None,
     split: str = "test",
     limit: int | None = None,
@@ -199,17 +229,38 @@ def evaluate(
         prefix_cache: run the prompts' shared demonstration prefix once and score each query
             against its key/value cache (`castlib.prefix_cache`; refused while steering).
 
-    Works inside a `castlib.steer` context (the steering applies to every forward pass).
+    ``task`` may be a task name, loaded with `castlib.tasks.load_task` from the default data
+    directory. Works inside a `castlib.steer` context (the steering applies to every forward
+    pass).
     """
+    if isinstance(task, str):
+        task = load_task(task)
+    elif not isinstance(task, Task):
+        raise TypeError(f"task must be a Task or a task name, got {type(task).__name__}")
+    batch_size = check_positive_int(batch_size, "batch_size")
     examples = _examples(task, split, limit, sample, sample_seed, examples)
     start = time.perf_counter()
     prompts = build_prompts(task, examples, prompt)
     scores, n_tokens = score_prompts(
         lm, prompts, task.labels, batch_size, progress, prefix_cache=prefix_cache
     )
+    _check_finite(lm, task, split, examples, scores)
     seconds = time.perf_counter() - start
     scoring = "demo_prefix_cached" if prefix_cache else "full"
     return result_from_scores(task, split, examples, scores, n_tokens, seconds, scoring)
+
+
+def _check_finite(
+    lm: LanguageModel, task: Task, split: str, examples: Sequence[Example], scores: torch.Tensor
+) -> None:
+    """Refuse NaN log-probabilities (no prediction can be made from them)."""
+    nan_rows = [ex.id for row, ex in enumerate(examples) if torch.isnan(scores[row]).any()]
+    if nan_rows:
+        raise FloatingPointError(
+            f"{lm.name} gave NaN log-probabilities on {task.name}/{split} rows {nan_rows[:5]}"
+            f"{' ...' if len(nan_rows) > 5 else ''}; no prediction can be made (a steering "
+            f"scale too large for the dtype, or a broken model)"
+        )
 
 
 def result_from_scores(
@@ -277,6 +328,8 @@ def evaluate_sweep(
     start = time.perf_counter()
     prompts = build_prompts(task, examples, prompt)
     all_scores, n_tokens = sweep_scores(lm, prompts, task.labels, configs, batch_size, progress)
+    for scores in all_scores:
+        _check_finite(lm, task, split, examples, scores)
     seconds = (time.perf_counter() - start) / len(configs)
     return [
         result_from_scores(task, split, examples, scores, n_tokens, seconds, SCORING_CACHED)

@@ -50,6 +50,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from .hub import HubUnreachableError, unreachable_reason
 from .tasks import RowLabelError, parse_row
 
 __all__ = [
@@ -1010,6 +1011,12 @@ def fetch_task(
     if meta_path.exists() and not overwrite:
         log.info("%s: %s exists, skipping (use overwrite=True to refetch)", spec.name, meta_path)
         return out_dir
+    reason = unreachable_reason()
+    if reason is not None:
+        raise HubUnreachableError(
+            f"cannot fetch {spec.name} ({spec.hub_id}): the Hugging Face hub is unreachable: "
+            f"{reason}"
+        )
     log.info("%s: loading %s (%s)", spec.name, spec.hub_id, spec.config or "default")
     loaded, commit, revision = _load_all(spec)
     rows, stats = select_rows(spec, loaded, _caps(spec, max_train, max_test), seed)
@@ -1102,6 +1109,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    pending = [
+        s for s in specs if args.overwrite or not (args.data_dir / s.name / "meta.json").exists()
+    ]
+    reason = unreachable_reason() if pending else None
+    if reason is not None:
+        print(
+            f"error: the Hugging Face hub is unreachable ({reason}); cannot fetch "
+            f"{', '.join(s.name for s in pending)}",
+            file=sys.stderr,
+        )
+        return 1
     failed: list[str] = []
     for spec in specs:
         try:

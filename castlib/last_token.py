@@ -39,6 +39,7 @@ from .models import LanguageModel
 from .padding import encode, iter_batches, position_ids_from_mask
 from .prefix_cache import _new_cache
 from .steer import active_steer_hooks
+from .validate import check_positive_int, check_prompts, check_token_lengths
 
 __all__ = ["Config", "sweep_scores", "fork_cache", "cacheable_prompts", "SCORING_CACHED"]
 
@@ -135,13 +136,21 @@ def sweep_scores(
             "sweep_scores runs its own steering configurations; leave the outer steer context"
         )
     baseline_hooks = _foreign_hooks(lm)
-    prompt_ids = encode(lm.tokenizer, prompts)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    prompt_ids = encode(lm.tokenizer, check_prompts(prompts))
     short = [i for i, row in enumerate(prompt_ids) if len(row) < 2]
     if short:
         raise ValueError(
             f"prompt {short[0]} has a single token: nothing to cache before the last token"
         )
     answer_ids = answer_token_ids(lm.tokenizer, answers)
+    longest = max(len(row) for row in answer_ids)
+    check_token_lengths(
+        [len(row) + longest for row in prompt_ids],
+        lm.context_length,
+        lm.name,
+        what="prompt (with its longest answer)",
+    )
     firsts = [row[0] for row in answer_ids]
     single = all(len(r) == 1 for r in answer_ids) and len(set(firsts)) == len(firsts)
     n, k = len(prompt_ids), len(answer_ids)

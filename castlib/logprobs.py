@@ -21,6 +21,7 @@ from .models import LanguageModel
 from .padding import pad, position_ids_from_mask
 from .prompts import continuation
 from .steer import override_positions
+from .validate import check_token_lengths
 
 __all__ = ["answer_token_ids", "continuation_log_probs"]
 
@@ -45,6 +46,7 @@ def continuation_log_probs(
     `castlib.steer` context the last prompt token and every continuation token are steered
     (as generation would steer them). Differentiable (used for adapter training too).
     """
+    check_token_lengths([len(r) for r in rows], lm.context_length, lm.name, what="sequence")
     ids, mask = pad(list(rows), lm.tokenizer.pad_token_id, "left", lm.device)
     width = ids.shape[1]
     keep = max(conts) + 1

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch import nn
 
 from .activation_store import ActivationStore, store_from_env
 from .architectures import BLOCK_PATHS
+from .hub import HubUnreachableError, unreachable_reason
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -117,12 +119,18 @@ class LanguageModel:
         """Validate layer indices (negative ones count from the end) and return them sorted."""
         if layers is None:
             return list(range(self.n_layers))
-        if isinstance(layers, int):
-            layers = [layers]
+        if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+            layers = [int(layers)]
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+            raise TypeError(
+                f"layers must be an int or a list of ints (0..{self.n_layers - 1}), got {layers!r}"
+            )
+        layers = list(layers)
         out = []
         for layer in layers:
-            if not isinstance(layer, int) or isinstance(layer, bool):
-                raise TypeError(f"layer indices must be int, got {layer!r}")
+            if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
+                raise TypeError(f"layer indices must be int, got {layer!r} in layers={layers!r}")
+            layer = int(layer)
             if not -self.n_layers <= layer < self.n_layers:
                 raise IndexError(
                     f"layer {layer} out of range: {self.name} has {self.n_layers} decoder blocks "
@@ -134,6 +142,23 @@ class LanguageModel:
         if len(set(out)) != len(out):
             raise ValueError(f"duplicate layers in {list(layers)}")
         return sorted(out)
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest token sequence the model accepts (its position table or trained
+        context: ``max_position_embeddings``, ``n_positions``, ``n_ctx``, ``max_seq_len``;
+        the smallest one set), or None when the config names none."""
+        configs = [self.model.config]
+        text_config = getattr(self.model.config, "text_config", None)
+        if text_config is not None:
+            configs.append(text_config)
+        found = []
+        for config in configs:
+            for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+                value = getattr(config, key, None)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    found.append(value)
+        return min(found) if found else None
 
     def __repr__(self) -> str:
         return (
@@ -389,6 +414,9 @@ def load_model(
         )
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"name_or_path must be a model id or folder, got {name_or_path!r}")
+    name_or_path = str(name_or_path)
     if device_map is not None:
         from_pretrained_kwargs = {
             **from_pretrained_kwargs,
@@ -399,10 +427,22 @@ def load_model(
         source = str(embedded_model_path())
     else:
         source = name_or_path
+    kwargs = dict(from_pretrained_kwargs)
+    offline = None if Path(source).expanduser().is_dir() else unreachable_reason()
+    if offline is not None:
+        kwargs["local_files_only"] = True  # the local Hugging Face cache only: no retries
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **from_pretrained_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, local_files_only=kwargs.get("local_files_only", False)
+        )
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
     except OSError as err:
+        if offline is not None:
+            raise HubUnreachableError(
+                f"cannot load model {name_or_path!r}: not the embedded model "
+                f"({EMBEDDED_MODEL!r}), not a local folder, not in the local Hugging Face cache, "
+                f"and the Hugging Face hub is unreachable: {offline}"
+            ) from err
         raise OSError(
             f"cannot load model {name_or_path!r}: not the embedded model ({EMBEDDED_MODEL!r}), "
             f"not a local folder, and not reachable on the Hugging Face hub ({err})"

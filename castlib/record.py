@@ -25,6 +25,7 @@ from .activation_store import ActivationStore, model_fingerprint
 from .hooks import HookGroup, StopForward, hidden_of
 from .models import LanguageModel
 from .padding import encode, iter_batches, last_token_index
+from .validate import check_positive_int, check_prompts, check_token_lengths
 
 __all__ = ["record_activations", "record_token_ids", "Recording"]
 
@@ -58,6 +59,8 @@ def record_token_ids(
     """`record_activations` for already tokenised prompts."""
     if len(token_ids) == 0:
         raise ValueError("empty prompt list")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    check_token_lengths([len(row) for row in token_ids], lm.context_length, lm.name)
     wanted = lm.check_layers(layers)
     deepest = wanted[-1]
     out = torch.empty((len(token_ids), len(wanted), lm.hidden_size), dtype=torch.float32)
@@ -110,7 +113,8 @@ def record_activations(
 
     Args:
         lm: a loaded model (`castlib.load_model`).
-        prompts: the prompts (non-empty list of strings).
+        prompts: the prompts (a non-empty list of non-blank strings, each within the model's
+            context, `LanguageModel.context_length`; refused otherwise).
         layers: block indices to read (default: all), in any order; the result follows the
             sorted order of the requested layers.
         batch_size: prompts per forward pass.
@@ -122,7 +126,7 @@ def record_activations(
     Returns:
         float32 tensor ``[n_prompts, n_layers, hidden]`` on CPU.
     """
-    ids = encode(lm.tokenizer, prompts)
+    ids = encode(lm.tokenizer, check_prompts(prompts))
     store = store if store is not None else getattr(lm, "activation_store", None)
     if store is None:
         return record_token_ids(lm, ids, layers, batch_size, padding_side, progress)

@@ -58,7 +58,10 @@ Each run writes ``<run_dir>/run.json`` with its status (``"ok"``/``"failed"``), 
 timestamps, wall seconds and, on failure, the error type, message, traceback and failing cell. A
 run that finishes without a readable ``results.json`` counts as failed. A failed run does not
 stop the batch. Rerunning resumes: a run whose run.json says ok with the same parameters and whose
-results.json exists is skipped unless ``--force``; failed runs are retried.
+results.json exists is skipped unless ``--force``; failed runs are retried. A forced rerun of a
+finished run is written beside it (under ``<output_dir>/.castlib-staging/``, which aggregation
+skips) and swapped in only when it succeeds: an interrupted or failed rerun keeps the earlier
+result (the rerun's own notebook then names the staging folder as its ``output_dir``).
 
 ``--executor ray [--address ADDR]`` runs each run as a Ray task instead, with the config's
 ``num_cpus``/``num_gpus`` per run, into the same layout (see castlib.executors); the sequential
@@ -89,6 +92,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -126,6 +130,10 @@ ENTRY_KEYS = ("notebook", "name", "parameters", "grid", *RESOURCE_KEYS)
 RESERVED_PARAMETERS = frozenset({"output_dir"})
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
+#: Folder under output_dir holding forced reruns until they are swapped in (not aggregated).
+STAGING_DIR = ".castlib-staging"
+NEW_SUFFIX = ".new"
+OLD_SUFFIX = ".old"
 SUMMARY_FILE = "summary.csv"
 RUNS_TABLE_FILE = "runs.csv"
 FIGURES_DIR = "figures"
@@ -492,7 +500,10 @@ def _write_json(path: Path, data: Any) -> None:
 
 def is_complete(run: Run, output_dir: str | Path) -> bool:
     """True when the run's run.json says ok with the same parameters and results.json exists."""
-    run_dir = run.run_dir(output_dir)
+    return _complete_in(run, run.run_dir(output_dir))
+
+
+def _complete_in(run: Run, run_dir: Path) -> bool:
     try:
         record = _read_json(run_dir / RUN_FILE)
     except (OSError, ValueError):
@@ -572,9 +583,16 @@ def execute_run(
     """
     import papermill
 
+    _recover_swap(run, output_dir)
     if not force and is_complete(run, output_dir):
         return RunOutcome(run, "skipped")
-    run_dir = run.run_dir(output_dir).resolve()
+    final_dir = run.run_dir(output_dir).resolve()
+    # a forced rerun of a finished run is written beside it and swapped in when it succeeds,
+    # so an interrupted or failed rerun keeps the earlier result
+    swap = force and is_complete(run, output_dir)
+    run_dir = _staging_dir(run, output_dir) if swap else final_dir
+    if swap and run_dir.exists():
+        shutil.rmtree(run_dir)  # left by an earlier interrupted rerun
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (RUN_FILE, RESULTS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
@@ -622,7 +640,49 @@ def execute_run(
     )
     _write_json(run_dir / RUN_FILE, record)
     message = None if error is None else f"{error['type']}: {error['message']}"
+    if swap:
+        if error is None:
+            _swap_in(run_dir, final_dir, _staging_dir(run, output_dir, OLD_SUFFIX))
+        else:
+            message = f"{message} (the earlier result in {final_dir} is kept; this attempt is in {run_dir})"
     return RunOutcome(run, record["status"], seconds, message)
+
+
+def _staging_dir(run: Run, output_dir: str | Path, suffix: str = NEW_SUFFIX) -> Path:
+    """Where a forced rerun of ``run`` is written (``suffix`` NEW_SUFFIX) or the run it replaces
+    waits while the two are swapped (OLD_SUFFIX): under ``<output_dir>/.castlib-staging/``,
+    which `aggregate` skips."""
+    return (Path(output_dir) / STAGING_DIR / (run.run_id + suffix)).resolve()
+
+
+def _swap_in(new: Path, final: Path, old: Path) -> None:
+    """Replace ``final`` by ``new``: ``final`` -> ``old``, ``new`` -> ``final``, drop ``old``.
+    An interruption between the two renames is repaired by `_recover_swap`."""
+    if old.exists():
+        shutil.rmtree(old)
+    old.parent.mkdir(parents=True, exist_ok=True)
+    final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old)
+
+
+def _recover_swap(run: Run, output_dir: str | Path) -> None:
+    """Finish or undo a swap cut between its renames: the run's folder is missing but its
+    previous version waits in the staging area."""
+    final = run.run_dir(output_dir).resolve()
+    old = _staging_dir(run, output_dir, OLD_SUFFIX)
+    if not old.exists():
+        return
+    if final.exists():
+        shutil.rmtree(old)
+        return
+    new = _staging_dir(run, output_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if _complete_in(run, new):
+        new.rename(final)  # the rerun had finished: complete the swap
+        shutil.rmtree(old)
+    else:
+        old.rename(final)
 
 
 def _select(runs: Iterable[Run], only: str | Sequence[str] | None) -> list[Run]:
@@ -722,6 +782,8 @@ def aggregate(output_dir: str | Path, *, figures: bool = True) -> pd.DataFrame:
         raise FileNotFoundError(f"output directory not found: {output_dir}")
     runs: list[dict[str, Any]] = []
     for path in sorted(output_dir.rglob(RUN_FILE)):
+        if STAGING_DIR in path.relative_to(output_dir).parts:
+            continue  # a forced rerun in progress or interrupted (see execute_run)
         try:
             record = _read_json(path)
         except (OSError, ValueError) as exc:

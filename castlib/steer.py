@@ -32,6 +32,7 @@ from torch import nn
 from .hooks import ForwardInfo, HookGroup, hidden_of, watch_inputs, with_hidden
 from .models import LanguageModel
 from .padding import last_token_index
+from .validate import check_finite_number
 from .vectors import SteeringVector
 
 __all__ = ["steer", "Steering", "override_positions", "as_layer_map", "active_steer_hooks"]
@@ -180,7 +181,10 @@ def as_layer_map(
         vector.check_compatible(lm)
         mapping: dict[int, torch.Tensor] = dict(vector.layers)
     elif isinstance(vector, Mapping):
-        mapping = {int(k): torch.as_tensor(v) for k, v in vector.items()}
+        if not vector:
+            raise ValueError("steering vector dict is empty; give {layer: [hidden] tensor}")
+        lm.check_layers(list(vector))  # ints in range, no duplicates (-1 and L-1 alike)
+        mapping = {lm.check_layers(k)[0]: torch.as_tensor(v) for k, v in vector.items()}
     elif isinstance(vector, torch.Tensor):
         if vector.ndim == 1:
             if layers is None:
@@ -230,7 +234,8 @@ def steer(
         lm: the model.
         vector: a `SteeringVector`, ``{layer: [hidden]}``, a ``[hidden]`` tensor (with
             ``layers``) or a ``[n_layers, hidden]`` tensor.
-        alpha: the scale (the same at every steered layer; split it yourself across layers).
+        alpha: the scale, a finite number (the same at every steered layer; split it yourself
+            across layers). NaN and infinities are refused.
         layers: which layers to steer (default: every layer the vector has).
         positions: ``"last"`` (last real prompt token and every generated token) or ``"all"``.
         norm_preserving: rescale each steered state to its original norm.
@@ -243,8 +248,9 @@ def steer(
         raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
     if op not in ("add", "replace"):
         raise ValueError(f"op must be 'add' or 'replace', got {op!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a number, got {alpha!r}")
+    alpha = check_finite_number(alpha, "alpha")
+    if not isinstance(norm_preserving, bool):
+        raise TypeError(f"norm_preserving must be True or False, got {norm_preserving!r}")
     mapping = as_layer_map(lm, vector, layers)
     info = ForwardInfo()
     hooks = HookGroup()

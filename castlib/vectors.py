@@ -13,6 +13,7 @@ the metadata stored in the file header.
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from ._version import __version__
+from .validate import check_finite_number
 
 __all__ = ["SteeringVector", "SITE"]
 
@@ -52,12 +54,33 @@ class SteeringVector:
     version: str = __version__
 
     def __post_init__(self) -> None:
+        for name in ("hidden_size", "n_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SteeringVector {name} must be an int >= 1, got {value!r}")
+        for name in ("model_id", "site", "method", "version"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(
+                    f"SteeringVector {name} must be a string, got {getattr(self, name)!r}"
+                )
+        if not self.model_id.strip():
+            raise ValueError("SteeringVector model_id must name the model the vector was made on")
+        if not isinstance(self.params, Mapping):
+            raise TypeError(f"SteeringVector params must be a dict, got {self.params!r}")
+        if not isinstance(self.layers, Mapping):
+            raise TypeError(f"SteeringVector layers must be a dict, got {type(self.layers)}")
         clean: dict[int, torch.Tensor] = {}
         for layer, vec in self.layers.items():
+            if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+                raise TypeError(f"layer indices must be int, got {layer!r}")
             layer = int(layer)
             if not 0 <= layer < self.n_layers:
                 raise IndexError(f"layer {layer} out of range for a {self.n_layers}-layer model")
+            if layer in clean:
+                raise ValueError(f"layer {layer} given twice")
             vec = torch.as_tensor(vec).detach()
+            if vec.is_complex() or vec.dtype == torch.bool:
+                raise TypeError(f"layer {layer}: vector of dtype {vec.dtype}, expected floats")
             if vec.shape != (self.hidden_size,):
                 raise ValueError(
                     f"layer {layer}: vector of shape {tuple(vec.shape)}, expected "
@@ -85,6 +108,9 @@ class SteeringVector:
         layers = list(range(tensor.shape[0])) if layers is None else list(layers)
         if len(layers) != tensor.shape[0]:
             raise ValueError(f"{tensor.shape[0]} rows but {len(layers)} layer indices")
+        repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+        if repeated:
+            raise ValueError(f"layers {repeated} repeated in layers={layers}: one row per layer")
         return cls(
             layers={layer: tensor[i] for i, layer in enumerate(layers)},
             model_id=model_id,
@@ -113,12 +139,27 @@ class SteeringVector:
         return {layer: float(v.norm()) for layer, v in self.layers.items()}
 
     def check_compatible(self, lm: Any) -> None:
-        """Raise a clear error when ``lm`` has another width or depth than the vector's model."""
+        """Raise a clear error unless ``lm`` is the model the vector was made on: the same
+        ``model_id`` (the name it was loaded as), width and depth, and a vector read at the
+        site castlib writes (``block_output``).
+
+        A vector of the same model loaded under another name (a local copy of a hub id) can
+        be re-labelled explicitly: ``dataclasses.replace(vector, model_id=lm.name)``."""
+        if self.site != SITE:
+            raise ValueError(
+                f"steering vector read at site {self.site!r}; castlib steers at {SITE!r} only"
+            )
         if lm.hidden_size != self.hidden_size or lm.n_layers != self.n_layers:
             raise ValueError(
                 f"steering vector made on {self.model_id!r} (hidden {self.hidden_size}, "
                 f"{self.n_layers} layers) cannot be applied to {lm.name!r} "
                 f"(hidden {lm.hidden_size}, {lm.n_layers} layers)"
+            )
+        if lm.name != self.model_id:
+            raise ValueError(
+                f"steering vector made on model {self.model_id!r} cannot be applied to model "
+                f"{lm.name!r}; if it is the same model under another name, re-label it: "
+                f"dataclasses.replace(vector, model_id={lm.name!r})"
             )
 
     # -- arithmetic ---------------------------------------------------------------------
@@ -129,6 +170,12 @@ class SteeringVector:
             raise ValueError(
                 f"cannot combine vectors of models with different shapes "
                 f"({self.hidden_size}x{self.n_layers} vs {other.hidden_size}x{other.n_layers})"
+            )
+        if other.model_id != self.model_id or other.site != self.site:
+            raise ValueError(
+                f"cannot combine a vector of model {self.model_id!r} (site {self.site!r}) with one "
+                f"of model {other.model_id!r} (site {other.site!r}): activations of different "
+                f"models do not share a basis"
             )
         layers = dict(self.layers)
         for layer, vec in other.layers.items():
@@ -148,14 +195,19 @@ class SteeringVector:
         return self._combine(other, -1.0)
 
     def __mul__(self, scalar: float) -> SteeringVector:
-        if isinstance(scalar, bool) or not isinstance(scalar, (int, float)):
+        if isinstance(scalar, bool) or not isinstance(scalar, numbers.Real):
             return NotImplemented
-        return replace(self, layers={k: v * float(scalar) for k, v in self.layers.items()})
+        scale = check_finite_number(scalar, "scale")
+        return replace(self, layers={k: v * scale for k, v in self.layers.items()})
 
     __rmul__ = __mul__
 
     def __truediv__(self, scalar: float) -> SteeringVector:
-        return self * (1.0 / scalar)
+        if isinstance(scalar, bool) or not isinstance(scalar, numbers.Real):
+            return NotImplemented
+        if check_finite_number(scalar, "divisor") == 0:
+            raise ZeroDivisionError("cannot divide a steering vector by 0")
+        return self * (1.0 / float(scalar))
 
     def __neg__(self) -> SteeringVector:
         return self * -1.0
@@ -190,21 +242,62 @@ class SteeringVector:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.layers.items()}
-        save_file(tensors, str(path), metadata={"castlib": json.dumps(self.metadata())})
+        try:
+            header = json.dumps(self.metadata(), allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"cannot save the steering vector to {path}: its metadata is not plain JSON ({err})"
+            ) from err
+        save_file(tensors, str(path), metadata={"castlib": header})
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
-        """Read a vector written by `save`."""
+        """Read a vector written by `save`.
+
+        A missing file raises FileNotFoundError; an unreadable file, a tensor not named
+        ``layer.<index>`` or bad metadata raise ValueError naming the path."""
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            if "castlib" not in header:
-                raise ValueError(f"{path} is not a castlib steering vector (no castlib metadata)")
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"steering vector file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                keys = list(f.keys())
+                tensors = {key: f.get_tensor(key) for key in keys}
+        except Exception as err:  # noqa: BLE001 - SafetensorError and friends: name the file
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({type(err).__name__}: {err})"
+            ) from err
+        if "castlib" not in header:
+            raise ValueError(f"{path} is not a castlib steering vector (no castlib metadata)")
+        try:
             meta = json.loads(header["castlib"])
-            layers = {int(key.split(".", 1)[1]): f.get_tensor(key) for key in f.keys()}
-        return cls(layers=layers, **meta)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: castlib metadata is not valid JSON ({err.msg})") from err
+        fields = {"model_id", "hidden_size", "n_layers", "site", "method", "params", "version"}
+        if not isinstance(meta, dict) or not {"model_id", "hidden_size", "n_layers"} <= set(meta):
+            raise ValueError(
+                f"{path}: castlib metadata must be an object with at least model_id, hidden_size "
+                f"and n_layers, got {meta!r}"
+            )
+        unknown = sorted(set(meta) - fields)
+        if unknown:
+            raise ValueError(f"{path}: unknown castlib metadata keys {unknown}")
+        layers = {}
+        for key, tensor in tensors.items():
+            prefix, _, index = key.partition(".")
+            if not (prefix == "layer" and index.isascii() and index.isdigit()) or index != str(
+                int(index)
+            ):
+                raise ValueError(f"{path}: tensor {key!r} is not named layer.<index>")
+            layers[int(index)] = tensor
+        try:
+            return cls(layers=layers, **meta)
+        except (TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"{path}: invalid steering vector ({err})") from err
 
     def to_gguf(self, path: str | Path, *, model_hint: str | None = None) -> Path:
         """Write a llama.cpp control vector (see `castlib.interop.to_gguf`)."""

@@ -487,3 +487,54 @@ def test_default_kernel_is_the_running_interpreter_whatever_the_user_has(
     assert "CASTLIB_ACTIVATION_STORE" not in __import__("os").environ
     record = json.loads((run_dir / "run.json").read_text())
     assert record["kernel"] == "current-env" and record["python"] == sys.executable
+
+
+def test_forced_rerun_keeps_the_earlier_result_until_it_succeeds(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--force writes beside the finished run and swaps at the end: an interrupted or failed
+    rerun leaves the earlier run.json/results.json in place, and aggregation ignores it."""
+    import papermill
+
+    run = R.Run(workdir / "nbs" / "good.ipynb", {"x": 1}, "good/x=1", {"x": 1}, "nbs/good.ipynb")
+    out = workdir / "out"
+    calls = {"n": 0}
+
+    def fake_execute(src, dst, parameters, **kwargs):
+        calls["n"] += 1
+        folder = Path(parameters["output_dir"])
+        (folder / "results.json").write_text(json.dumps([{"accuracy": calls["n"] / 10}]))
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed mid-rerun, after writing partial outputs
+        if calls["n"] == 3:
+            raise ValueError("boom in the rerun")
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    assert R.execute_run(run, out).status == "ok"
+    final = run.run_dir(out)
+    first = (final / "run.json").read_text(), (final / "results.json").read_text()
+
+    with pytest.raises(KeyboardInterrupt):
+        R.execute_run(run, out, force=True)
+    assert ((final / "run.json").read_text(), (final / "results.json").read_text()) == first
+    assert R.aggregate(out, figures=False)["accuracy"].tolist() == [0.1]
+
+    failed = R.execute_run(run, out, force=True)
+    assert failed.status == "failed" and "earlier result" in failed.error
+    assert ((final / "run.json").read_text(), (final / "results.json").read_text()) == first
+
+    assert R.execute_run(run, out, force=True).status == "ok"
+    assert json.loads((final / "results.json").read_text()) == [{"accuracy": 0.4}]
+    assert not (out / R.STAGING_DIR / "good" / "x=1.old").exists()
+    assert R.aggregate(out, figures=False)["accuracy"].tolist() == [0.4]
+
+
+def test_swap_cut_between_renames_is_repaired(workdir: Path) -> None:
+    run = R.Run(workdir / "nbs" / "good.ipynb", {"x": 1}, "good/x=1", {"x": 1}, "nbs/good.ipynb")
+    out = workdir / "out"
+    old = R._staging_dir(run, out, R.OLD_SUFFIX)
+    old.mkdir(parents=True)
+    (old / "results.json").write_text("[]")
+    (old / "run.json").write_text(json.dumps({"status": "ok", "parameters": {"x": 1}}))
+    R._recover_swap(run, out)  # the run folder was renamed away and the rerun never landed
+    assert R.is_complete(run, out) and not old.exists()

@@ -181,7 +181,7 @@ def test_vector_cast_to_activation_dtype(tokenizer, prompts):
 def test_steering_vector_and_errors(lm, tokenizer):
     sv = SteeringVector(
         layers={1: torch.randn(lm.hidden_size)},
-        model_id="x",
+        model_id=lm.name,
         hidden_size=lm.hidden_size,
         n_layers=lm.n_layers,
     )

@@ -58,5 +58,19 @@ __all__ = [
 def load(folder: str | Path) -> Method:
     """Reload a method saved with ``method.save(folder)``, ready to evaluate."""
     folder = Path(folder)
-    doc = json.loads((folder / "method.json").read_text())
-    return get(doc["method"])._restore(folder, doc)
+    path = folder / "method.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; is {folder} a folder saved by method.save?"
+        )
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
+        raise ValueError(f"{path}: no 'method' name; was it written by method.save?")
+    try:
+        cls = get(doc["method"])
+    except KeyError as err:
+        raise ValueError(f"{path}: {err.args[0]}") from err
+    return cls._restore(folder, doc)

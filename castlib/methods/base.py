@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..last_token import SCORING_CACHED
 from ..models import LanguageModel
 from ..profiling import profile
 from ..tasks import Example, Task, load_task
+from ..validate import check_params
 from ..vectors import SteeringVector
 
 __all__ = [
@@ -40,6 +42,10 @@ __all__ = [
 ]
 
 TaskRef = str | Task
+
+VECTOR_FILE = "vector.safetensors"
+#: Keys `Method._restore` reads from ``method.json``.
+RESTORE_KEYS = ("params", "seed", "sources", "target", "model_id", "info", "fit_stats", "state")
 
 #: Keys of every result record (methods may add more).
 RESULT_FIELDS = (
@@ -69,7 +75,11 @@ RESULT_FIELDS = (
 
 def resolve_task(task: TaskRef, data_dir: str | Path | None = None) -> Task:
     """A loaded task, from a name or a `Task`."""
-    return task if isinstance(task, Task) else load_task(task, data_dir)
+    if isinstance(task, Task):
+        return task
+    if not isinstance(task, str):
+        raise TypeError(f"a task must be a Task or a task name, got {task!r}")
+    return load_task(task, data_dir)
 
 
 def resolve_tasks(
@@ -145,6 +155,9 @@ class Method:
     """Base class: parameters, fit/evaluate protocol, result records, save/load."""
 
     name: ClassVar[str] = ""
+    #: whether fitting reads the source tasks' labelled rows (a target among the sources then
+    #: means the target's labels were used)
+    uses_sources: ClassVar[bool] = True
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -157,7 +170,7 @@ class Method:
         if unknown:
             raise TypeError(f"{self.name}: unknown parameter(s) {unknown}; valid: {sorted(fields)}")
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        self.params = self.Params(**params)
+        self.params = check_params(self.Params(**params), self.name)
         self.check_params()
         self.fitted = False
         self.seed: int | None = None
@@ -192,6 +205,12 @@ class Method:
         method is a labelled reference, not a label-free competitor of CAST."""
         return False
 
+    @property
+    def uses_labels_of_target(self) -> bool:
+        """What the record says: `uses_target_labels`, or the target was one of the sources
+        (its train labels were then read as a source's)."""
+        return self.uses_target_labels or (self.uses_sources and self.target in self.sources)
+
     def prefix_cache(self) -> bool:
         """Whether every evaluation prompt shares a demonstration prefix whose key/value cache
         `castlib.evaluate` should reuse (`castlib.prefix_cache`)."""
@@ -210,6 +229,8 @@ class Method:
         """Inverse of `state`."""
 
     vector: SteeringVector | None = None
+    #: whether the fitted state includes a steering vector (``vector.safetensors`` on save)
+    needs_vector: ClassVar[bool] = False
 
     # -- protocol ---------------------------------------------------------------------------
     def fit(
@@ -220,9 +241,23 @@ class Method:
         seed: int = 0,
     ) -> Method:
         """Fit on (model, source tasks, target task, seed); the target's test split is never
-        read."""
+        read. A target given among the sources is allowed (with a warning), and the record
+        then says ``uses_target_labels=True``."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"{self.name}: seed must be an int, got {seed!r}")
         src = resolve_tasks(sources, self.params.data_dir)
         tgt = resolve_task(target, self.params.data_dir)
+        names = [t.name for t in src]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"{self.name}: source tasks {repeated} given more than once")
+        if self.uses_sources and tgt.name in names:
+            warnings.warn(
+                f"{self.name}: the target {tgt.name!r} is among the sources {names}; its train "
+                f"labels are used, and the record says uses_target_labels=True",
+                stacklevel=2,
+            )
+        self.info = {}
         torch.manual_seed(seed)
         with measure(lm.device) as stats:
             self._fit(lm, src, tgt, seed)
@@ -254,6 +289,11 @@ class Method:
         tgt = resolve_task(target, self.params.data_dir)
         if self.target is not None and tgt.name != self.target:
             raise ValueError(f"{self.name} was fitted for target {self.target!r}, not {tgt.name!r}")
+        if self.model_id is not None and self.model_id != lm.name:
+            raise ValueError(
+                f"{self.name} was fitted on model {self.model_id!r}; it cannot be evaluated on "
+                f"model {lm.name!r} (refit it on that model)"
+            )
         if self.vector is not None:
             self.vector.check_compatible(lm)
         examples = select_examples(tgt, split, limit, sample, sample_seed)
@@ -307,7 +347,7 @@ class Method:
             "eval_seconds": stats["seconds"],
             "peak_memory_mb": max(self.fit_stats["peak_memory_mb"], stats["peak_memory_mb"]),
             "trainable_params": self.info.get("trainable_params", 0),
-            "uses_target_labels": self.uses_target_labels,
+            "uses_target_labels": self.uses_labels_of_target,
             "scoring": result.scoring,
             "castlib_version": __version__,
         }
@@ -324,9 +364,10 @@ class Method:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.vector is not None:
-            self.vector.save(folder / "vector.safetensors")
+            self.vector.save(folder / VECTOR_FILE)
         doc = {
             "method": self.name,
+            "vector": VECTOR_FILE if self.vector is not None else None,
             "params": dataclasses.asdict(self.params),
             "seed": self.seed,
             "sources": self.sources,
@@ -342,16 +383,35 @@ class Method:
 
     @classmethod
     def _restore(cls, folder: Path, doc: dict[str, Any]) -> Method:
+        where = folder / "method.json"
+        missing = [key for key in RESTORE_KEYS if key not in doc]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing}; was it written by method.save?")
+        if not isinstance(doc["params"], dict) or not isinstance(doc["info"], dict):
+            raise ValueError(f"{where}: 'params' and 'info' must be JSON objects")
         method = cls(**doc["params"])
-        vec = folder / "vector.safetensors"
-        method.vector = SteeringVector.load(vec) if vec.is_file() else None
+        vec = folder / VECTOR_FILE
+        # saves before the "vector" key: a steering vector was written when the file exists
+        wants_vector = doc.get("vector", VECTOR_FILE if vec.is_file() else None) is not None
+        if wants_vector and not vec.is_file():
+            raise FileNotFoundError(
+                f"{where} names a steering vector but {vec} is missing; the save is incomplete"
+            )
+        method.vector = SteeringVector.load(vec) if wants_vector else None
         method.seed = doc["seed"]
         method.sources = list(doc["sources"])
         method.target = doc["target"]
         method.model_id = doc["model_id"]
         method.info = dict(doc["info"])
         method.fit_stats = dict(doc["fit_stats"])
-        method.load_state(doc["state"])
+        try:
+            method.load_state(doc["state"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{where}: invalid fitted state ({type(err).__name__}: {err})"
+            ) from err
+        if method.needs_vector and method.vector is None:
+            raise FileNotFoundError(f"{cls.name} needs its steering vector: {vec} is missing")
         method.fitted = True
         return method
 

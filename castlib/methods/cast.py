@@ -41,7 +41,7 @@ from ..record import record_activations
 from ..selection import SELECTION_METHODS, select
 from ..tasks import Example, Task
 from .registry import register
-from .steering import SteeringMethod, icl_activations, make_vector
+from .steering import SteeringMethod, icl_activations, make_vector, tuning_rows_per_source
 
 __all__ = ["CAST", "CONTRASTS", "SelectionParams"]
 
@@ -94,6 +94,16 @@ class CAST(SteeringMethod):
             raise ValueError("source_weighting must be 'none' or 'similarity'")
         if p.m < 1 or p.k < 0 or p.n_candidates < p.m:
             raise ValueError(f"need m >= 1, k >= 0 and n_candidates >= m (got {p})")
+        if p.k == 0 and p.contrast != "fewshot_only":
+            raise ValueError(
+                f"k=0 with contrast={p.contrast!r}: with no demonstrations Pk(s) = P0(s), so every "
+                f"delta and the vector are exactly zero; use k >= 1"
+            )
+        if p.n_queries < 0 or p.graph_k < 1 or p.diffusion_steps < 0 or p.gamma < 0:
+            raise ValueError(
+                f"need n_queries >= 0, graph_k >= 1, diffusion_steps >= 0 and gamma >= 0 "
+                f"(got {p.n_queries}, {p.graph_k}, {p.diffusion_steps}, {p.gamma})"
+            )
         if p.tau <= 0:
             raise ValueError("tau must be > 0")
 
@@ -109,19 +119,42 @@ class CAST(SteeringMethod):
         return acts[:, 0]
 
     def draw(
-        self, sources: list[Task], target: Task, rng: random.Random
+        self,
+        sources: list[Task],
+        target: Task,
+        rng: random.Random,
+        held_out: int | None = None,
     ) -> tuple[list[tuple[Task, Example]], list[Example]]:
-        """Step 1's draws from ``rng`` in a fixed order: ``n_candidates`` per source task (pooled),
-        then ``n_queries`` unlabelled inputs of the target's train pool (never its test split)."""
+        """Step 1's draws from ``rng`` in a fixed order: the candidates of each source task
+        (pooled), then ``n_queries`` unlabelled inputs of the target's train pool (never its
+        test split).
+
+        Each source gives ``min(n_candidates, train size - held_out)`` candidates (recorded as
+        ``info["n_candidates_effective"]``); ``held_out`` (default: the rows the ``source``
+        tuning protocol draws per source, 0 for ``target_dev``) stays free for tuning."""
         p = self.params
+        # the source protocol tunes on held-out rows of each source: keep them out of the pool
+        if held_out is None:
+            held_out = (
+                tuning_rows_per_source(p.n_tune, len(sources)) if p.protocol == "source" else 0
+            )
         candidates: list[tuple[Task, Example]] = []
+        effective: dict[str, int] = {}
         for task in sources:
             pool = list(task.train)
-            if len(pool) < 2:
-                raise ValueError(f"source task {task.name} has fewer than 2 train examples")
-            candidates += [(task, ex) for ex in rng.sample(pool, min(p.n_candidates, len(pool)))]
+            n = min(p.n_candidates, len(pool) - held_out)
+            if n < 2:
+                raise ValueError(
+                    f"source task {task.name} has {len(pool)} train examples: CAST needs at least "
+                    f"2 candidates{f' plus {held_out} held out for tuning' if held_out else ''}"
+                )
+            effective[task.name] = n
+            candidates += [(task, ex) for ex in rng.sample(pool, n)]
+        self.info["n_candidates_effective"] = effective
         if len(candidates) < p.m:
-            raise ValueError(f"only {len(candidates)} source candidates for m={p.m}")
+            raise ValueError(
+                f"only {len(candidates)} source candidates ({effective}) for m={p.m}; lower m"
+            )
         queries = list(target.train)
         queries = rng.sample(queries, min(p.n_queries, len(queries))) if p.n_queries > 0 else []
         return candidates, queries
@@ -215,7 +248,7 @@ class CAST(SteeringMethod):
             source_weights=weights,
         )
         # 5. (l*, alpha)
-        used = {ex.id for _, ex in candidates}
+        used = {f"{t.name}:{ex.id}" for t, ex in candidates}
         self.tune(lm, sources, target, used, rng)
 
     def _contrast(self, h_k: torch.Tensor, h_0: torch.Tensor) -> torch.Tensor:

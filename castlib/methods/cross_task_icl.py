@@ -46,6 +46,10 @@ class CrossTaskICL(Method):
             raise ValueError("demo_choice must be 'random' or 'similar'")
         if self.params.k < 1:
             raise ValueError("k must be >= 1")
+        if self.params.demo_choice == "similar" and self.params.n_candidates < self.params.k:
+            raise ValueError(
+                f"n_candidates ({self.params.n_candidates}) must be >= k ({self.params.k})"
+            )
 
     def _embed(self, lm: LanguageModel, items: Sequence[tuple[Task, Example]]) -> torch.Tensor:
         acts = record_activations(
@@ -62,8 +66,14 @@ class CrossTaskICL(Method):
         self.layer_e = lm.check_layers(
             [p.embed_layer if p.embed_layer is not None else lm.n_layers // 2]
         )[0]
+        small = {t.name: len(t.train) for t in sources if len(t.train) < p.k}
+        if small and (p.demo_choice == "similar" or len(small) == len(sources)):
+            raise ValueError(
+                f"{self.name}: source train pools {small} are smaller than k={p.k}; every "
+                f"prompt needs k demonstrations"
+            )
         if p.demo_choice == "random":
-            task = rng.choice(sources)
+            task = rng.choice([t for t in sources if t.name not in small])
             self.demos = [(task, ex) for ex in rng.sample(list(task.train), p.k)]
             self.info["selected_ids"] = [f"{t.name}:{ex.id}" for t, ex in self.demos]
             return

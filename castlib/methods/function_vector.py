@@ -348,6 +348,7 @@ class FunctionVector(SteeringMethod):
             tuning_grid=grid,
             fv_norm=float(fv.norm()),
         )
+        self.record_vector_norm(lm)
 
     def _vector_params(self, top: int) -> dict[str, Any]:
         p = dataclasses.asdict(self.params)

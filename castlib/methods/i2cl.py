@@ -137,6 +137,7 @@ class I2CL(Method):
     """I2CL (see the module docstring)."""
 
     name = "i2cl"
+    needs_vector = True
 
     @dataclasses.dataclass(frozen=True)
     class Params(Method.Params):

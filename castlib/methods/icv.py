@@ -66,6 +66,15 @@ class ICV(SteeringMethod):
         self.vector = make_vector(lm, vec, self.name, {"k": p.k, "n_samples": p.n_samples})
         self.tune(lm, sources, target, used, rng, layers=[0])
         self.info["layer"] = "all"
+        self.record_vector_norm(lm)
+
+    def check_params(self) -> None:
+        super().check_params()
+        if self.params.layers is not None or self.params.layer_window != 1:
+            raise ValueError(
+                "icv steers every layer with the full alpha: layers and layer_window are not "
+                f"used (got layers={self.params.layers}, layer_window={self.params.layer_window})"
+            )
 
     def applied(self, lm: LanguageModel) -> AbstractContextManager[Any]:
         return self.steering(lm, 0, self.info["alpha"])

@@ -76,8 +76,10 @@ def cast_selection(
     seed: int,
     cast: CAST,
 ) -> list[tuple[Task, Example]]:
-    """The m source samples ``cast`` selects when fitted with ``seed`` (CAST steps 1-2)."""
-    return cast.select_samples(lm, sources, target, random.Random(seed), seed)[0]
+    """The m source samples ``cast`` selects when fitted with ``seed`` (CAST steps 1-2; no
+    rows are held out for tuning, so up to ``n_candidates`` rows of each source are
+    candidates)."""
+    return cast.select_samples(lm, sources, target, random.Random(seed), seed, held_out=0)[0]
 
 
 class PeftLoraAdapter:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -34,6 +35,7 @@ from ..prompts import k_shot, zero_shot
 from ..record import record_activations
 from ..steer import steer
 from ..tasks import Example, Task
+from ..validate import check_finite_number
 from ..vectors import SteeringVector
 from .base import Method
 
@@ -91,6 +93,11 @@ def make_vector(
     )
 
 
+def tuning_rows_per_source(n_tune: int, n_sources: int) -> int:
+    """Held-out rows the ``source`` protocol draws from each source task."""
+    return max(1, n_tune // n_sources)
+
+
 def tuning_set(
     protocol: str,
     sources: Sequence[Task],
@@ -101,11 +108,22 @@ def tuning_set(
 ) -> list[tuple[Task, Example]]:
     """The (task, example) pairs (layer, alpha) are chosen on; never target test rows."""
     if protocol == "source":
-        per = max(1, n // len(sources))
+        per = tuning_rows_per_source(n, len(sources))
         out = []
         for task in sources:
-            pool = [ex for ex in task.train if ex.id not in exclude]
+            pool = [
+                ex
+                for ex in task.train
+                if ex.id not in exclude and f"{task.name}:{ex.id}" not in exclude
+            ]
             out += [(task, ex) for ex in rng.sample(pool, min(per, len(pool)))]
+        if not out:
+            sizes = {t.name: len(t.train) for t in sources}
+            raise ValueError(
+                f"source protocol: no held-out source rows left to tune on (train sizes "
+                f"{sizes}, {len(exclude)} rows used to build the vector); use fewer rows for "
+                f"the vector, more source data, or protocol='target_dev'"
+            )
         return out
     if protocol == "target_dev":
         pool = list(target.train)
@@ -131,6 +149,7 @@ class SteeringMethod(Method):
         scoring: str = "auto"  # tuning grid: "auto" (cached when exact), "cached", "full"
 
     op: str = "add"
+    needs_vector = True
 
     def check_params(self) -> None:
         p = self.params
@@ -186,7 +205,7 @@ class SteeringMethod(Method):
         """Choose (l*, alpha) by the configured protocol; stores the grid in ``self.info``."""
         p = self.params
         candidates = lm.check_layers(list(layers or p.layers or default_layers(lm.n_layers)))
-        alphas = list(alphas or p.alphas)
+        alphas = [check_finite_number(a, f"{self.name}: alpha") for a in (alphas or p.alphas)]
         tune = tuning_set(p.protocol, sources, target, p.n_tune, exclude, rng)
         by_task: dict[str, tuple[Task, list[Example]]] = {}
         for task, ex in tune:
@@ -195,17 +214,38 @@ class SteeringMethod(Method):
         scoring = self.grid_scoring()
         correct = [0] * len(points)
         margin = [0.0] * len(points)
+        errors: dict[int, str] = {}
         n = sum(len(exs) for _, exs in by_task.values())
         for task, exs in by_task.values():
             gold = torch.as_tensor([ex.label for ex in exs])
             for g, scores in enumerate(self.grid_scores(lm, task, exs, points, scoring)):
+                if torch.isnan(scores).any():  # NaN log-probs: this point cannot score
+                    errors.setdefault(
+                        g,
+                        f"{lm.name} gave NaN log-probabilities on {task.name} tuning rows at "
+                        f"layer {points[g][0]}, alpha {points[g][1]}",
+                    )
+                    continue
                 correct[g] += int((scores.argmax(dim=1) == gold).sum())
                 margin[g] += float(scores.gather(1, gold[:, None]).sum())
         grid = [
-            {"layer": layer, "alpha": alpha, "accuracy": correct[g] / n, "gold_logp": margin[g] / n}
+            {"layer": layer, "alpha": alpha, "error": errors[g]}
+            if g in errors
+            else {
+                "layer": layer,
+                "alpha": alpha,
+                "accuracy": correct[g] / n,
+                "gold_logp": margin[g] / n,
+            }
             for g, (layer, alpha) in enumerate(points)
         ]
-        best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))
+        scored = [g for g in grid if "error" not in g]
+        if not scored:
+            raise FloatingPointError(
+                f"{self.name}: every (layer, alpha) of the tuning grid gave NaN log-probs "
+                f"({grid[0]['error']})"
+            )
+        best = max(scored, key=lambda g: (g["accuracy"], g["gold_logp"]))
         self.info.update(
             tuning_scoring=scoring,
             layer=best["layer"],
@@ -214,6 +254,27 @@ class SteeringMethod(Method):
             tuning_grid=grid,
             tuning_n=len(tune),
         )
+        self.record_vector_norm(lm)
+
+    def record_vector_norm(self, lm: LanguageModel) -> None:
+        """Store the layers actually steered (``info["steered_layers"]``: a ``layer_window``
+        is cut at the last block) and the norm of the vector there (``info["vector_norm"]``,
+        their root sum of squares), and warn when it is zero: steering then changes nothing,
+        whatever layer and alpha the record names."""
+        layer = self.info.get("layer")
+        if self.vector is None or not (isinstance(layer, int) or layer == "all"):
+            return
+        steered = self.vector.layer_ids if layer == "all" else self.steer_layers(lm, layer)
+        layers = [la for la in steered if la in self.vector.layers]
+        norm = float(sum(float(self.vector[la].norm()) ** 2 for la in layers) ** 0.5)
+        self.info["vector_norm"] = norm
+        self.info["steered_layers"] = layers
+        if norm == 0.0:
+            warnings.warn(
+                f"{self.name}: the steering vector is exactly zero at layer(s) {layers}; the "
+                f"steered run equals zero-shot (recorded as vector_norm=0.0)",
+                stacklevel=3,
+            )
 
     def eval_scoring(self) -> str:
         return self.grid_scoring()

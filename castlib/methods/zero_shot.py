@@ -15,6 +15,7 @@ class ZeroShotMethod(Method):
     """Nothing to fit; the reference every other method is compared with."""
 
     name = "zero_shot"
+    uses_sources = False  # the sources are not read
 
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
         return None

@@ -1,0 +1,166 @@
+"""Argument checks shared by the public functions: refuse bad input at the call that got it.
+
+Each check raises `TypeError` (wrong kind of value) or `ValueError` (right kind, invalid value)
+with a message naming the argument, the offending value and what would be valid. They are
+cheap and run before any forward pass, so nothing is computed on input that could have been
+refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "check_positive_int",
+    "check_optional_positive_int",
+    "check_finite_number",
+    "check_prompts",
+    "check_token_lengths",
+    "check_params",
+]
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` as an int >= 1 (bools and floats such as ``2.5`` or ``2.0`` are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def check_optional_positive_int(value: Any, name: str) -> int | None:
+    """None, or `check_positive_int`."""
+    return None if value is None else check_positive_int(value, name)
+
+
+def check_finite_number(value: Any, name: str) -> float:
+    """``value`` as a finite float (NaN, +-inf, bools and non-numbers are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return out
+
+
+def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
+    """A non-empty list of non-blank strings (a single string is refused: wrap it in a list).
+
+    A blank prompt would be scored as the tokenizer's special tokens alone (e.g. BOS), which is
+    not an answer to anything."""
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError(f"{name} must be a list of strings, not a single string (use [{name}])")
+    if not isinstance(prompts, Sequence):
+        raise TypeError(f"{name} must be a list of strings, got {type(prompts).__name__}")
+    out = list(prompts)
+    if not out:
+        raise ValueError(f"empty prompt list: {name} needs at least one entry")
+    for i, p in enumerate(out):
+        if not isinstance(p, str):
+            raise TypeError(f"{name}[{i}] is {type(p).__name__}, expected str")
+        if not p.strip():
+            raise ValueError(f"{name}[{i}] is blank ({p!r}); every entry needs text")
+    return out
+
+
+def check_token_lengths(
+    lengths: Sequence[int], limit: int | None, model: str, what: str = "prompt"
+) -> None:
+    """Refuse a token sequence longer than the model's context ``limit`` (None: no limit
+    known), naming the first offender, its length and the limit."""
+    if limit is None:
+        return
+    for i, n in enumerate(lengths):
+        if n > limit:
+            raise ValueError(
+                f"{what} {i} is {n} tokens long, longer than the context of {model} "
+                f"({limit} tokens); shorten it (fewer demonstrations, a shorter text)"
+            )
+
+
+# -- method parameters ---------------------------------------------------------------------------
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (int, float, bool, str, None, unions and
+    ``tuple[T, ...]``); a scalar given for a tuple becomes a 1-tuple. Raises TypeError/
+    ValueError naming ``name``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, name)
+            except (TypeError, ValueError) as err:
+                errors.append(err)
+        if any(isinstance(e, ValueError) for e in errors):
+            raise next(e for e in errors if isinstance(e, ValueError))
+        raise TypeError(f"{name} must be {_describe(tp)}, got {value!r}")
+    if origin is tuple:
+        (elem, *_rest) = typing.get_args(tp)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, set, frozenset)):
+            try:
+                return (_coerce(value, elem, name),)
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} must be {_describe(tp)}, got {value!r}") from None
+        return tuple(_coerce(v, elem, f"{name}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        return int(value)
+    if tp is float:
+        return check_finite_number(value, name)
+    if tp is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)  # data_dir=Path(...)
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {value!r}")
+        return value
+    return value  # other annotations are left to the method's own checks
+
+
+def check_params(params: Any, owner: str) -> Any:
+    """A copy of the frozen dataclass ``params`` whose fields match their annotations (see
+    `_coerce`), with ``batch_size`` >= 1; errors name ``owner`` and the field."""
+    try:
+        hints = typing.get_type_hints(type(params))
+    except Exception:  # noqa: BLE001 - unresolvable annotations of a user's class: not checked
+        hints = {}
+    changes = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        checked = _coerce(value, hints.get(f.name, Any), f"{owner}: {f.name}")
+        if checked is not value:
+            changes[f.name] = checked
+    out = dataclasses.replace(params, **changes) if changes else params
+    if hasattr(out, "batch_size"):
+        check_positive_int(out.batch_size, f"{owner}: batch_size")
+    return out
