@@ -36,8 +36,12 @@ STORE_ENV = "CASTLIB_ACTIVATION_STORE"
 _SAMPLE = 4096
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A hex digest identifying ``model``'s architecture, dtype and weights (sampled)."""
+def model_fingerprint(model: torch.nn.Module) -> str | None:
+    """A hex digest identifying ``model``'s architecture, dtype and weights (sampled); None
+    when some weights are not in memory (offloaded by accelerate to ``meta``/disk), since
+    their values cannot be read: such a model never uses a store."""
+    if any(param.device.type == "meta" for param in model.parameters()):
+        return None
     digest = hashlib.sha256()
     digest.update(type(model).__name__.encode())
     config = getattr(model, "config", None)

@@ -143,6 +143,8 @@ def sweep_scores(
         raise ValueError(
             f"prompt {short[0]} has a single token: nothing to cache before the last token"
         )
+    if isinstance(answers, str) or not answers:
+        raise ValueError(f"answers must be a non-empty list of strings, got {answers!r}")
     answer_ids = answer_token_ids(lm.tokenizer, answers)
     longest = max(len(row) for row in answer_ids)
     check_token_lengths(

@@ -128,10 +128,11 @@ def record_activations(
     """
     ids = encode(lm.tokenizer, check_prompts(prompts))
     store = store if store is not None else getattr(lm, "activation_store", None)
-    if store is None:
+    weights = model_fingerprint(lm.model) if store is not None else None
+    if store is None or weights is None:
         return record_token_ids(lm, ids, layers, batch_size, padding_side, progress)
     wanted = lm.check_layers(layers)
-    fingerprint = f"{model_fingerprint(lm.model)}|{padding_side}"
+    fingerprint = f"{weights}|{padding_side}"
     keys = [store.key(fingerprint, wanted, p) for p in prompts]
     shape = (len(wanted), lm.hidden_size)
     out = torch.empty((len(prompts), *shape), dtype=torch.float32)

@@ -87,3 +87,11 @@ def test_memory_bound_evicts_least_recently_used():
     for key in "abc":
         store.put(key, row)
     assert len(store) == 2 and store.get("a", (256,)) is None and store.get("c", (256,)) is not None
+
+
+def test_offloaded_weights_never_use_a_store(tokenizer):
+    lm = tiny_model("llama", tokenizer=tokenizer)
+    with torch.device("meta"):
+        meta = torch.nn.Parameter(torch.empty(3))
+    lm.model.register_parameter("offloaded", meta)  # as accelerate leaves offloaded weights
+    assert model_fingerprint(lm.model) is None

@@ -181,7 +181,7 @@ def test_duplicate_row_ids_are_refused_naming_file_and_id(tmp_path):
     }
     rows = [{"id": "r1", "text": "a", "label": "no"}, {"id": "r1", "text": "b", "label": "yes"}]
     write_task(tmp_path, "dup", meta, {"test": rows})
-    with pytest.raises(TaskFormatError, match=r"dup/test\.jsonl: duplicate row id 'r1'"):
+    with pytest.raises(TaskFormatError, match=r"dup/test\.jsonl:2: duplicate row id 'r1'"):
         load_task("dup", tmp_path)
 
 

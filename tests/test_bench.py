@@ -65,7 +65,7 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="module")
 def result(tokenizer):
     lm = tiny_model("llama", tokenizer=tokenizer)
-    source = make_task("src", n_train=30, n_test=6, seed=1)
+    source = make_task("src", n_train=60, n_test=6, seed=1)
     target = make_task("tgt", n_train=6, n_test=10, seed=2)
     return bench.run_bench(lm, tiny_config(), source=source, target=target)
 
@@ -207,7 +207,7 @@ def test_config_validation():
 def test_main_writes_json(tmp_path, monkeypatch, tokenizer):
     lm = tiny_model("gpt2", tokenizer=tokenizer)
     monkeypatch.setattr("castlib.models.load_model", lambda *a, **k: lm)
-    source = make_task("src", n_train=12, n_test=4, seed=1)
+    source = make_task("src", n_train=60, n_test=4, seed=1)
     target = make_task("tgt", n_train=4, n_test=6, seed=2)
     monkeypatch.setattr(
         "castlib.tasks.load_task", lambda name, *a, **k: source if name == "sst2" else target

@@ -73,7 +73,7 @@ assert any(a["log_probs"] != b["log_probs"]
            for a, b in zip(base.predictions, steered.predictions))  # the steering acted
 
 method = methods.get("cast")(m=4, k=1, n_candidates=8, n_queries=4, graph_k=3,
-                             layers=(1,), alphas=(0.0, 1.0), batch_size=4)
+                             layers=(1,), alphas=(0.0, 1.0), batch_size=4, n_tune=4)
 record = method.fit(lm, [task("src", 16, 2)], tgt, seed=0).evaluate(lm, tgt)
 assert record["n"] == 6 and record["method"] == "cast"
 assert "lora" in methods.available() and "kasa" in methods.available()

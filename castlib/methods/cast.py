@@ -190,13 +190,19 @@ class CAST(SteeringMethod):
         )
 
     def select_samples(
-        self, lm: LanguageModel, sources: list[Task], target: Task, rng: random.Random, seed: int
+        self,
+        lm: LanguageModel,
+        sources: list[Task],
+        target: Task,
+        rng: random.Random,
+        seed: int,
+        held_out: int | None = None,
     ) -> tuple[
         list[tuple[Task, Example]], list[tuple[Task, Example]], torch.Tensor, torch.Tensor | None
     ]:
         """Steps 1-2: ``(selected, candidates, candidate states, query states)``; the random
         draws come from ``rng`` in a fixed order (candidates per source, then queries)."""
-        candidates, queries = self.draw(sources, target, rng)
+        candidates, queries = self.draw(sources, target, rng, held_out)
         cand_h, query_h = self.embed(lm, candidates, target, queries)
         chosen = self.choose(cand_h, query_h, seed)
         return [candidates[i] for i in chosen], candidates, cand_h, query_h
