@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return quickstart_main(rest)
     if command == "run":
-        from .runs import main as runs_main
+        from .runs_cli import main as runs_main
 
         return runs_main(rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)

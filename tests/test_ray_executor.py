@@ -24,7 +24,8 @@ import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from castlib.executors import RayConnectionError, check_address, run_batch_ray  # noqa: E402
-from castlib.runs import aggregate, load_config, main, run_batch  # noqa: E402
+from castlib.runs import aggregate, load_config, run_batch  # noqa: E402
+from castlib.runs_cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from castlib import runs as R
+from castlib import runs_cli
 
 
 def make_notebook(path: Path, *, fail_on: int | None = None) -> Path:
@@ -270,7 +271,7 @@ def test_shipped_configs_are_valid(config: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_cli_config_error_exit_code(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(workdir / "c.yaml", {"output_dir": "o", "runs": []})
-    assert R.main([str(path)]) == 2
+    assert runs_cli.main([str(path)]) == 2
     assert "at least one run" in capsys.readouterr().err
 
 
@@ -301,12 +302,12 @@ def test_batch_failure_resume_force_aggregate(
     out = workdir / "out"
     args = [str(config), "--kernel", kernel_name, "--no-progress"]
 
-    assert R.main([*args, "--dry-run"]) == 0
+    assert runs_cli.main([*args, "--dry-run"]) == 0
     assert "good/x=1" in capsys.readouterr().out
     assert not out.exists() or not any(out.rglob("run.json"))
 
     # first batch: the bad x=2 run fails, the others still run; exit code is nonzero
-    assert R.main(args) == 1
+    assert runs_cli.main(args) == 1
     status = {
         p.parent.relative_to(out).as_posix(): json.loads(p.read_text())
         for p in out.rglob("run.json")
@@ -348,12 +349,12 @@ def test_batch_failure_resume_force_aggregate(
     # resume: finished runs are skipped (run.json untouched)
     good = sorted((out / "good").rglob("run.json"))
     before = {p: (p.stat().st_mtime_ns, p.read_text()) for p in good}
-    assert R.main([*args, "--only", "good/"]) == 0
+    assert runs_cli.main([*args, "--only", "good/"]) == 0
     assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in good} == before
     assert "0 ok, 0 failed, 2 skipped" in capsys.readouterr().out
 
     # --force reruns the selected run only
-    assert R.main([*args, "--only", "good/x=3", "--force"]) == 0
+    assert runs_cli.main([*args, "--only", "good/x=3", "--force"]) == 0
     x3 = out / "good" / "x=3" / "run.json"
     assert x3.read_text() != before[x3]
     x1 = out / "good" / "x=1" / "run.json"
@@ -401,7 +402,7 @@ def test_aggregate_only_columns_and_collisions(tmp_path: Path) -> None:
     _fake_run(out, "nb/seed=0", {"seed": 0, "method": "ignored", "layers": [1, 2]}, recs)
     _fake_run(out, "nb/seed=1", {"seed": 1, "method": "ignored", "layers": [1, 2]}, recs[:1])
     _fake_run(out, "nb/seed=2", {"seed": 2}, [{"method": "cast"}], status="failed")
-    assert R.main(["--aggregate-only", str(out)]) == 0
+    assert runs_cli.main(["--aggregate-only", str(out)]) == 0
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 3
     assert list(summary.columns[:2]) == ["run_id", "notebook"]
@@ -429,7 +430,7 @@ def test_aggregate_without_metric_skips_figures(tmp_path: Path) -> None:
 def test_aggregate_missing_dir(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         R.aggregate(tmp_path / "nope")
-    assert R.main(["--aggregate-only", str(tmp_path / "nope")]) == 2
+    assert runs_cli.main(["--aggregate-only", str(tmp_path / "nope")]) == 2
 
 
 def test_run_without_results_counts_as_failed(workdir: Path, kernel_name: str) -> None:
