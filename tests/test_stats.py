@@ -178,9 +178,10 @@ def test_target_table_by_hand():
     assert table.loc["cast", "vs_zero_shot_diff"] == pytest.approx(1.5 / 6)
     # McNemar per seed against zero-shot, the largest p kept: seed 0 b=1,c=0 -> 1.0
     assert table.loc["cast", "vs_zero_shot_p_mcnemar"] == 1.0
-    assert table.loc["icv", "vs_zero_shot_p_mcnemar"] == mcnemar_exact(
-        np.equal(icv, gold), np.equal(zs, gold)
-    ).p_value
+    assert (
+        table.loc["icv", "vs_zero_shot_p_mcnemar"]
+        == mcnemar_exact(np.equal(icv, gold), np.equal(zs, gold)).p_value
+    )
     assert table.loc["cast", "vs_best_label_free_diff"] == pytest.approx(3.5 / 6 - 5 / 6)
     # rows 1-2 favour cast; a resample without both (p = (4/6)^6 > 2.5%) has difference 0
     assert table.loc["cast", "vs_zero_shot_verdict"] == "not resolved at n = 6"
