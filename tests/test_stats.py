@@ -197,3 +197,54 @@ def test_target_table_refuses_unpaired_or_missing_predictions():
     old = {"target": "t", "method": "cast", "seed": 0}
     with pytest.raises(ValueError, match="no per-example predictions"):
         target_table([good, old], n_boot=10)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_records_keep_compact_predictions(lm):
+    import castlib.methods as methods
+    from tests.conftest import make_task
+
+    task = make_task("tgt", n_train=12, n_test=6, seed=2)
+    method = methods.get("zero_shot")().fit(lm, [task], task, seed=0)
+    rec = method.evaluate(lm, task, limit=5)
+    preds = rec["predictions"]
+    full = method.last_result.predictions
+    assert preds["id"] == [p["id"] for p in full] == [ex.id for ex in task.test[:5]]
+    assert [task.labels[i] for i in preds["pred"]] == [p["pred"] for p in full]
+    assert preds["gold"] == [ex.label for ex in task.test[:5]]
+    assert preds["n_options"] == [2] * 5
+    assert np.mean(np.equal(preds["pred"], preds["gold"])) == rec["accuracy"]
+    assert rec["prompt_format"] == "plain"
+    json.dumps(rec)
+    table = target_table([rec], n_boot=50)
+    assert table.loc[0, "accuracy"] == rec["accuracy"] and table.loc[0, "n"] == 5
+
+
+def test_chat_prompt_format_is_applied_and_recorded():
+    import castlib
+    import castlib.methods as methods
+    from castlib.prompts import ChatTemplate, ZeroShot
+    from castlib.testing import tiny_model, tiny_tokenizer
+    from tests.conftest import make_task
+
+    tok = tiny_tokenizer()
+    lm = tiny_model("llama", tokenizer=tok)
+    task = make_task("tgt", n_train=12, n_test=6, seed=2)
+    with pytest.raises(ValueError, match="prompt_format must be one of"):
+        methods.get("zero_shot")(prompt_format="chatml")
+    method = methods.get("zero_shot")(prompt_format="chat").fit(lm, [task], task, seed=0)
+    with pytest.raises(ValueError, match="no chat template; use prompt_format='plain'"):
+        method.evaluate(lm, task, limit=4)
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    rec = method.evaluate(lm, task, limit=4)
+    by_hand = castlib.evaluate(lm, task, prompt=ChatTemplate(ZeroShot(), tok), limit=4)
+    plain = castlib.evaluate(lm, task, limit=4)
+    assert rec["prompt_format"] == "chat" and rec["params"]["prompt_format"] == "chat"
+    got = [p["log_probs"] for p in method.last_result.predictions]
+    assert got == [p["log_probs"] for p in by_hand.predictions]
+    assert got != [p["log_probs"] for p in plain.predictions]

@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 import torch
 
 from .._version import __version__
-from ..evaluate import evaluate, select_examples
+from ..evaluate import build_prompts, evaluate, select_examples
 from ..models import LanguageModel
+from ..prompts import check_prompt_format, format_prompts
 from ..tasks import Example, Task, load_task
 from ..vectors import SteeringVector
 
@@ -37,6 +38,7 @@ __all__ = [
     "resolve_task",
     "resolve_tasks",
     "measure",
+    "compact_predictions",
 ]
 
 TaskRef = str | Task
@@ -63,6 +65,8 @@ RESULT_FIELDS = (
     "trainable_params",
     "uses_target_labels",
     "castlib_version",
+    "prompt_format",
+    "predictions",
 )
 
 
@@ -121,6 +125,25 @@ def task_from_json(doc: dict[str, Any]) -> Task:
         field_roles=doc.get("field_roles", {}),
         language=doc.get("language", "en"),
     )
+
+
+def compact_predictions(
+    predictions: Sequence[dict[str, Any]], labels: Sequence[str] | None
+) -> dict[str, list[Any]]:
+    """Per-example predictions of an `EvalResult` in a compact, JSON-ready form:
+    ``{"id": [...], "pred": [...], "gold": [...], "n_options": [...]}``, one entry per
+    evaluated row in evaluation order; ``pred``/``gold`` are indices into ``labels`` and
+    ``n_options`` is the number of answers the row was scored on. Without ``labels`` the
+    indices cannot be formed and a ValueError is raised."""
+    if labels is None:
+        raise ValueError("compact_predictions needs the task's labels to index predictions")
+    index = {label: i for i, label in enumerate(labels)}
+    return {
+        "id": [p["id"] for p in predictions],
+        "pred": [index[p["pred"]] for p in predictions],
+        "gold": [index[p["gold"]] for p in predictions],
+        "n_options": [len(p["log_probs"]) for p in predictions],
+    }
 
 
 class _PeakRSS:
@@ -184,6 +207,7 @@ class Method:
     class Params:
         batch_size: int = 16
         data_dir: str | None = None
+        prompt_format: str = "plain"  # castlib.prompts.PROMPT_FORMATS: "plain" or "chat"
 
     def __init__(self, **params: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.Params)}
@@ -192,6 +216,7 @@ class Method:
             raise TypeError(f"{self.name}: unknown parameter(s) {unknown}; valid: {sorted(fields)}")
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
         self.params = self.Params(**params)
+        check_prompt_format(self.params.prompt_format)
         self.check_params()
         self.fitted = False
         self.seed: int | None = None
@@ -288,6 +313,10 @@ class Method:
         examples = select_examples(tgt, split, limit, sample, sample_seed)
         with measure(lm.device) as stats:
             prompt = self.prompts(lm, tgt, examples)
+            if self.params.prompt_format != "plain":
+                prompt = format_prompts(
+                    build_prompts(tgt, examples, prompt), lm.tokenizer, self.params.prompt_format
+                )
             with self.applied(lm):
                 result = evaluate(
                     lm,
@@ -300,9 +329,17 @@ class Method:
                     prefix_cache=self.prefix_cache(),
                 )
         self.last_result = result
-        return self.record(lm, result, stats)
+        return self.record(lm, result, stats, labels=tgt.labels)
 
-    def record(self, lm: LanguageModel, result: Any, stats: dict[str, float]) -> dict[str, Any]:
+    def record(
+        self,
+        lm: LanguageModel,
+        result: Any,
+        stats: dict[str, float],
+        labels: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """The flat result record (`RESULT_FIELDS`); ``labels`` (the target's label list)
+        turns the per-example predictions into indices (`compact_predictions`)."""
         params = json.loads(json.dumps(dataclasses.asdict(self.params)))  # tuples -> lists
         params.pop("data_dir", None)
         rec: dict[str, Any] = {
@@ -326,6 +363,8 @@ class Method:
             "trainable_params": self.info.get("trainable_params", 0),
             "uses_target_labels": self.uses_target_labels,
             "castlib_version": __version__,
+            "prompt_format": self.params.prompt_format,
+            "predictions": compact_predictions(result.predictions, labels),
         }
         for key, value in self.info.items():
             rec.setdefault(key, value)
