@@ -248,3 +248,42 @@ def test_chat_prompt_format_is_applied_and_recorded():
     got = [p["log_probs"] for p in method.last_result.predictions]
     assert got == [p["log_probs"] for p in by_hand.predictions]
     assert got != [p["log_probs"] for p in plain.predictions]
+
+
+def test_batch_aggregate_keeps_predictions_out_of_the_csv(tmp_path):
+    import pandas as pd
+
+    from castlib import nbtools
+    from castlib import runs as R
+
+    gold = [0, 1, 1, 0]
+    for name, preds, seed in (("zero_shot", [0, 0, 1, 1], 0), ("cast", [0, 1, 1, 1], 0)):
+        run_dir = tmp_path / f"02_cross_domain/{name}"
+        rec = _record(name, seed, preds, gold)
+        rec["accuracy"] = float(np.mean(np.equal(preds, gold)))
+        nbtools.write_results([rec], run_dir)  # the notebooks' writer: flat records
+        assert "predictions" not in pd.read_csv(run_dir / "results.csv").columns
+        (run_dir / R.RUN_FILE).write_text(
+            json.dumps({"status": "ok", "notebook": "02_cross_domain", "parameters": {"x": 1}})
+        )
+    summary = R.aggregate(tmp_path, figures=False)
+    assert "predictions" not in summary.columns and len(summary) == 2
+    assert "predictions" not in pd.read_csv(tmp_path / R.SUMMARY_FILE).columns
+    first = (tmp_path / R.PREDICTIONS_FILE).read_bytes()
+    R.aggregate(tmp_path, figures=False)
+    assert (tmp_path / R.PREDICTIONS_FILE).read_bytes() == first  # reproducible bytes
+    lines = R.load_predictions(tmp_path)
+    assert {line["method"] for line in lines} == {"zero_shot", "cast"}
+    assert all(line["predictions"]["gold"] == gold for line in lines)
+    table = target_table(lines, n_boot=50).set_index("method")
+    assert table.loc["cast", "accuracy"] == 0.75 and table.loc["zero_shot", "accuracy"] == 0.5
+    assert table.loc["cast", "vs_zero_shot_diff"] == 0.25
+    for path in tmp_path.rglob(R.RESULTS_FILE):  # records without predictions: no stale file
+        data = json.loads(path.read_text())
+        path.write_text(
+            json.dumps([{k: v for k, v in r.items() if k != "predictions"} for r in data])
+        )
+    R.aggregate(tmp_path, figures=False)
+    assert not (tmp_path / R.PREDICTIONS_FILE).exists()
+    with pytest.raises(FileNotFoundError, match="aggregate the batch first"):
+        R.load_predictions(tmp_path)
