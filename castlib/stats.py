@@ -19,7 +19,8 @@ the (seed, row) pair.
   ``b ~ Binomial(b + c, 1/2)`` and the two-sided p-value is
   ``min(1, 2 * P(X <= min(b, c)))``, computed exactly with integers.
 * `verdict`: "resolved" only where an interval excludes zero, else "not resolved at n = ...".
-* `target_table`: the per-target table of notebooks 02/03 from a list of records.
+* `target_table`: the per-target table of notebooks 02/03 from a list of records, and
+  `conclusions`: its printed sentences.
 
 Bootstraps are seeded (``numpy.random.default_rng(seed)``) and vectorised: the same seed gives
 the same resamples for every method compared on the same n rows.
@@ -48,6 +49,7 @@ __all__ = [
     "mcnemar_exact",
     "verdict",
     "target_table",
+    "conclusions",
 ]
 
 #: Resamples per bootstrap interval (Monte Carlo error of a 95% percentile bound ~ 0.002 at
@@ -319,3 +321,37 @@ def target_table(
                 row.update({f"{key}_{k}": v for k, v in cmp.items()})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def conclusions(
+    table: pd.DataFrame, method: str = "cast", reference: str = "zero_shot"
+) -> list[str]:
+    """One sentence per target of a `target_table`: ``method``'s accuracy and interval, the
+    trivial rates, and its differences to ``reference`` and to the best label-free baseline
+    with interval, McNemar p and verdict."""
+    lines = []
+    for target, rows in table.groupby("target", sort=True):
+        first = rows.iloc[0]
+        head = (
+            f"{target} (n = {first['n']}; majority {first['majority_rate']:.3f}, "
+            f"chance {first['chance_rate']:.3f}): "
+        )
+        by_method = rows.set_index("method")
+        if method not in by_method.index:
+            lines.append(head + f"no {method} record")
+            continue
+        row = by_method.loc[method]
+        text = f"{method} {row['accuracy']:.3f} [{row['acc_low']:.3f}, {row['acc_high']:.3f}]"
+        for key, other in (
+            (f"vs_{reference}", reference),
+            ("vs_best_label_free", row["best_label_free"]),
+        ):
+            diff = row.get(f"{key}_diff")
+            if other is None or diff is None or (isinstance(diff, float) and math.isnan(diff)):
+                continue
+            text += (
+                f"; vs {other} {diff:+.3f} [{row[f'{key}_low']:+.3f}, {row[f'{key}_high']:+.3f}], "
+                f"McNemar p = {row[f'{key}_p_mcnemar']:.3g}: {row[f'{key}_verdict']}"
+            )
+        lines.append(head + text)
+    return lines

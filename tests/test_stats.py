@@ -186,6 +186,10 @@ def test_target_table_by_hand():
     # rows 1-2 favour cast; a resample without both (p = (4/6)^6 > 2.5%) has difference 0
     assert table.loc["cast", "vs_zero_shot_verdict"] == "not resolved at n = 6"
     assert np.isnan(table.loc["zero_shot", "vs_zero_shot_diff"])
+    (line,) = stats.conclusions(table.reset_index())
+    assert line.startswith("t (n = 6; majority 0.500, chance 0.250): cast 0.583 [")
+    assert "; vs zero_shot +0.250 [" in line and "McNemar p = 1: not resolved at n = 6" in line
+    assert "; vs icv -0.250 [" in line
 
 
 def test_target_table_refuses_unpaired_or_missing_predictions():
