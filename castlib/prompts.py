@@ -11,7 +11,9 @@ or an option letter for multiple choice).
 
 A prompt builder is any callable ``(task, example) -> str``; `ZeroShot`, `FewShot`,
 `CrossTask` and `PerQuery` are the ones castlib uses, and `ChatTemplate` wraps any of them in a
-tokenizer's chat template for instruct models.
+tokenizer's chat template for instruct models. Methods take ``prompt_format`` (`PROMPT_FORMATS`:
+``"plain"``, the default, or ``"chat"``), applied to their evaluated prompts with
+`format_prompts`; records say which was used.
 """
 
 from __future__ import annotations
@@ -36,9 +38,17 @@ __all__ = [
     "CrossTask",
     "PerQuery",
     "ChatTemplate",
+    "PROMPT_FORMATS",
+    "chat_prompt",
+    "check_prompt_format",
+    "format_prompts",
 ]
 
 ANSWER_PREFIX = "Answer:"
+
+#: How prompts are presented to the model: ``"plain"`` (the spec's text, the default) or
+#: ``"chat"`` (the plain prompt as the user turn of the tokenizer's chat template).
+PROMPT_FORMATS = ("plain", "chat")
 
 _DEFAULT_ROLES = {"text": "text", "passage": "passage", "question": "question"}
 
@@ -142,23 +152,50 @@ class PerQuery:
         return cross_task(source, demos, task, example)
 
 
+def chat_prompt(tokenizer: object, text: str) -> str:
+    """``text`` (a plain prompt ending in the answer prefix) in the tokenizer's chat template:
+    the prompt minus its answer prefix is the user turn, and the answer prefix opens the
+    assistant turn. The template's leading BOS text is dropped because castlib's tokenisation
+    adds the special tokens itself."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            f"the tokenizer {type(tokenizer).__name__} has no chat template; use "
+            f"prompt_format='plain' with this model"
+        )
+    if text.endswith(ANSWER_PREFIX):
+        text = text[: -len(ANSWER_PREFIX)].rstrip("\n")
+    rendered = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and rendered.startswith(bos):
+        rendered = rendered[len(bos) :]
+    return f"{rendered}{ANSWER_PREFIX}"
+
+
+def check_prompt_format(prompt_format: str) -> str:
+    """``prompt_format`` if it is one of `PROMPT_FORMATS`, else a ValueError naming them."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(
+            f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {prompt_format!r}"
+        )
+    return prompt_format
+
+
+def format_prompts(prompts: Sequence[str], tokenizer: object, prompt_format: str) -> list[str]:
+    """The prompts in ``prompt_format``: ``"plain"`` leaves them as built (the spec's
+    prompts), ``"chat"`` wraps each with `chat_prompt`."""
+    if check_prompt_format(prompt_format) == "plain":
+        return list(prompts)
+    return [chat_prompt(tokenizer, p) for p in prompts]
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
-    """Wrap a builder's prompt (minus its answer prefix) as the user turn of the tokenizer's
-    chat template, then append the answer prefix to the assistant turn. The template's leading
-    BOS text is dropped because castlib's tokenisation adds the special tokens itself."""
+    """Wrap a builder's prompt with `chat_prompt` (the tokenizer's chat template)."""
 
     builder: Callable[[Task, Example], str]
     tokenizer: object
 
     def __call__(self, task: Task, example: Example) -> str:
-        text = self.builder(task, example)
-        if text.endswith(ANSWER_PREFIX):
-            text = text[: -len(ANSWER_PREFIX)].rstrip("\n")
-        rendered = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        bos = getattr(self.tokenizer, "bos_token", None)
-        if bos and rendered.startswith(bos):
-            rendered = rendered[len(bos) :]
-        return f"{rendered}{ANSWER_PREFIX}"
+        return chat_prompt(self.tokenizer, self.builder(task, example))

@@ -77,7 +77,10 @@ to ``summary.csv`` with ``run_id``, ``notebook`` and one column per run paramete
 where the name collides with a record column), every run goes to ``runs.csv`` (``run_id``,
 ``notebook``, ``status``, ``seconds``, ``error``, ``error_cell``, parameters), and seaborn bar plots
 of ``accuracy`` (by ``target``/``method``, and by each varying parameter) go to ``figures/`` when
-those columns exist.
+those columns exist. Per-example predictions (the records' ``predictions``) stay out of
+summary.csv: they go to ``predictions.jsonl.gz`` (gzip, one JSON line per record with ``run_id``,
+``record`` (its index in results.json), `PREDICTION_ID_KEYS` and ``predictions``; written
+byte-for-byte reproducibly), which `load_predictions` reads back for `castlib.stats`.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ import ast
 import contextlib
 import datetime as _dt
 import difflib
+import gzip
 import hashlib
 import itertools
 import json
@@ -116,6 +120,7 @@ __all__ = [
     "execute_run",
     "is_complete",
     "load_config",
+    "load_predictions",
     "notebook_parameters",
     "parse_config",
     "plot_summary",
@@ -135,6 +140,23 @@ OLD_SUFFIX = ".old"
 SUMMARY_FILE = "summary.csv"
 RUNS_TABLE_FILE = "runs.csv"
 FIGURES_DIR = "figures"
+PREDICTIONS_FILE = "predictions.jsonl.gz"
+#: Record key of the per-example predictions (kept out of summary.csv).
+PREDICTIONS_KEY = "predictions"
+#: Record fields repeated on each line of predictions.jsonl.gz to identify its record.
+PREDICTION_ID_KEYS = (
+    "model",
+    "method",
+    "registry_method",
+    "target",
+    "sources",
+    "seed",
+    "split",
+    "prompt_format",
+    "uses_target_labels",
+    "n",
+    "accuracy",
+)
 MAX_ID_PART = 80
 HASH_LEN = 8
 
@@ -805,13 +827,20 @@ def aggregate(output_dir: str | Path, *, figures: bool = True) -> pd.DataFrame:
 
     record_columns = {key for _, records in results for rec in records for key in rec}
     taken = record_columns | {"run_id", "notebook"}
+    taken.discard(PREDICTIONS_KEY)
     rows = []
+    predictions = []
     param_columns: dict[str, None] = {}
     for run, records in results:
         ident = {"run_id": run["run_id"], "notebook": run.get("notebook")}
         params = _param_columns(run.get("parameters") or {}, taken)
         param_columns.update(dict.fromkeys(params))
-        rows.extend({**ident, **params, **rec} for rec in records)
+        for index, rec in enumerate(records):
+            rows.append(
+                {**ident, **params, **{k: v for k, v in rec.items() if k != PREDICTIONS_KEY}}
+            )
+            if rec.get(PREDICTIONS_KEY) is not None:
+                predictions.append(_prediction_line(run["run_id"], index, rec))
     summary = pd.DataFrame(rows, columns=None if rows else ["run_id", "notebook"])
 
     table_columns = {"run_id", "notebook", "status", "seconds", "error", "error_cell"}
@@ -833,9 +862,46 @@ def aggregate(output_dir: str | Path, *, figures: bool = True) -> pd.DataFrame:
     table["error_cell"] = table["error_cell"].astype("Int64")
     summary.to_csv(output_dir / SUMMARY_FILE, index=False)
     table.to_csv(output_dir / RUNS_TABLE_FILE, index=False)
+    _write_predictions(output_dir / PREDICTIONS_FILE, predictions)
     if figures:
         plot_summary(summary, output_dir / FIGURES_DIR, parameters=list(param_columns))
     return summary
+
+
+def _prediction_line(run_id: str, index: int, rec: Mapping[str, Any]) -> dict[str, Any]:
+    preds = rec[PREDICTIONS_KEY]
+    if isinstance(preds, str):  # flat records (nbtools.flat_record) hold it as JSON text
+        preds = json.loads(preds)
+    ident = {k: rec[k] for k in PREDICTION_ID_KEYS if k in rec}
+    return {"run_id": run_id, "record": index, **ident, PREDICTIONS_KEY: preds}
+
+
+def _write_predictions(path: Path, lines: list[dict[str, Any]]) -> None:
+    """Write the prediction lines (gzip with mtime 0: the same records give the same bytes);
+    remove a stale file when there are none."""
+    if not lines:
+        path.unlink(missing_ok=True)
+        return
+    text = "".join(json.dumps(line, sort_keys=True, default=str) + "\n" for line in lines)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+        f.write(text.encode("utf-8"))
+    tmp.replace(path)
+
+
+def load_predictions(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-example prediction lines of an aggregated batch (``predictions.jsonl.gz``):
+    one dict per record with ``run_id``, ``record``, `PREDICTION_ID_KEYS` and
+    ``predictions``, ready for `castlib.stats.target_table`."""
+    path = Path(output_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: aggregate the batch first (python -m castlib.runs "
+            f"--aggregate-only {output_dir}); records written before castlib kept per-example "
+            "predictions have none"
+        )
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _error_text(error: Any) -> str:

@@ -66,7 +66,7 @@ def test_corrupt_or_partial_cache_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("CASTLIB_CACHE", str(tmp_path))
     builds = []
 
-    def fake_build(folder):
+    def fake_build(folder, spec):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.safetensors").write_bytes(b"weights")
         digest = models._sha256(folder / "model.safetensors")

@@ -24,10 +24,11 @@ from typing import Any, ClassVar
 import torch
 
 from .._version import __version__
-from ..evaluate import evaluate, evaluate_sweep, select_examples
+from ..evaluate import build_prompts, evaluate, evaluate_sweep, select_examples
 from ..last_token import SCORING_CACHED
 from ..models import LanguageModel
 from ..profiling import profile
+from ..prompts import check_prompt_format, format_prompts
 from ..tasks import Example, Task, load_task
 from ..validate import check_params
 from ..vectors import SteeringVector
@@ -39,6 +40,7 @@ __all__ = [
     "resolve_task",
     "resolve_tasks",
     "measure",
+    "compact_predictions",
 ]
 
 TaskRef = str | Task
@@ -70,6 +72,8 @@ RESULT_FIELDS = (
     "uses_target_labels",
     "scoring",
     "castlib_version",
+    "prompt_format",
+    "predictions",
 )
 
 
@@ -134,6 +138,25 @@ def task_from_json(doc: dict[str, Any]) -> Task:
     )
 
 
+def compact_predictions(
+    predictions: Sequence[dict[str, Any]], labels: Sequence[str] | None
+) -> dict[str, list[Any]]:
+    """Per-example predictions of an `EvalResult` in a compact, JSON-ready form:
+    ``{"id": [...], "pred": [...], "gold": [...], "n_options": [...]}``, one entry per
+    evaluated row in evaluation order; ``pred``/``gold`` are indices into ``labels`` and
+    ``n_options`` is the number of answers the row was scored on. Without ``labels`` the
+    indices cannot be formed and a ValueError is raised."""
+    if labels is None:
+        raise ValueError("compact_predictions needs the task's labels to index predictions")
+    index = {label: i for i, label in enumerate(labels)}
+    return {
+        "id": [p["id"] for p in predictions],
+        "pred": [index[p["pred"]] for p in predictions],
+        "gold": [index[p["gold"]] for p in predictions],
+        "n_options": [len(p["log_probs"]) for p in predictions],
+    }
+
+
 @contextmanager
 def measure(device: torch.device) -> Iterator[dict[str, float]]:
     """Wall seconds and peak memory growth (MiB) of the block, as a dict filled in on exit
@@ -163,6 +186,7 @@ class Method:
     class Params:
         batch_size: int = 16
         data_dir: str | None = None
+        prompt_format: str = "plain"  # castlib.prompts.PROMPT_FORMATS: "plain" or "chat"
 
     def __init__(self, **params: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.Params)}
@@ -171,6 +195,7 @@ class Method:
             raise TypeError(f"{self.name}: unknown parameter(s) {unknown}; valid: {sorted(fields)}")
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
         self.params = check_params(self.Params(**params), self.name)
+        check_prompt_format(self.params.prompt_format)
         self.check_params()
         self.fitted = False
         self.seed: int | None = None
@@ -299,6 +324,10 @@ class Method:
         examples = select_examples(tgt, split, limit, sample, sample_seed)
         with measure(lm.device) as stats:
             prompt = self.prompts(lm, tgt, examples)
+            if self.params.prompt_format != "plain":
+                prompt = format_prompts(
+                    build_prompts(tgt, examples, prompt), lm.tokenizer, self.params.prompt_format
+                )
             if self.eval_scoring() == SCORING_CACHED:
                 (result,) = evaluate_sweep(
                     lm,
@@ -323,9 +352,17 @@ class Method:
                         prefix_cache=self.prefix_cache(),
                     )
         self.last_result = result
-        return self.record(lm, result, stats)
+        return self.record(lm, result, stats, labels=tgt.labels)
 
-    def record(self, lm: LanguageModel, result: Any, stats: dict[str, float]) -> dict[str, Any]:
+    def record(
+        self,
+        lm: LanguageModel,
+        result: Any,
+        stats: dict[str, float],
+        labels: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """The flat result record (`RESULT_FIELDS`); ``labels`` (the target's label list)
+        turns the per-example predictions into indices (`compact_predictions`)."""
         params = json.loads(json.dumps(dataclasses.asdict(self.params)))  # tuples -> lists
         params.pop("data_dir", None)
         rec: dict[str, Any] = {
@@ -350,6 +387,8 @@ class Method:
             "uses_target_labels": self.uses_labels_of_target,
             "scoring": result.scoring,
             "castlib_version": __version__,
+            "prompt_format": self.params.prompt_format,
+            "predictions": compact_predictions(result.predictions, labels),
         }
         for key, value in self.info.items():
             rec.setdefault(key, value)

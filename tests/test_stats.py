@@ -1,0 +1,293 @@
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import binomtest
+
+from castlib import stats
+from castlib.stats import (
+    Interval,
+    accuracy_interval,
+    chance_rate,
+    majority_rate,
+    mcnemar_exact,
+    paired_difference,
+    target_table,
+    verdict,
+)
+
+
+def test_majority_and_chance_rates_by_hand():
+    assert majority_rate([0, 1, 1, 2]) == 0.5
+    assert majority_rate([3]) == 1.0
+    assert chance_rate([2, 4]) == pytest.approx((1 / 2 + 1 / 4) / 2)
+    assert chance_rate([3, 3, 3]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="no rows"):
+        majority_rate([])
+    with pytest.raises(ValueError, match="at least one option"):
+        chance_rate([2, 0])
+
+
+def test_mcnemar_hand_worked():
+    # b = 3 (only a right), c = 0: p = 2 * (1/2)^3 = 0.25
+    a = [1, 1, 1, 0, 1]
+    b = [0, 0, 0, 0, 1]
+    result = mcnemar_exact(a, b)
+    assert (result.b, result.c) == (3, 0) and result.p_value == 0.25
+    # b = 1, c = 1: p = min(1, 2 * (1 + 2) / 4) = 1
+    assert mcnemar_exact([1, 0], [0, 1]).p_value == 1.0
+    # b = 5, c = 1: 2 * (1 + 6) / 64 = 0.21875
+    assert mcnemar_exact([1] * 5 + [0], [0] * 5 + [1]).p_value == 0.21875
+    # no discordant pairs: p = 1
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1]).p_value == 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 60), st.integers(0, 60))
+def test_mcnemar_matches_scipy_binomtest(n_b, n_c):
+    a = [1] * n_b + [0] * n_c + [1, 0]
+    b = [0] * n_b + [1] * n_c + [1, 0]
+    result = mcnemar_exact(a, b)
+    assert (result.b, result.c) == (n_b, n_c)
+    expected = 1.0 if n_b + n_c == 0 else binomtest(n_b, n_b + n_c, 0.5).pvalue
+    assert result.p_value == pytest.approx(expected, rel=1e-12, abs=1e-300)
+    assert mcnemar_exact(b, a).p_value == result.p_value  # symmetric
+
+
+def test_accuracy_interval_constant_rows_is_degenerate():
+    iv = accuracy_interval([1, 1, 1, 1], n_boot=50)
+    assert (iv.estimate, iv.low, iv.high, iv.n) == (1.0, 1.0, 1.0, 4)
+    iv = accuracy_interval(np.zeros((3, 5)), n_boot=50)
+    assert (iv.estimate, iv.low, iv.high, iv.n) == (0.0, 0.0, 0.0, 5)
+
+
+def test_seeds_are_pooled_per_row():
+    runs = np.array([[1, 0, 1, 1], [1, 1, 0, 1]])
+    iv = accuracy_interval(runs, n_boot=100)
+    assert iv.estimate == 0.75 and iv.n == 4  # rows, not (seed, row) pairs
+
+
+def test_bootstrap_is_seeded_and_matches_a_plain_loop():
+    rng = np.random.default_rng(5)
+    correct = (rng.random(37) < 0.4).astype(float)
+    a = accuracy_interval(correct, n_boot=2500, seed=3)
+    assert a == accuracy_interval(correct, n_boot=2500, seed=3)
+    # the same resamples drawn one chunk at a time by hand
+    gen = np.random.default_rng(3)
+    means = []
+    for start in range(0, 2500, stats._CHUNK):
+        size = min(stats._CHUNK, 2500 - start)
+        means.extend(correct[gen.integers(0, 37, size=(size, 37))].mean(axis=1))
+    low, high = np.quantile(means, [0.025, 0.975])
+    assert (a.low, a.high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_bootstrap_interval_covers_binomial_width():
+    # n = 400 rows at p = 0.3: the normal-approximation 95% half width is 1.96 * sqrt(.21/400)
+    correct = np.array([1] * 120 + [0] * 280)
+    iv = accuracy_interval(correct, n_boot=10_000)
+    half = 1.96 * np.sqrt(0.3 * 0.7 / 400)
+    assert iv.estimate == 0.3
+    assert iv.high - iv.low == pytest.approx(2 * half, rel=0.08)
+
+
+def test_paired_difference_uses_the_same_rows():
+    # b = a shifted on 10 of 200 rows: the paired interval is far narrower than the unpaired
+    rng = np.random.default_rng(0)
+    a = (rng.random(200) < 0.5).astype(float)
+    b = a.copy()
+    flip = np.flatnonzero(a == 0)[:10]
+    b[flip] = 1
+    d = paired_difference(b, a, n_boot=4000)
+    assert d.estimate == pytest.approx(10 / 200)
+    assert d.low > 0 and d.excludes_zero  # every differing row favours b
+    assert d.high - d.low < 0.1
+    same = paired_difference(a, a, n_boot=100)
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="not paired"):
+        paired_difference(a, a[:-1])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=60))
+def test_paired_difference_properties(pairs):
+    a = np.array([p[0] for p in pairs], dtype=float)
+    b = np.array([p[1] for p in pairs], dtype=float)
+    d = paired_difference(a, b, n_boot=200, seed=1)
+    assert d.estimate == pytest.approx(a.mean() - b.mean())
+    assert d.low <= d.estimate + 1e-12 and d.estimate - 1e-12 <= d.high
+    assert -1 <= d.low <= d.high <= 1
+    r = paired_difference(b, a, n_boot=200, seed=1)  # antisymmetric
+    assert (r.low, r.high) == (pytest.approx(-d.high), pytest.approx(-d.low))
+
+
+def test_verdict():
+    assert verdict(Interval(0.05, 0.01, 0.09, 500), 500) == "resolved"
+    assert verdict(Interval(-0.05, -0.09, -0.01, 500), 500) == "resolved"
+    assert verdict(Interval(0.02, -0.01, 0.05, 200), 200) == "not resolved at n = 200"
+    assert verdict((0.0, 0.04), 100) == "not resolved at n = 100"  # touching zero
+    with pytest.raises(ValueError, match="out of order"):
+        verdict((0.1, -0.1), 10)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="0/1"):
+        accuracy_interval([0.5, 1])
+    with pytest.raises(ValueError, match="n_boot"):
+        accuracy_interval([1, 0], n_boot=0)
+    with pytest.raises(ValueError, match="level"):
+        accuracy_interval([1, 0], level=1.5)
+    with pytest.raises(ValueError, match="same length"):
+        mcnemar_exact([1, 0], [1])
+
+
+def _record(method, seed, preds, gold, ids=None, labels=False):
+    ids = ids or [f"r{i}" for i in range(len(gold))]
+    return {
+        "target": "t",
+        "method": method,
+        "seed": seed,
+        "uses_target_labels": labels,
+        "predictions": {"id": ids, "pred": preds, "gold": gold, "n_options": [4] * len(gold)},
+    }
+
+
+def test_target_table_by_hand():
+    gold = [0, 0, 0, 1, 2, 3]
+    zs = [0, 1, 1, 1, 0, 0]  # 2 right (rows 0, 3)
+    cast = [[0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 0, 0]]  # 3 and 4 right
+    icv = [0, 0, 0, 1, 2, 0]  # 5 right
+    lora = [0, 0, 0, 1, 2, 3]  # 6 right but uses target labels
+    records = [
+        _record("zero_shot", 0, zs, gold),
+        _record("cast", 0, cast[0], gold),
+        _record("cast", 1, cast[1], gold),
+        # JSON string form (flat records of results.json) and shuffled row order
+        {**_record("icv", 0, icv[::-1], gold[::-1], ids=[f"r{i}" for i in range(6)][::-1])},
+        _record("lora", 0, lora, gold, labels=True),
+    ]
+    records[3]["predictions"] = json.dumps(records[3]["predictions"])
+    table = target_table(records, n_boot=300).set_index("method")
+    assert table.loc["cast", "accuracy"] == pytest.approx(3.5 / 6)
+    assert table.loc["cast", "runs"] == 2 and table.loc["cast", "n"] == 6
+    assert table.loc["icv", "accuracy"] == pytest.approx(5 / 6)
+    assert (table["majority_rate"] == 0.5).all() and (table["chance_rate"] == 0.25).all()
+    assert (table["best_label_free"] == "icv").all()  # lora uses target labels, cast is the focus
+    assert table.loc["cast", "vs_zero_shot_diff"] == pytest.approx(1.5 / 6)
+    # McNemar per seed against zero-shot, the largest p kept: seed 0 b=1,c=0 -> 1.0
+    assert table.loc["cast", "vs_zero_shot_p_mcnemar"] == 1.0
+    assert (
+        table.loc["icv", "vs_zero_shot_p_mcnemar"]
+        == mcnemar_exact(np.equal(icv, gold), np.equal(zs, gold)).p_value
+    )
+    assert table.loc["cast", "vs_best_label_free_diff"] == pytest.approx(3.5 / 6 - 5 / 6)
+    # rows 1-2 favour cast; a resample without both (p = (4/6)^6 > 2.5%) has difference 0
+    assert table.loc["cast", "vs_zero_shot_verdict"] == "not resolved at n = 6"
+    assert np.isnan(table.loc["zero_shot", "vs_zero_shot_diff"])
+    (line,) = stats.conclusions(table.reset_index())
+    assert line.startswith("t (n = 6; majority 0.500, chance 0.250): cast 0.583 [")
+    assert "; vs zero_shot +0.250 [" in line and "McNemar p = 1: not resolved at n = 6" in line
+    assert "; vs icv -0.250 [" in line
+
+
+def test_target_table_refuses_unpaired_or_missing_predictions():
+    gold = [0, 1]
+    good = _record("zero_shot", 0, [0, 1], gold)
+    other_rows = _record("cast", 0, [0, 1], gold, ids=["x", "y"])
+    with pytest.raises(ValueError, match="other rows"):
+        target_table([good, other_rows], n_boot=10)
+    old = {"target": "t", "method": "cast", "seed": 0}
+    with pytest.raises(ValueError, match="no per-example predictions"):
+        target_table([good, old], n_boot=10)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_records_keep_compact_predictions(lm):
+    import castlib.methods as methods
+    from tests.conftest import make_task
+
+    task = make_task("tgt", n_train=12, n_test=6, seed=2)
+    method = methods.get("zero_shot")().fit(lm, [task], task, seed=0)
+    rec = method.evaluate(lm, task, limit=5)
+    preds = rec["predictions"]
+    full = method.last_result.predictions
+    assert preds["id"] == [p["id"] for p in full] == [ex.id for ex in task.test[:5]]
+    assert [task.labels[i] for i in preds["pred"]] == [p["pred"] for p in full]
+    assert preds["gold"] == [ex.label for ex in task.test[:5]]
+    assert preds["n_options"] == [2] * 5
+    assert np.mean(np.equal(preds["pred"], preds["gold"])) == rec["accuracy"]
+    assert rec["prompt_format"] == "plain"
+    json.dumps(rec)
+    table = target_table([rec], n_boot=50)
+    assert table.loc[0, "accuracy"] == rec["accuracy"] and table.loc[0, "n"] == 5
+
+
+def test_chat_prompt_format_is_applied_and_recorded():
+    import castlib
+    import castlib.methods as methods
+    from castlib.prompts import ChatTemplate, ZeroShot
+    from castlib.testing import tiny_model, tiny_tokenizer
+    from tests.conftest import make_task
+
+    tok = tiny_tokenizer()
+    lm = tiny_model("llama", tokenizer=tok)
+    task = make_task("tgt", n_train=12, n_test=6, seed=2)
+    with pytest.raises(ValueError, match="prompt_format must be one of"):
+        methods.get("zero_shot")(prompt_format="chatml")
+    method = methods.get("zero_shot")(prompt_format="chat").fit(lm, [task], task, seed=0)
+    with pytest.raises(ValueError, match="no chat template; use prompt_format='plain'"):
+        method.evaluate(lm, task, limit=4)
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    rec = method.evaluate(lm, task, limit=4)
+    by_hand = castlib.evaluate(lm, task, prompt=ChatTemplate(ZeroShot(), tok), limit=4)
+    plain = castlib.evaluate(lm, task, limit=4)
+    assert rec["prompt_format"] == "chat" and rec["params"]["prompt_format"] == "chat"
+    got = [p["log_probs"] for p in method.last_result.predictions]
+    assert got == [p["log_probs"] for p in by_hand.predictions]
+    assert got != [p["log_probs"] for p in plain.predictions]
+
+
+def test_batch_aggregate_keeps_predictions_out_of_the_csv(tmp_path):
+    import pandas as pd
+
+    from castlib import nbtools
+    from castlib import runs as R
+
+    gold = [0, 1, 1, 0]
+    for name, preds, seed in (("zero_shot", [0, 0, 1, 1], 0), ("cast", [0, 1, 1, 1], 0)):
+        run_dir = tmp_path / f"02_cross_domain/{name}"
+        rec = _record(name, seed, preds, gold)
+        rec["accuracy"] = float(np.mean(np.equal(preds, gold)))
+        nbtools.write_results([rec], run_dir)  # the notebooks' writer: flat records
+        assert "predictions" not in pd.read_csv(run_dir / "results.csv").columns
+        (run_dir / R.RUN_FILE).write_text(
+            json.dumps({"status": "ok", "notebook": "02_cross_domain", "parameters": {"x": 1}})
+        )
+    summary = R.aggregate(tmp_path, figures=False)
+    assert "predictions" not in summary.columns and len(summary) == 2
+    assert "predictions" not in pd.read_csv(tmp_path / R.SUMMARY_FILE).columns
+    first = (tmp_path / R.PREDICTIONS_FILE).read_bytes()
+    R.aggregate(tmp_path, figures=False)
+    assert (tmp_path / R.PREDICTIONS_FILE).read_bytes() == first  # reproducible bytes
+    lines = R.load_predictions(tmp_path)
+    assert {line["method"] for line in lines} == {"zero_shot", "cast"}
+    assert all(line["predictions"]["gold"] == gold for line in lines)
+    table = target_table(lines, n_boot=50).set_index("method")
+    assert table.loc["cast", "accuracy"] == 0.75 and table.loc["zero_shot", "accuracy"] == 0.5
+    assert table.loc["cast", "vs_zero_shot_diff"] == 0.25
+    for path in tmp_path.rglob(R.RESULTS_FILE):  # records without predictions: no stale file
+        data = json.loads(path.read_text())
+        path.write_text(
+            json.dumps([{k: v for k, v in r.items() if k != "predictions"} for r in data])
+        )
+    R.aggregate(tmp_path, figures=False)
+    assert not (tmp_path / R.PREDICTIONS_FILE).exists()
+    with pytest.raises(FileNotFoundError, match="aggregate the batch first"):
+        R.load_predictions(tmp_path)
