@@ -724,7 +724,7 @@ def load_model(
             raise HubUnreachableError(
                 f"cannot load model {name_or_path!r}: not an embedded model "
                 f"({embedded_models()}), not a local folder, not in the local Hugging Face cache, "
-                f"and the Hugging Face hub is unreachable: {offline}"
+                f"and the Hugging Face hub is unreachable: {offline}.{hint}"
             ) from err
         raise OSError(
             f"cannot load model {name_or_path!r}: not an embedded model ({embedded_models()}), "
