@@ -307,6 +307,37 @@ def read_jsonl(path: Path, meta: Mapping[str, Any]) -> list[Example]:
     return rows
 
 
+def _string_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+
+
+def check_meta(meta: Any, where: Path | str) -> None:
+    """Refuse a ``meta.json`` whose required keys are missing or of the wrong type (a string
+    where a list belongs would otherwise be split into characters)."""
+    if not isinstance(meta, dict):
+        raise TaskFormatError(f"{where}: expected a JSON object, got {type(meta).__name__}")
+    for key in ("kind", "labels", "instruction", "fields"):
+        if key not in meta:
+            raise TaskFormatError(f"{where}: missing key {key!r}")
+    if not _string_list(meta["labels"]):
+        raise TaskFormatError(
+            f"{where}: 'labels' must be a list of non-empty strings, got {meta['labels']!r}"
+        )
+    if not _string_list(meta["fields"]) or not meta["fields"]:
+        raise TaskFormatError(
+            f"{where}: 'fields' must be a non-empty list of field names, got {meta['fields']!r}"
+        )
+    if not isinstance(meta["instruction"], str) or not meta["instruction"].strip():
+        raise TaskFormatError(
+            f"{where}: 'instruction' must be a non-empty string, got {meta['instruction']!r}"
+        )
+    if not isinstance(meta["kind"], str):
+        raise TaskFormatError(f"{where}: 'kind' must be a string, got {meta['kind']!r}")
+    roles = meta.get("field_roles", {})
+    if not isinstance(roles, dict) or not all(isinstance(v, str) for v in roles.values()):
+        raise TaskFormatError(f"{where}: 'field_roles' must map field names to strings")
+
+
 def _unknown_task(name: str, root: Path) -> KeyError:
     available = sorted(p.parent.name for p in root.glob("*/meta.json"))
     close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
@@ -330,9 +361,7 @@ def load_task(name: str, data_dir: str | Path | None = None) -> Task:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise TaskFormatError(f"{meta_path}: invalid JSON ({err.msg})") from err
-    for key in ("kind", "labels", "instruction", "fields"):
-        if key not in meta:
-            raise TaskFormatError(f"{meta_path}: missing key {key!r}")
+    check_meta(meta, meta_path)
     counts = meta.get("counts") or {}
     if not isinstance(counts, dict):
         raise TaskFormatError(f"{meta_path}: 'counts' must be an object, got {counts!r}")

@@ -272,3 +272,22 @@ def test_no_data_anywhere_names_what_was_tried(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks_module, "repo_data_dir", lambda: tmp_path / "data")
     with pytest.raises(FileNotFoundError, match=r"CASTLIB_DATA \(not set\).*castlib data fetch"):
         resolve_data_dir()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("labels", "ny", "'labels' must be a list"),
+        ("labels", [0, 1], "'labels' must be a list"),
+        ("fields", "text", "'fields' must be a non-empty list"),
+        ("instruction", 3, "'instruction' must be a non-empty string"),
+        ("field_roles", ["x"], "'field_roles' must map"),
+    ],
+)
+def test_meta_of_the_wrong_type_is_refused(data, key, value, message):
+    meta_path = data / "cls" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta[key] = value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TaskFormatError, match=rf"meta\.json: {message}"):
+        load_task("cls", data)
