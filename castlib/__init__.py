@@ -7,10 +7,12 @@ The public API fits on one screen:
     acts = castlib.record_activations(lm, prompts)    # [n, layers, hidden] at the last real token
     with castlib.steer(lm, vector, alpha=4.0, layers=[6]):
         result = castlib.evaluate(lm, task, limit=100)
+    grid = [lambda a=a: castlib.steer(lm, vector, alpha=a, layers=[6]) for a in (0.5, 1, 2)]
+    results = castlib.evaluate_sweep(lm, task, grid, limit=100)   # one prefix pass per prompt
 """
 
 from ._version import __version__
-from .evaluate import EvalResult, evaluate, score_prompts
+from .evaluate import EvalResult, evaluate, evaluate_sweep, score_prompts
 from .models import EMBEDDED_MODEL, LanguageModel, find_blocks, load_model, wrap_model
 from .prompts import CrossTask, FewShot, PerQuery, ZeroShot, cross_task, k_shot, zero_shot
 from .record import record_activations
@@ -41,6 +43,7 @@ __all__ = [
     "CrossTask",
     "PerQuery",
     "evaluate",
+    "evaluate_sweep",
     "score_prompts",
     "EvalResult",
 ]
