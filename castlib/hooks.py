@@ -112,7 +112,7 @@ def watch_inputs(backbone: nn.Module, info: ForwardInfo) -> list[RemovableHandle
             info.attention_mask = mask[:, mask.shape[1] - new :]
         else:
             info.attention_mask = None
-            past = arguments.get("past_key_values")
+            past = arguments.get("cache", arguments.get("past_key_values"))
             length = getattr(past, "get_seq_length", None)
             info.past_length = int(length()) if callable(length) else 0
         info.active = True

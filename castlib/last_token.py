@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .logprobs import answer_token_ids
 from .models import LanguageModel
 from .padding import encode, iter_batches, position_ids_from_mask
-from .prefix_cache import _new_cache
+from .prefix_cache import cache_kwargs, new_cache, returned_cache
 from .steer import active_steer_hooks
 from .validate import check_positive_int, check_prompts, check_token_lengths
 
@@ -99,7 +99,7 @@ def _forward_new_tokens(
         input_ids=new_ids,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=fork_cache(cache),
+        **cache_kwargs(lm, fork_cache(cache)),
         use_cache=True,
         logits_to_keep=keep,
     )
@@ -167,14 +167,16 @@ def sweep_scores(
         ):
             ids, mask = batch.input_ids, batch.attention_mask
             prefix_ids, prefix_mask, last = ids[:, :-1], mask[:, :-1], ids[:, -1:]
-            prefix = lm.model(
-                input_ids=prefix_ids,
-                attention_mask=prefix_mask,
-                position_ids=position_ids_from_mask(prefix_mask),
-                past_key_values=_new_cache(lm),
-                use_cache=True,
-                logits_to_keep=1,
-            ).past_key_values
+            prefix = returned_cache(
+                lm.model(
+                    input_ids=prefix_ids,
+                    attention_mask=prefix_mask,
+                    position_ids=position_ids_from_mask(prefix_mask),
+                    **cache_kwargs(lm, new_cache(lm)),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            )
             for out, config in zip(outs, configs, strict=True):
                 with config() if config is not None else nullcontext():
                     if any(h.positions != "last" for h in active_steer_hooks(lm)):

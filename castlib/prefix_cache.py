@@ -49,6 +49,7 @@ result would silently differ from steering the full prompt. Score steered prompt
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,6 +62,9 @@ from .padding import encode, pad
 from .steer import active_steer_hooks
 
 __all__ = [
+    "cache_kwargs",
+    "returned_cache",
+    "new_cache",
     "PrefixCache",
     "build_prefix_cache",
     "expand_cache",
@@ -167,7 +171,22 @@ def joint_tokenisation_matches(
     return [j == pre + s for j, s in zip(joint, sufs, strict=True)]
 
 
-def _new_cache(lm: LanguageModel) -> object:
+def cache_kwargs(lm: LanguageModel, cache: object) -> dict[str, object]:
+    """The keyword that passes a key/value cache to ``lm.model``: ``cache`` where the model's
+    forward takes it (transformers >= 5.2x, where ``past_key_values`` is deprecated), else
+    ``past_key_values``."""
+    params = inspect.signature(lm.model.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
+def returned_cache(output: object) -> object:
+    """The key/value cache a forward pass returned (``output.cache``, else the older
+    ``output.past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def new_cache(lm: LanguageModel) -> object:
     from transformers import DynamicCache
 
     try:
@@ -186,11 +205,11 @@ def build_prefix_cache(lm: LanguageModel, prefix: str) -> PrefixCache:
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             position_ids=torch.arange(len(ids), device=lm.device)[None],
-            past_key_values=_new_cache(lm),
+            **cache_kwargs(lm, new_cache(lm)),
             use_cache=True,
             logits_to_keep=1,
         )
-    return PrefixCache(text=prefix, token_ids=ids, cache=out.past_key_values, model_id=id(lm.model))
+    return PrefixCache(text=prefix, token_ids=ids, cache=returned_cache(out), model_id=id(lm.model))
 
 
 def expand_cache(cache: object, n: int) -> object:
@@ -251,7 +270,7 @@ def _forward_suffixes(
         input_ids=ids,
         attention_mask=full_mask,
         position_ids=positions,
-        past_key_values=expand_cache(pc.cache, n),
+        **cache_kwargs(lm, expand_cache(pc.cache, n)),
         use_cache=True,
         logits_to_keep=keep.to(lm.device),
     )

@@ -116,13 +116,15 @@ def test_outer_steering_is_refused(lm):
 
 
 def test_fork_cache_leaves_the_cache_untouched(lm):
-    from castlib.prefix_cache import _new_cache
+    from castlib.prefix_cache import cache_kwargs, new_cache, returned_cache
 
     ids = torch.as_tensor([[1, 5, 6, 7]])
-    out = lm.model(input_ids=ids, past_key_values=_new_cache(lm), use_cache=True)
-    cache = out.past_key_values
+    out = lm.model(input_ids=ids, **cache_kwargs(lm, new_cache(lm)), use_cache=True)
+    cache = returned_cache(out)
     before = [layer.keys.clone() for layer in cache.layers]
-    lm.model(input_ids=torch.as_tensor([[8]]), past_key_values=fork_cache(cache), use_cache=True)
+    lm.model(
+        input_ids=torch.as_tensor([[8]]), **cache_kwargs(lm, fork_cache(cache)), use_cache=True
+    )
     assert [layer.keys.shape for layer in cache.layers] == [b.shape for b in before]
     assert all(torch.equal(layer.keys, b) for layer, b in zip(cache.layers, before, strict=True))
 

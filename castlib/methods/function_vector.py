@@ -48,7 +48,7 @@ from ..hooks import HookGroup
 from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches
-from ..prefix_cache import expand_cache
+from ..prefix_cache import cache_kwargs, expand_cache, new_cache, returned_cache
 from ..prompts import k_shot
 from ..tasks import Example, Task
 from .registry import register
@@ -149,15 +149,6 @@ def mean_head_outputs(
     return (total / len(prompts)).float().view(lm.n_layers, n_heads, head_dim)
 
 
-def _new_cache(lm: LanguageModel) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=lm.model.config)
-    except Exception:  # pragma: no cover - configs without layer types
-        return DynamicCache()
-
-
 class _Patcher:
     """Pre-hooks on the output projections that overwrite chosen heads at the last token, one
     (layer, head) per batch row."""
@@ -195,7 +186,7 @@ def _last_token_probs(
         input_ids=torch.full((n, 1), token, device=lm.device),
         attention_mask=torch.ones((n, n_pre + 1), dtype=torch.long, device=lm.device),
         position_ids=torch.full((n, 1), n_pre, device=lm.device),
-        past_key_values=expand_cache(cache, n),
+        **cache_kwargs(lm, expand_cache(cache, n)),
         use_cache=True,
         logits_to_keep=1,
     ).logits
@@ -226,14 +217,16 @@ def head_effects(
                 prefix = torch.as_tensor([row[:-1]], device=lm.device)
                 n_pre = prefix.shape[1]
                 patcher.rows = []
-                cache = lm.model(
-                    input_ids=prefix,
-                    attention_mask=torch.ones_like(prefix),
-                    position_ids=torch.arange(n_pre, device=lm.device)[None],
-                    past_key_values=_new_cache(lm),
-                    use_cache=True,
-                    logits_to_keep=1,
-                ).past_key_values
+                cache = returned_cache(
+                    lm.model(
+                        input_ids=prefix,
+                        attention_mask=torch.ones_like(prefix),
+                        position_ids=torch.arange(n_pre, device=lm.device)[None],
+                        **cache_kwargs(lm, new_cache(lm)),
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
+                )
 
                 base = _last_token_probs(lm, row[-1], n_pre, cache, 1, gold[i])[0]
                 start = 0
