@@ -37,7 +37,7 @@ bench: setup
 	$(PY) -m castlib.bench --json benchmarks/results/bench.json
 
 lint: setup
-	$(PY) -m ruff check castlib tests && $(PY) -m ruff format --check castlib tests
+	$(PY) -m ruff check castlib tests notebooks && $(PY) -m ruff format --check castlib tests notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
