@@ -56,7 +56,7 @@ bench: setup
 	$(PY) -m benchmarks.bench --json benchmarks/results/bench.json
 
 lint: setup
-	$(PY) -m ruff check castlib tests benchmarks && $(PY) -m ruff format --check castlib tests benchmarks
+	$(PY) -m ruff check castlib tests benchmarks notebooks && $(PY) -m ruff format --check castlib tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

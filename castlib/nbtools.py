@@ -13,7 +13,8 @@ helpers keep that contract in one place:
 * `flat_record` / `write_results` / `write_table` / `save_figure` -- the structured outputs a run
   leaves in ``output_dir`` (``results.json`` is what `castlib.runs` aggregates);
 * `params_table`, `mean_std`, `verdict`, `fmt` -- deterministic, rounded display;
-* `peak_memory` -- absolute peak memory of a block (for cost ratios between methods).
+* `peak_memory` -- absolute peak memory of a block (for cost ratios between methods);
+* `setup` -- the notebooks' common setup: display options, ``output_dir`` and the model.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from . import plots
 from .methods import available, get, preset, presets
 from .methods.base import Method
 from .methods.steering import icl_activations
-from .models import LanguageModel
+from .models import LanguageModel, load_model
 from .profiling import profile
 from .tasks import Example, Task, load_task, sample_examples
 
@@ -51,6 +53,7 @@ __all__ = [
     "peak_memory",
     "sample_test",
     "save_figure",
+    "setup",
     "verdict",
     "write_results",
     "write_table",
@@ -67,6 +70,25 @@ def output_path(output_dir: str | Path) -> Path:
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def setup(
+    model: str, device: str = "auto", output_dir: str | Path = "results"
+) -> tuple[LanguageModel, Path]:
+    """The common setup of the reproduction notebooks, run right after their parameters cell.
+
+    Sets the display of tables and figures (`castlib.plots.set_theme`; pandas shows 3 decimals
+    in 120 columns; both process-wide, as display settings are), creates ``output_dir`` and loads
+    ``model`` on ``device`` (`castlib.load_model`).
+
+    Returns:
+        ``(lm, out)``: the loaded model and ``output_dir`` as a Path.
+    """
+    plots.set_theme()
+    pd.set_option("display.precision", 3)
+    pd.set_option("display.width", 120)
+    out = output_path(output_dir)
+    return load_model(model, device=device), out
 
 
 def params_table(params: Mapping[str, Any], hide: Iterable[str] = _PATH_PARAMS) -> pd.DataFrame:

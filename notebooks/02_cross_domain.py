@@ -1,0 +1,256 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (castlib)
+#     language: python
+#     name: castlib
+# ---
+
+# %% [markdown]
+# # 02 Cross-domain transfer
+#
+# **What the paper claims** (abstract): "Extensive experiments across both cross-domain and
+# cross-lingual transfer settings show that our method outperforms competitive baselines".
+#
+# CAST_SPEC.md, experiment 2: every method on every target task, mean and std over seeds.
+# Methods (labels): `zero_shot`; `cross_task_icl_random` and `cross_task_icl_similar`
+# (Chatterjee et al. 2024); `task_vector` (Hendel et al. 2023); `icv` (Liu et al. 2024);
+# `function_vector` (Todd et al. 2024); `i2cl` (Li et al. 2025); `lora_source` and
+# `kasa_source` (parameter-updating: LoRA, Hu et al. 2022, and KaSA, Wang et al. 2025,
+# trained on the m source samples CAST selects); `cast`. References that read gold labels
+# of the *target* (not label-free competitors): `few_shot` (k target demonstrations),
+# `lora_target_dev` and `kasa_target_dev` (trained on <= 32 labelled target examples).
+# `methods="all"` runs every method registered in `castlib.methods`. All methods see the
+# same seeded sample of test examples; sources are pooled.
+
+# %% [markdown]
+# ## Parameters
+# **Full size** (`papermill_runs/full_cpu.yaml`, one run per target): `targets` =
+# `arc_challenge`, `financial_phrasebank`, `medmcqa`, `sciq`, `social_iqa`; `sources` =
+# `sst2`, `ag_news`, `commonsense_qa` (`gpu.yaml`: the eight sources of Chatterjee et al.
+# available here, and `methods="all"`); `seeds=[0, 1, 2]`, `n_test=200`, `k=4`, `m=32`,
+# `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`, `cast_alphas=None`,
+# `icv_alphas=None`, `n_prompts=16`, `n_samples=32`, `top_heads=None`, `n_corrupted=8`,
+# `n_demos=16`, `n_calib=32`, `train_steps=None`, `n_target=32`.
+
+# %% tags=["parameters"]
+model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
+device = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
+data_dir = None  # None: $CASTLIB_DATA, ./data, ../shared/data, then shared/data beside the repo
+output_dir = (
+    "results/02_cross_domain"  # tables, figures and results.json of this run (not committed)
+)
+targets = ["financial_phrasebank"]  # low-resource targets
+sources = ["sst2"]  # high-resource sources (pooled)
+methods = [
+    "zero_shot",
+    "few_shot",
+    "cross_task_icl_random",
+    "cross_task_icl_similar",
+    "task_vector",
+    "icv",
+    "function_vector",
+    "i2cl",
+    "lora_source",
+    "lora_target_dev",
+    "kasa_source",
+    "kasa_target_dev",
+    "cast",
+]  # or "all": every registered method
+seeds = [0]
+n_test = 16  # test examples per target (a seeded sample); None: all
+k = 1  # demonstrations per prompt (few-shot, cross-task ICL, task/function vector, ICV, CAST)
+m = 4  # CAST (and LoRA/KaSA on its selection): selected source samples
+n_candidates = 8  # CAST and similar-demo ICL: candidates per source task
+n_queries = 4  # CAST: unlabelled target inputs
+n_tune = 2  # steering methods: examples for choosing (l*, alpha)
+layers = [6, 9]  # steering methods: candidate l*; None: the method's default grid
+cast_alphas = [0.5, 1.0]  # CAST: candidate alpha; None: the method's default
+icv_alphas = [0.05, 0.1]  # ICV: candidate alpha; None: the method's default
+n_prompts = 4  # task vector, function vector: source few-shot prompts averaged
+n_samples = 4  # ICV: source samples
+top_heads = [2]  # function vector: candidate K (heads summed); None: the method's default
+n_corrupted = 2  # function vector: corrupted prompts for the heads' indirect effects
+n_demos = 4  # I2CL: source demonstrations whose context vectors are averaged
+n_calib = 4  # I2CL: source examples calibrating the injection coefficients
+train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
+n_target = 8  # LoRA/KaSA on target_dev: labelled target examples, at most 32
+method_params = {}  # extra parameters per method label, e.g. {"cast": {"gamma": 0.0}}
+batch_size = 16
+
+# %% tags=["nbval-ignore-output"]
+import warnings
+
+from tqdm import TqdmWarning
+
+# before the first import of tqdm.auto (by castlib), which warns when ipywidgets is missing
+warnings.filterwarnings("ignore", category=TqdmWarning)
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+import castlib
+from castlib import nbtools, plots
+
+lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
+print(lm)
+
+# %%
+nbtools.params_table(
+    dict(
+        model=model,
+        device=device,
+        data_dir=data_dir,
+        output_dir=output_dir,
+        targets=targets,
+        sources=sources,
+        methods=methods,
+        seeds=seeds,
+        n_test=n_test,
+        k=k,
+        m=m,
+        n_candidates=n_candidates,
+        n_queries=n_queries,
+        n_tune=n_tune,
+        layers=layers,
+        cast_alphas=cast_alphas,
+        icv_alphas=icv_alphas,
+        n_prompts=n_prompts,
+        n_samples=n_samples,
+        top_heads=top_heads,
+        n_corrupted=n_corrupted,
+        n_demos=n_demos,
+        n_calib=n_calib,
+        train_steps=train_steps,
+        n_target=n_target,
+        method_params=method_params,
+        batch_size=batch_size,
+    )
+)
+
+# %%
+shared = dict(
+    k=k,
+    m=m,
+    n_candidates=n_candidates,
+    n_queries=n_queries,
+    n_tune=n_tune,
+    layers=layers,
+    n_prompts=n_prompts,
+    n_samples=n_samples,
+    top_heads=top_heads,
+    n_corrupted=n_corrupted,
+    n_demos=n_demos,
+    n_calib=n_calib,
+    steps=train_steps,
+    n_target=n_target,
+    batch_size=batch_size,
+)
+shared = {name: value for name, value in shared.items() if value is not None}  # None: default
+overrides = {
+    "cast": {} if cast_alphas is None else {"alphas": cast_alphas},
+    "icv": {} if icv_alphas is None else {"alphas": icv_alphas},
+}
+for label, extra in method_params.items():
+    overrides[label] = {**overrides.get(label, {}), **extra}
+labels = nbtools.expand_methods(methods)
+target_tasks = {t: nbtools.sample_test(castlib.load_task(t, data_dir), n_test) for t in targets}
+print("methods:", labels)
+print({t: len(task.test) for t, task in target_tasks.items()})
+
+# %% tags=["nbval-ignore-output"]
+records, tuning = [], []
+jobs = [(t, s, lab) for t in targets for s in seeds for lab in labels]
+for target, seed, label in tqdm(jobs, desc="cross-domain"):
+    tgt = target_tasks[target]
+    method = nbtools.build_method(label, shared, overrides, data_dir)
+    method.fit(lm, sources, tgt, seed=seed)
+    rec = method.evaluate(lm, tgt)
+    records.append(nbtools.flat_record(rec, method=label, registry_method=rec["method"]))
+    tuning += [
+        {"target": target, "seed": seed, "method": label, **g} for g in rec.get("tuning_grid", [])
+    ]
+results = pd.DataFrame(records)
+
+# %% [markdown]
+# ## Accuracy per target and method (mean and std over seeds)
+
+# %%
+summary = nbtools.mean_std(results, ["target", "method"])
+nbtools.write_table(summary, out, "summary")
+summary
+
+# %%
+table = summary["mean"].unstack("target").reindex(labels)
+table["mean over targets"] = table.mean(axis=1)
+table.round(3)
+
+# %%
+results[
+    [
+        "target",
+        "method",
+        "seed",
+        "accuracy",
+        "macro_f1",
+        "layer",
+        "alpha",
+        "prompt_tokens_per_query",
+        "trainable_params",
+    ]
+].round(3)
+
+# %%
+fig = plots.bar(
+    results,
+    x="target",
+    y="accuracy",
+    hue="method",
+    title=f"Cross-domain transfer (sources: {', '.join(sources)})",
+)
+nbtools.save_figure(fig, out, "accuracy_by_target_method")
+nbtools.write_results(records, out)
+if tuning:
+    nbtools.write_table(pd.DataFrame(tuning), out, "tuning_grid")
+
+# %% [markdown]
+# ## Conclusion (from this run's numbers)
+# Label-free baselines: every method except `zero_shot`, `cast` and those whose record says `uses_target_labels` (`few_shot`, the `*_target_dev` adapters), which are references.
+
+# %%
+means = summary["mean"].unstack("method")
+labelled = sorted(set(results.loc[results["uses_target_labels"].astype(bool), "method"]))
+baselines = [m for m in means.columns if m not in ("zero_shot", "cast", *labelled)]
+wins = 0
+for target, row in means.iterrows():
+    if "cast" not in row or "zero_shot" not in row:
+        continue
+    best = max(baselines, key=lambda m: row[m]) if baselines else None
+    line = (
+        f"{target}: CAST {nbtools.verdict(row['cast'], row['zero_shot'])} zero-shot "
+        f"({nbtools.fmt(row['cast'])} vs {nbtools.fmt(row['zero_shot'])})"
+    )
+    if best is not None:
+        line += (
+            f" and {nbtools.verdict(row['cast'], row[best])} the best label-free "
+            f"baseline {best} ({nbtools.fmt(row[best])})"
+        )
+        wins += row["cast"] > row[best]
+    refs = [m for m in labelled if m in row]
+    if refs:
+        line += "; references with target labels: " + ", ".join(
+            f"{m} {nbtools.fmt(row[m])}" for m in refs
+        )
+    print(line + ".")
+if "cast" in means.columns and baselines:
+    print(
+        f"CAST beats every label-free baseline on {wins} of {len(means)} target(s) "
+        f"(seeds {seeds}, n={n_test} test examples each)."
+    )

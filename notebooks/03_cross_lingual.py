@@ -1,0 +1,249 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (castlib)
+#     language: python
+#     name: castlib
+# ---
+
+# %% [markdown]
+# # 03 Cross-lingual transfer
+#
+# **What the paper claims** (abstract): CAST outperforms competitive baselines "across both
+# cross-domain and cross-lingual transfer settings".
+#
+# CAST_SPEC.md, experiment 3: English source tasks steer target tasks in other languages.
+# Pairs come from the datasets' `meta.json` (`family`, `language`, `role`): within a family
+# (SIB-200 topics, NusaX sentiment, AfriSenti with TweetEval English, XCOPA), the English
+# member is the source and the other members are targets (`pairs="auto"`), or a list of
+# `[source, target]` pairs. Label words are English in every language, so label spaces
+# match.
+
+# %% [markdown]
+# ## Parameters
+# **Full size** (`papermill_runs/full_cpu.yaml`, one run per pair): SIB-200 eng -> swh and
+# -> yor, NusaX eng -> jav, TweetEval eng -> AfriSenti hau; `seeds=[0, 1, 2]`, `n_test=200`,
+# `k=4`, `m=32`, `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`,
+# `cast_alphas=None`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`, `n_calib=32`,
+# `train_steps=None` (`gpu.yaml`: `pairs="auto"`, every family member, `methods="all"`).
+
+# %% tags=["parameters"]
+model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
+device = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
+data_dir = None  # None: $CASTLIB_DATA, ./data, ../shared/data, then shared/data beside the repo
+output_dir = (
+    "results/03_cross_lingual"  # tables, figures and results.json of this run (not committed)
+)
+pairs = [["sib200_eng", "sib200_swh"]]  # [source, target] pairs; "auto": from meta.json
+families = None  # only these families when pairs is auto; None: all
+methods = [
+    "zero_shot",
+    "cross_task_icl_random",
+    "function_vector",
+    "i2cl",
+    "lora_source",
+    "kasa_source",
+    "cast",
+]  # or "all"
+seeds = [0]
+n_test = 16
+k = 1  # demonstrations per prompt (few-shot, cross-task ICL, task/function vector, ICV, CAST)
+m = 4  # CAST (and LoRA/KaSA on its selection): selected source samples
+n_candidates = 8  # CAST and similar-demo ICL: candidates per source task
+n_queries = 4  # CAST: unlabelled target inputs
+n_tune = 2  # steering methods: examples for choosing (l*, alpha)
+layers = [6, 9]  # steering methods: candidate l*; None: the method's default grid
+cast_alphas = [0.5, 1.0]  # CAST: candidate alpha; None: the method's default
+icv_alphas = [0.05, 0.1]  # ICV: candidate alpha; None: the method's default
+n_prompts = 4  # task vector, function vector: source few-shot prompts averaged
+n_samples = 4  # ICV: source samples
+top_heads = [2]  # function vector: candidate K (heads summed); None: the method's default
+n_corrupted = 2  # function vector: corrupted prompts for the heads' indirect effects
+n_demos = 4  # I2CL: source demonstrations whose context vectors are averaged
+n_calib = 4  # I2CL: source examples calibrating the injection coefficients
+train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
+n_target = 8  # LoRA/KaSA on target_dev: labelled target examples, at most 32
+method_params = {}  # extra parameters per method label, e.g. {"cast": {"gamma": 0.0}}
+batch_size = 16
+
+# %% tags=["nbval-ignore-output"]
+import warnings
+
+from tqdm import TqdmWarning
+
+# before the first import of tqdm.auto (by castlib), which warns when ipywidgets is missing
+warnings.filterwarnings("ignore", category=TqdmWarning)
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+import castlib
+from castlib import nbtools, plots
+
+lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
+print(lm)
+
+# %%
+nbtools.params_table(
+    dict(
+        model=model,
+        device=device,
+        data_dir=data_dir,
+        output_dir=output_dir,
+        pairs=pairs,
+        families=families,
+        methods=methods,
+        seeds=seeds,
+        n_test=n_test,
+        k=k,
+        m=m,
+        n_candidates=n_candidates,
+        n_queries=n_queries,
+        n_tune=n_tune,
+        layers=layers,
+        cast_alphas=cast_alphas,
+        icv_alphas=icv_alphas,
+        n_prompts=n_prompts,
+        n_samples=n_samples,
+        top_heads=top_heads,
+        n_corrupted=n_corrupted,
+        n_demos=n_demos,
+        n_calib=n_calib,
+        train_steps=train_steps,
+        n_target=n_target,
+        method_params=method_params,
+        batch_size=batch_size,
+    )
+)
+
+# %%
+shared = dict(
+    k=k,
+    m=m,
+    n_candidates=n_candidates,
+    n_queries=n_queries,
+    n_tune=n_tune,
+    layers=layers,
+    n_prompts=n_prompts,
+    n_samples=n_samples,
+    top_heads=top_heads,
+    n_corrupted=n_corrupted,
+    n_demos=n_demos,
+    n_calib=n_calib,
+    steps=train_steps,
+    n_target=n_target,
+    batch_size=batch_size,
+)
+shared = {name: value for name, value in shared.items() if value is not None}  # None: default
+overrides = {
+    "cast": {} if cast_alphas is None else {"alphas": cast_alphas},
+    "icv": {} if icv_alphas is None else {"alphas": icv_alphas},
+}
+for label, extra in method_params.items():
+    overrides[label] = {**overrides.get(label, {}), **extra}
+import json
+
+root = castlib.tasks.resolve_data_dir(data_dir)
+meta = {
+    p.parent.name: json.loads(p.read_text(encoding="utf-8"))
+    for p in sorted(root.glob("*/meta.json"))
+}
+if pairs == "auto":
+    pairs = []
+    for fam in sorted({m["family"] for m in meta.values() if m.get("family")}):
+        if families is not None and fam not in families:
+            continue
+        members = [n for n, m in meta.items() if m.get("family") == fam]
+        english = [n for n in members if meta[n].get("language") == "en"]
+        pairs += [[src, tgt] for src in english for tgt in members if tgt not in english]
+pair_table = pd.DataFrame(
+    [
+        {
+            "source": s,
+            "target": t,
+            "family": meta[t].get("family"),
+            "language": meta[t].get("language_name", meta[t].get("language")),
+            "resource_level": meta[t].get("resource_level"),
+            "parallel": meta[t].get("parallel"),
+        }
+        for s, t in pairs
+    ]
+)
+labels = nbtools.expand_methods(methods)
+pair_table
+
+# %% tags=["nbval-ignore-output"]
+records = []
+target_tasks = {}
+jobs = [(s, t, seed, lab) for s, t in pairs for seed in seeds for lab in labels]
+for source, target, seed, label in tqdm(jobs, desc="cross-lingual"):
+    if target not in target_tasks:
+        target_tasks[target] = nbtools.sample_test(castlib.load_task(target, data_dir), n_test)
+    tgt = target_tasks[target]
+    method = nbtools.build_method(label, shared, overrides, data_dir)
+    method.fit(lm, [source], tgt, seed=seed)
+    rec = method.evaluate(lm, tgt)
+    info = pair_table[(pair_table.source == source) & (pair_table.target == target)].iloc[0]
+    records.append(
+        nbtools.flat_record(
+            rec,
+            method=label,
+            registry_method=rec["method"],
+            source=source,
+            family=info["family"],
+            language=info["language"],
+            resource_level=info["resource_level"],
+        )
+    )
+results = pd.DataFrame(records)
+
+# %% [markdown]
+# ## Accuracy per target language and method (mean and std over seeds)
+
+# %%
+summary = nbtools.mean_std(results, ["family", "language", "target", "method"])
+nbtools.write_table(summary, out, "summary")
+summary
+
+# %%
+table = summary["mean"].unstack("method").reindex(columns=labels)
+table.round(3)
+
+# %%
+fig = plots.bar(
+    results,
+    x="language",
+    y="accuracy",
+    hue="method",
+    title="Cross-lingual transfer from English sources",
+)
+nbtools.save_figure(fig, out, "accuracy_by_language_method")
+results_file = nbtools.write_results(records, out)
+
+# %% [markdown]
+# ## Conclusion (from this run's numbers)
+
+# %%
+means = summary["mean"].unstack("method")
+labelled = set(results.loc[results["uses_target_labels"].astype(bool), "method"])
+others = [m for m in means.columns if m != "cast" and m not in labelled]
+if "cast" in means.columns and others:
+    beats_zero = int((means["cast"] > means.get("zero_shot", np.inf)).sum())
+    beats_all = int((means["cast"] > means[others].max(axis=1)).sum())
+    print(
+        f"CAST beats zero-shot on {beats_zero} of {len(means)} cross-lingual target(s) "
+        f"and every label-free baseline ({', '.join(others)}) on {beats_all}."
+    )
+    for (_fam, lang, target), row in means.iterrows():
+        print(
+            f"  {target} ({lang}): CAST {nbtools.fmt(row['cast'])}, "
+            + ", ".join(f"{m} {nbtools.fmt(row[m])}" for m in others)
+        )

@@ -1,0 +1,210 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (castlib)
+#     language: python
+#     name: castlib
+# ---
+
+# %% [markdown]
+# # 04 Ablations
+#
+# **What the paper claims** (abstract): CAST's two ingredients are the selection of
+# "influential and diverse samples from high-resource tasks" and "their contrastive
+# representation-enhanced activations".
+#
+# CAST_SPEC.md, experiment 4. From the default CAST (`selection="cast"`,
+# `contrast="mean"`, one steering layer, no norm preservation) one factor changes at a time:
+# - selection: `random`, `similarity`, `influence` (gamma = 0), `diversity` (k-center),
+#   `cast`;
+# - contrast: `mean` (mean delta), `pca` (first principal direction of the deltas),
+#   `fewshot_only` (mean few-shot state as a replacement target, no contrast);
+# - layers: `layer_window` = 1 (l* only) vs w > 1 (l*..l*+w-1, alpha split evenly);
+# - norm preservation: off vs on.
+#
+# (l*, alpha) are re-chosen for every variant by the same `source` protocol.
+
+# %% [markdown]
+# ## Parameters
+# **Full size** (`papermill_runs/full_cpu.yaml`): all five selections, all three contrasts,
+# `layer_windows=[1, 3]`, `norm_preserving=[False, True]`, `seeds=[0, 1, 2]`, `n_test=200`,
+# `k=4`, `m=32`, `n_candidates=256`, `n_queries=64`, `n_tune=16`, `layers=None`,
+# `alphas=None` (`gpu.yaml`: five targets, five pooled sources, `layer_windows=[1, 3, 5]`).
+
+# %% tags=["parameters"]
+model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
+device = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
+data_dir = None  # None: $CASTLIB_DATA, ./data, ../shared/data, then shared/data beside the repo
+output_dir = "results/04_ablations"  # tables, figures and results.json of this run (not committed)
+targets = ["financial_phrasebank"]
+sources = ["sst2"]
+selections = ["random", "cast"]  # of random, similarity, influence, diversity, cast
+contrasts = ["mean", "pca"]  # of mean, pca, fewshot_only
+layer_windows = [1, 3]  # 1: single layer; w > 1: l*..l*+w-1
+norm_preserving = [False, True]
+seeds = [0]
+n_test = 16
+m = 4
+k = 1
+n_candidates = 8
+n_queries = 4
+n_tune = 2
+layers = [6, 9]  # None: the method's default grid
+alphas = [0.5, 1.0]  # None: the method's default
+batch_size = 16
+
+# %% tags=["nbval-ignore-output"]
+import warnings
+
+from tqdm import TqdmWarning
+
+# before the first import of tqdm.auto (by castlib), which warns when ipywidgets is missing
+warnings.filterwarnings("ignore", category=TqdmWarning)
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+import castlib
+from castlib import nbtools, plots
+
+lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
+print(lm)
+
+# %%
+nbtools.params_table(
+    dict(
+        model=model,
+        device=device,
+        data_dir=data_dir,
+        output_dir=output_dir,
+        targets=targets,
+        sources=sources,
+        selections=selections,
+        contrasts=contrasts,
+        layer_windows=layer_windows,
+        norm_preserving=norm_preserving,
+        seeds=seeds,
+        n_test=n_test,
+        m=m,
+        k=k,
+        n_candidates=n_candidates,
+        n_queries=n_queries,
+        n_tune=n_tune,
+        layers=layers,
+        alphas=alphas,
+        batch_size=batch_size,
+    )
+)
+
+# %%
+base = {"selection": "cast", "contrast": "mean", "layer_window": 1, "norm_preserving": False}
+axes = {
+    "selection": selections,
+    "contrast": contrasts,
+    "layer_window": layer_windows,
+    "norm_preserving": norm_preserving,
+}
+variants = []  # (ablation, value, params): one factor changed from the default
+for axis, values in axes.items():
+    for value in values:
+        variants.append((axis, value, {**base, axis: value}))
+configs = {}  # distinct configurations, each fitted once per (target, seed)
+for _, _, cfg in variants:
+    configs.setdefault(tuple(sorted(cfg.items())), cfg)
+common = dict(
+    m=m,
+    k=k,
+    n_candidates=n_candidates,
+    n_queries=n_queries,
+    n_tune=n_tune,
+    batch_size=batch_size,
+    data_dir=data_dir,
+)
+if layers is not None:
+    common["layers"] = layers
+if alphas is not None:
+    common["alphas"] = alphas
+print(f"{len(variants)} variants, {len(configs)} distinct CAST configurations")
+pd.DataFrame([{"ablation": a, "value": v, "is_default": cfg == base} for a, v, cfg in variants])
+
+# %% tags=["nbval-ignore-output"]
+fitted, zero_acc = {}, {}
+target_tasks = {t: nbtools.sample_test(castlib.load_task(t, data_dir), n_test) for t in targets}
+jobs = [(t, s, key) for t in targets for s in seeds for key in configs]
+for target, seed, key in tqdm(jobs, desc="ablations"):
+    method = castlib.methods.get("cast")(**common, **configs[key])
+    method.fit(lm, sources, target_tasks[target], seed=seed)
+    fitted[(target, seed, key)] = method.evaluate(lm, target_tasks[target])
+for target in targets:
+    zs = castlib.methods.get("zero_shot")(batch_size=batch_size, data_dir=data_dir)
+    zero_acc[target] = zs.fit(lm, sources, target_tasks[target]).evaluate(lm, target_tasks[target])[
+        "accuracy"
+    ]
+records = []
+for target in targets:
+    for seed in seeds:
+        for axis, value, cfg in variants:
+            rec = fitted[(target, seed, tuple(sorted(cfg.items())))]
+            records.append(
+                nbtools.flat_record(
+                    rec,
+                    ablation=axis,
+                    variant=str(value),
+                    is_default=cfg == base,
+                    zero_shot_accuracy=zero_acc[target],
+                    gain_over_zero_shot=rec["accuracy"] - zero_acc[target],
+                )
+            )
+results = pd.DataFrame(records)
+
+# %% [markdown]
+# ## Accuracy per ablation and variant (mean and std over targets and seeds)
+
+# %%
+summary = nbtools.mean_std(results, ["ablation", "variant"])
+summary["gain_over_zero_shot"] = (
+    results.groupby(["ablation", "variant"], sort=False)["gain_over_zero_shot"].mean().round(3)
+)
+nbtools.write_table(summary, out, "summary")
+summary
+
+# %%
+pd.Series(zero_acc, name="zero_shot_accuracy").round(3).to_frame()
+
+# %%
+results[["target", "seed", "ablation", "variant", "accuracy", "layer", "alpha"]].round(3)
+
+# %%
+fig = plots.facet_lines(
+    results.assign(variant=results["variant"].astype(str)),
+    x="variant",
+    y="accuracy",
+    col="ablation",
+    reference=float(np.mean(list(zero_acc.values()))),
+    title="CAST ablations (dotted: zero-shot)",
+)
+nbtools.save_figure(fig, out, "ablations")
+results_file = nbtools.write_results(records, out)
+
+# %% [markdown]
+# ## Conclusion (from this run's numbers)
+
+# %%
+default_label = {k: str(v) for k, v in base.items()}
+for axis in axes:
+    part = summary.xs(axis, level="ablation")["mean"]
+    best = part[part == part.max()].index.tolist()
+    default = default_label[axis]
+    line = f"{axis}: best {', '.join(best)} ({nbtools.fmt(part.max())})"
+    if default in part.index:
+        rank = "among the best" if part[default] >= part.max() else "not the best"
+        line += f"; CAST's default {default} scores {nbtools.fmt(part[default])} ({rank})"
+    print(line + f"; zero-shot {nbtools.fmt(float(np.mean(list(zero_acc.values()))))}.")
