@@ -26,9 +26,12 @@ from typing import Any
 import torch
 
 from .last_token import SCORING_CACHED, Config, sweep_scores
-from .logprobs import answer_token_ids, continuation_log_probs  # noqa: F401 - re-exported
+from .logprobs import (  # noqa: F401 - answer_token_ids, continuation_log_probs re-exported
+    answer_token_ids,
+    checked_inputs,
+    continuation_log_probs,
+)
 from .models import LanguageModel
-from .padding import encode
 from .prefix_cache import score_prompts_cached
 from .prompts import zero_shot
 from .scoring import score_plain
@@ -36,8 +39,6 @@ from .tasks import Example, Task, load_task, sample_examples
 from .validate import (
     check_optional_positive_int,
     check_positive_int,
-    check_prompts,
-    check_token_lengths,
 )
 
 __all__ = [
@@ -125,24 +126,8 @@ def score_prompts(
 
     Returns ``(scores [n_prompts, n_answers], prompt token counts)``.
     """
-    prompts = check_prompts(prompts)
-    if isinstance(answers, (str, bytes)) or not isinstance(answers, Sequence):
-        raise TypeError(f"answers must be a list of strings, got {answers!r}")
-    answers = list(answers)
-    if not answers:
-        raise ValueError("answers is empty: give the answer strings to score, e.g. ['yes', 'no']")
-    if not all(isinstance(a, str) for a in answers):
-        raise TypeError(f"answers must be strings, got {answers!r}")
+    prompts, answers, _, _ = checked_inputs(lm, prompts, answers)
     batch_size = check_positive_int(batch_size, "batch_size")
-    answer_ids = answer_token_ids(lm.tokenizer, answers)
-    prompt_ids = encode(lm.tokenizer, prompts)
-    longest = max(len(row) for row in answer_ids)
-    check_token_lengths(
-        [len(row) + longest for row in prompt_ids],
-        lm.context_length,
-        lm.name,
-        what="prompt (with its longest answer)",
-    )
     if prefix_cache:
         return score_prompts_cached(lm, prompts, answers, batch_size=batch_size, progress=progress)
     return score_plain(lm, prompts, answers, batch_size=batch_size, progress=progress)

@@ -1,6 +1,6 @@
 """Fetch CAST tasks from the Hugging Face hub into castlib's normalised task format.
 
-The format is the one described in ``shared/data/FORMAT.md``: one folder per task holding
+The format is the one described in ``data/FORMAT.md``: one folder per task holding
 ``meta.json``, ``train.jsonl``, ``test.jsonl`` and optionally ``dev.jsonl``.  This module is for
 users with internet access who want to rebuild (or extend) the task folders themselves; it needs
 the optional extra ``castlib[fetch]`` (the ``datasets`` library), imported lazily.
@@ -12,7 +12,7 @@ Design
   split names, a *pure* ``convert_row(row) -> row`` function (named in the file, defined here;
   testable on in-memory rows), the label space, the instruction, the input field names,
   language, licence and citation.  Instructions and label
-  words are the ones the shipped ``shared/data/<task>/meta.json`` files use, so fetched folders
+  words are the ones the shipped ``data/<task>/meta.json`` files use, so fetched folders
   are drop-in replacements.
 * Families take a language code: ``sib200_<lang>`` (e.g. ``sib200_swh`` or ``sib200_swh_Latn``)
   and ``nusax_senti_<lang>``.
@@ -113,7 +113,7 @@ class TaskSpec:
 
     ``splits`` maps our split names (``train``, ``test``, optional ``dev``) to hub split names.
     ``train_cap``/``test_cap`` are task-level caps applied on top of ``fetch_tasks``' caps
-    (low-resource *target* tasks keep a small train pool, as in ``shared/data``).
+    (low-resource *target* tasks keep a small train pool, as in the shipped ``data/``).
     ``order_key`` names a hub column to sort by before the seeded shuffle, so parallel
     (translated) datasets pick the same items in every language whatever the hub row order.
     """
@@ -374,7 +374,7 @@ def convert_commonsense_qa(row: Mapping[str, Any]) -> Row:
 def convert_race(row: Mapping[str, Any]) -> Row:
     """ehovy/race: ``article``, ``question``, 4 ``options``, ``answer`` letter.
 
-    Items whose passage exceeds ``RACE_MAX_PASSAGE_CHARS`` are skipped (as in shared/data).
+    Items whose passage exceeds ``RACE_MAX_PASSAGE_CHARS`` are skipped (as in the shipped data/).
     """
     passage = _text(row, "article")
     if len(passage) > RACE_MAX_PASSAGE_CHARS:
@@ -537,7 +537,7 @@ def _core_specs() -> list[TaskSpec]:
 
 
 def _extra_specs() -> list[TaskSpec]:
-    """Further tasks with a folder in shared/data (not needed by the spec's core experiments)."""
+    """Further tasks with a folder in the shipped data/ (not needed by the spec's core experiments)."""
     return [spec_from_doc(d) for d in _SPECS["extra"]]
 
 
@@ -546,7 +546,7 @@ def _extra_specs() -> list[TaskSpec]:
 _SIB200 = _SPECS["families"]["sib200"]
 _NUSAX = _SPECS["families"]["nusax_senti"]
 #: SIB-200 languages with a short name: ISO 639-3 -> (FLORES code, ISO 639-1 where one exists,
-#: English name, resource level as used in shared/data).
+#: English name, resource level as used in the shipped data/).
 SIB200_LANGUAGES: dict[str, tuple[str, str, str, str]] = {
     k: tuple(v) for k, v in _SIB200["languages"].items()
 }
@@ -954,7 +954,7 @@ def build_meta(
     revision: str,
     seed: int,
 ) -> dict[str, Any]:
-    """The ``meta.json`` content for a fetched task (FORMAT.md keys, shared/data key order)."""
+    """The ``meta.json`` content for a fetched task (FORMAT.md keys, the shipped data/ key order)."""
     config = _hub_config(spec, revision)
     paths = [f"{config or 'default'}/{hs}" for hs in dict.fromkeys(spec.splits.values())]
     split_notes = "; ".join(_split_note(s, stats[s], seed) for s in SPLIT_ORDER if s in stats)

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .logprobs import answer_token_ids
+from .logprobs import checked_inputs
 from .models import LanguageModel
 from .padding import encode, iter_batches, position_ids_from_mask
 from .prefix_cache import cache_kwargs, new_cache, returned_cache
 from .steer import active_steer_hooks
-from .validate import check_positive_int, check_prompts, check_token_lengths
+from .validate import check_positive_int
 
 __all__ = ["Config", "sweep_scores", "fork_cache", "cacheable_prompts", "SCORING_CACHED"]
 
@@ -137,22 +137,12 @@ def sweep_scores(
         )
     baseline_hooks = _foreign_hooks(lm)
     batch_size = check_positive_int(batch_size, "batch_size")
-    prompt_ids = encode(lm.tokenizer, check_prompts(prompts))
+    _, answers, prompt_ids, answer_ids = checked_inputs(lm, prompts, answers)
     short = [i for i, row in enumerate(prompt_ids) if len(row) < 2]
     if short:
         raise ValueError(
             f"prompt {short[0]} has a single token: nothing to cache before the last token"
         )
-    if isinstance(answers, str) or not answers:
-        raise ValueError(f"answers must be a non-empty list of strings, got {answers!r}")
-    answer_ids = answer_token_ids(lm.tokenizer, answers)
-    longest = max(len(row) for row in answer_ids)
-    check_token_lengths(
-        [len(row) + longest for row in prompt_ids],
-        lm.context_length,
-        lm.name,
-        what="prompt (with its longest answer)",
-    )
     firsts = [row[0] for row in answer_ids]
     single = all(len(r) == 1 for r in answer_ids) and len(set(firsts)) == len(firsts)
     n, k = len(prompt_ids), len(answer_ids)

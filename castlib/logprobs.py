@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import torch
 
 from .models import LanguageModel
-from .padding import pad, position_ids_from_mask
+from .padding import encode, pad, position_ids_from_mask
 from .prompts import continuation
 from .steer import override_positions
-from .validate import check_token_lengths
+from .validate import check_prompts, check_token_lengths
 
 __all__ = ["answer_token_ids", "continuation_log_probs"]
 
@@ -67,3 +67,32 @@ def continuation_log_probs(
         # logits at kept index t predict the token at kept index t + 1
         sums.append(logp[b, keep - c - 1 : keep - 1].gather(1, targets[:, None]).sum())
     return torch.stack(sums)
+
+
+def checked_inputs(
+    lm: LanguageModel, prompts: Sequence[str], answers: Sequence[str]
+) -> tuple[list[str], list[str], list[list[int]], list[list[int]]]:
+    """Validate what a scorer is given, before any forward pass, and tokenise it:
+    ``(prompts, answers, prompt token ids, answer token ids)``.
+
+    Refused: blank prompts, answers that are not a non-empty list of strings, and a prompt that
+    with its longest answer exceeds the model's context (`LanguageModel.context_length`).
+    """
+    prompts = check_prompts(prompts)
+    if isinstance(answers, (str, bytes)) or not isinstance(answers, Sequence):
+        raise TypeError(f"answers must be a list of strings, got {answers!r}")
+    answers = list(answers)
+    if not answers:
+        raise ValueError("answers is empty: give the answer strings to score, e.g. ['yes', 'no']")
+    if not all(isinstance(a, str) for a in answers):
+        raise TypeError(f"answers must be strings, got {answers!r}")
+    answer_ids = answer_token_ids(lm.tokenizer, answers)
+    prompt_ids = encode(lm.tokenizer, prompts)
+    longest = max(len(row) for row in answer_ids)
+    check_token_lengths(
+        [len(row) + longest for row in prompt_ids],
+        lm.context_length,
+        lm.name,
+        what="prompt (with its longest answer)",
+    )
+    return prompts, answers, prompt_ids, answer_ids

@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
 device = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-data_dir = None  # None: $CASTLIB_DATA, ./data, ../shared/data, then shared/data beside the repo
+data_dir = None  # None: $CASTLIB_DATA, else the data/ folder the repository ships
 output_dir = (
     "results/03_cross_lingual"  # tables, figures and results.json of this run (not committed)
 )
@@ -71,6 +71,7 @@ n_calib = 4  # I2CL: source examples calibrating the injection coefficients
 train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
 n_target = 8  # LoRA/KaSA on target_dev: labelled target examples, at most 32
 method_params = {}  # extra parameters per method label, e.g. {"cast": {"gamma": 0.0}}
+prompt_format = "plain"  # "plain" (the spec's prompts) or "chat" (the tokenizer's chat template)
 batch_size = 16
 
 # %% tags=["nbval-ignore-output"]
@@ -86,7 +87,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import castlib
-from castlib import nbtools, plots
+from castlib import nbtools, plots, stats
 
 lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
@@ -120,6 +121,7 @@ nbtools.params_table(
         train_steps=train_steps,
         n_target=n_target,
         method_params=method_params,
+        prompt_format=prompt_format,
         batch_size=batch_size,
     )
 )
@@ -140,6 +142,7 @@ shared = dict(
     n_calib=n_calib,
     steps=train_steps,
     n_target=n_target,
+    prompt_format=prompt_format,
     batch_size=batch_size,
 )
 shared = {name: value for name, value in shared.items() if value is not None}  # None: default
@@ -247,3 +250,20 @@ if "cast" in means.columns and others:
             f"  {target} ({lang}): CAST {nbtools.fmt(row['cast'])}, "
             + ", ".join(f"{m} {nbtools.fmt(row[m])}" for m in others)
         )
+
+# %% [markdown]
+# ## What the evidence resolves (paired, on the same test rows)
+# Per target: the majority-class and chance rates of the evaluated rows, and per method the
+# accuracy with a 95% paired-bootstrap interval over test rows (seeds pooled); CAST's difference
+# to zero-shot and to the best label-free baseline, with its interval and an exact McNemar
+# p-value (`castlib.stats`). A difference is called resolved only where its interval excludes
+# zero.
+
+# %%
+paired = stats.target_table(records, reference="zero_shot", focus="cast")
+nbtools.write_table(paired, out, "paired_stats")
+for line in stats.conclusions(paired, method="cast"):
+    print(line)
+paired[
+    ["target", "method", "n", "majority_rate", "chance_rate", "accuracy", "acc_low", "acc_high"]
+].round(3)

@@ -39,7 +39,7 @@
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
 device = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-data_dir = None  # None: $CASTLIB_DATA, ./data, ../shared/data, then shared/data beside the repo
+data_dir = None  # None: $CASTLIB_DATA, else the data/ folder the repository ships
 output_dir = (
     "results/06_sensitivity"  # tables, figures and results.json of this run (not committed)
 )
@@ -138,24 +138,20 @@ for seed in tqdm(seeds, desc="seeds"):
         records.append(
             {**point, "param": param, "value": value, "is_base": True, "accuracy": rec["accuracy"]}
         )
-    for param, grid in [("alpha", alpha_grid), ("layer", sweep_layers)]:
-        for value in tqdm(
-            [v for v in grid if v != (a_star if param == "alpha" else l_star)],
-            desc=param,
-            leave=False,
-        ):
-            layer, alpha = (l_star, value) if param == "alpha" else (value, a_star)
-            with base.steering(lm, layer, alpha):
-                res = castlib.evaluate(lm, tgt, batch_size=batch_size)
-            records.append(
-                {
-                    **point,
-                    "param": param,
-                    "value": value,
-                    "is_base": False,
-                    "accuracy": res.accuracy,
-                }
-            )
+    # alpha and l* with the base vector: every point scored in one sweep (each test prompt's
+    # prefix runs once, then one token per point; castlib.evaluate_sweep)
+    points = [("alpha", a, l_star, a) for a in alpha_grid if a != a_star]
+    points += [("layer", la, la, a_star) for la in sweep_layers if la != l_star]
+    swept = castlib.evaluate_sweep(
+        lm,
+        tgt,
+        [(lambda la=la, a=a, b=base: b.steering(lm, la, a)) for _, _, la, a in points],
+        batch_size=batch_size,
+    )
+    for (param, value, _, _), res in zip(points, swept, strict=True):
+        records.append(
+            {**point, "param": param, "value": value, "is_base": False, "accuracy": res.accuracy}
+        )
     for param, grid in refit_grid.items():
         for value in tqdm([v for v in grid if v != base_params[param]], desc=param, leave=False):
             params = {

@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
 device = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
-data_dir = None  # None: $CASTLIB_DATA, ./data, ../shared/data, then shared/data beside the repo
+data_dir = None  # None: $CASTLIB_DATA, else the data/ folder the repository ships
 output_dir = "results/07_transfer_vs_similarity"  # tables, figures and results.json of this run (not committed)
 sources = ["sst2", "ag_news"]  # each source steers each target on its own
 targets = ["financial_phrasebank"]
