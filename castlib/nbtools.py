@@ -132,8 +132,9 @@ def build_method(
 ) -> Method:
     """A configured method for ``label`` (a registry name or a registered preset label).
 
-    Parameters, later wins: the ``shared`` ones the method's ``Params`` accepts (the others are
-    ignored, so ``k`` or ``layers`` can be given once for all methods), the preset's fixed ones,
+    Parameters, later wins: the ``shared`` ones the method's ``Params`` accepts and uses (the
+    others, and those in the method's ``unused_params``, are ignored, so ``k`` or ``layers`` can
+    be given once for all methods), the preset's fixed ones,
     then ``overrides[label]`` (else ``overrides[registry name]``), passed as is (an unknown name
     there raises).
     """
@@ -141,7 +142,8 @@ def build_method(
     name, fixed_params = (fixed.method, dict(fixed.params)) if fixed else (label, {})
     cls = get(name)
     accepted = {f.name for f in dataclasses.fields(cls.Params)}
-    params = {k: v for k, v in (shared or {}).items() if k in accepted}
+    unused = set(cls.unused_params)
+    params = {k: v for k, v in (shared or {}).items() if k in accepted and k not in unused}
     params.update(fixed_params)
     overrides = overrides or {}
     params.update(overrides.get(label, overrides.get(name, {})))

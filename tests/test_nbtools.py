@@ -49,3 +49,12 @@ def test_build_method_applies_variant_and_shared_params(label, labelled):
         assert method.params.gamma == 0.0
     with pytest.raises(TypeError, match="unknown parameter"):
         nbtools.build_method(label, {}, {label: {"nope": 1}})
+
+
+def test_shared_parameters_a_method_does_not_use_are_skipped():
+    from castlib import nbtools
+
+    icv = nbtools.build_method("icv", {"layers": [1, 2], "k": 1}, {}, None)
+    assert icv.params.layers is None and icv.params.k == 1  # ICV steers every layer
+    cast = nbtools.build_method("cast", {"layers": [1, 2], "k": 1}, {}, None)
+    assert cast.params.layers == (1, 2)

@@ -68,6 +68,10 @@ class ICV(SteeringMethod):
         self.info["layer"] = "all"
         self.record_vector_norm(lm)
 
+    #: inherited parameters ICV does not use (it steers every layer); refused when given,
+    #: skipped when shared by a notebook (`castlib.nbtools.build_method`)
+    unused_params = ("layers", "layer_window")
+
     def check_params(self) -> None:
         super().check_params()
         if self.params.layers is not None or self.params.layer_window != 1:
