@@ -143,13 +143,13 @@ def test_prefix_cache_of_another_model_is_refused(lm, tokenizer):
 
 
 @pytest.mark.real_model
-def test_parity_on_the_embedded_model(gemma, shared_data):
+def test_parity_on_the_embedded_model(gemma, repo_data):
     """Cross-task ICL on the embedded Gemma: a 4-shot prefix, and one longer than its sliding
     window (512 tokens), so the cached sliding-window layers are exercised."""
     from castlib.tasks import load_task
 
-    source = load_task("sst2", shared_data)
-    target = load_task("financial_phrasebank", shared_data)
+    source = load_task("sst2", repo_data)
+    target = load_task("financial_phrasebank", repo_data)
     window = gemma.model.config.get_text_config().sliding_window
     for k, n in ((4, 3), (18, 2)):
         builder = CrossTask(source, tuple(source.train[:k]))

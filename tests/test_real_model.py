@@ -9,9 +9,9 @@ from castlib.prompts import FewShot, zero_shot
 pytestmark = pytest.mark.real_model
 
 
-def test_load_record_steer_evaluate(gemma, shared_data):
+def test_load_record_steer_evaluate(gemma, repo_data):
     assert gemma.n_layers == 18 and gemma.hidden_size == 640
-    task = castlib.load_task("sst2", shared_data)
+    task = castlib.load_task("sst2", repo_data)
     examples = list(task.test[:6])
     zs = [zero_shot(task, ex) for ex in examples]
     fs = [FewShot(tuple(task.train[:4]))(task, ex) for ex in examples]
@@ -41,8 +41,8 @@ def test_load_record_steer_evaluate(gemma, shared_data):
     assert [dict(b._forward_hooks) for b in gemma.blocks] == hooks_before
 
 
-def test_multiple_choice_task(gemma, shared_data):
-    task = castlib.load_task("arc_easy", shared_data)
+def test_multiple_choice_task(gemma, repo_data):
+    task = castlib.load_task("arc_easy", repo_data)
     res = castlib.evaluate(gemma, task, limit=4, batch_size=4)
     assert res.n == 4 and 0 <= res.accuracy <= 1
     assert {p["pred"] for p in res.predictions} <= set(task.labels)
