@@ -169,6 +169,15 @@ def select_examples(
     return sample_examples(rows, sample, sample_seed)
 
 
+def _task(task: Task | str) -> Task:
+    """A `Task`, or a task name loaded from the default data directory."""
+    if isinstance(task, str):
+        return load_task(task)
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a Task or a task name, got {type(task).__name__}")
+    return task
+
+
 def _examples(
     task: Task,
     split: str,
@@ -218,10 +227,7 @@ def evaluate(
     directory. Works inside a `castlib.steer` context (the steering applies to every forward
     pass).
     """
-    if isinstance(task, str):
-        task = load_task(task)
-    elif not isinstance(task, Task):
-        raise TypeError(f"task must be a Task or a task name, got {type(task).__name__}")
+    task = _task(task)
     batch_size = check_positive_int(batch_size, "batch_size")
     examples = _examples(task, split, limit, sample, sample_seed, examples)
     start = time.perf_counter()
@@ -290,7 +296,7 @@ def result_from_scores(
 
 def evaluate_sweep(
     lm: LanguageModel,
-    task: Task,
+    task: Task | str,
     configs: Sequence[Config],
     prompt: Builder | Sequence[str] | None = None,
     split: str = "test",
@@ -309,6 +315,7 @@ def evaluate_sweep(
     ``positions="last"`` steering only (e.g. ``lambda: steer(lm, v, alpha=a, layers=[l])``),
     or None for the unsteered model. ``seconds`` of each result is its share of the sweep.
     """
+    task = _task(task)
     examples = _examples(task, split, limit, sample, sample_seed, examples)
     start = time.perf_counter()
     prompts = build_prompts(task, examples, prompt)

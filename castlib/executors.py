@@ -58,6 +58,7 @@ from .runs import (
     execute_run,
     is_complete,
     load_config,
+    run_record_base,
 )
 
 __all__ = ["EXECUTORS", "RayConnectionError", "run_batch_ray", "check_address"]
@@ -186,12 +187,7 @@ def _failed_record(run: Run, exc: BaseException | None, message: str) -> dict[st
     if exc is not None and message:
         error["message"] = message
     return {
-        "run_id": run.run_id,
-        "notebook": run.notebook_label or str(run.notebook),
-        "notebook_path": str(run.notebook),
-        "status": "failed",
-        "parameters": _jsonable(run.parameters),
-        "grid": _jsonable(run.grid),
+        **run_record_base(run),
         "resources": _jsonable(run.resources),
         "finished": _now(),
         "seconds": None,

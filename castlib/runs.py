@@ -590,6 +590,18 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def run_record_base(run: Run) -> dict[str, Any]:
+    """The fields every ``run.json`` starts with (status ``failed`` until the run succeeds)."""
+    return {
+        "run_id": run.run_id,
+        "notebook": run.notebook_label or str(run.notebook),
+        "notebook_path": str(run.notebook),
+        "status": "failed",
+        "parameters": _jsonable(run.parameters),
+        "grid": _jsonable(run.grid),
+    }
+
+
 def execute_run(
     run: Run,
     output_dir: str | Path,
@@ -619,12 +631,7 @@ def execute_run(
     kernel, language = _kernel_and_language(run.notebook, kernel_name)
     output_notebook = run_dir / f"{run.notebook.stem}.ipynb"
     record: dict[str, Any] = {
-        "run_id": run.run_id,
-        "notebook": run.notebook_label or str(run.notebook),
-        "notebook_path": str(run.notebook),
-        "status": "failed",
-        "parameters": _jsonable(run.parameters),
-        "grid": _jsonable(run.grid),
+        **run_record_base(run),
         "kernel": kernel,
         "cwd": str(run.notebook.parent),
         "output_notebook": output_notebook.name,

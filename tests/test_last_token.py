@@ -206,3 +206,17 @@ def test_steering_method_record_says_which_path_ran(lm):
     assert records["auto"]["accuracy"] == records["full"]["accuracy"]
     zs = methods.get("zero_shot")().fit(lm, [source], target).evaluate(lm, target, limit=6)
     assert zs["scoring"] == "full"
+
+
+def test_evaluate_sweep_accepts_a_task_name_and_refuses_other_types(lm, monkeypatch):
+    import importlib
+
+    E = importlib.import_module("castlib.evaluate")
+    from tests.conftest import make_task
+
+    task = make_task("tgt", n_train=4, n_test=5, seed=3)
+    monkeypatch.setattr(E, "load_task", lambda name: task)
+    (res,) = E.evaluate_sweep(lm, "tgt", [None])
+    assert res.n == 5 and res.task == "tgt"
+    with pytest.raises(TypeError, match="task must be a Task or a task name"):
+        E.evaluate_sweep(lm, 3, [None])
