@@ -306,6 +306,7 @@ def evaluate_sweep(
     progress: bool | None = None,
     sample: int | None = None,
     sample_seed: int = 0,
+    pass_size: int = 64,
 ) -> list[EvalResult]:
     """`evaluate` under each of several last-position steering configurations, every prompt's
     prefix run once (`castlib.last_token.sweep_scores`): one `EvalResult` per configuration,
@@ -314,12 +315,16 @@ def evaluate_sweep(
     ``configs``: zero-argument callables returning a steering context that uses castlib
     ``positions="last"`` steering only (e.g. ``lambda: steer(lm, v, alpha=a, layers=[l])``),
     or None for the unsteered model. ``seconds`` of each result is its share of the sweep.
+    ``batch_size`` prompts per prefix pass, ``pass_size`` per one-token pass (see
+    `castlib.last_token.sweep_scores`).
     """
     task = _task(task)
     examples = _examples(task, split, limit, sample, sample_seed, examples)
     start = time.perf_counter()
     prompts = build_prompts(task, examples, prompt)
-    all_scores, n_tokens = sweep_scores(lm, prompts, task.labels, configs, batch_size, progress)
+    all_scores, n_tokens = sweep_scores(
+        lm, prompts, task.labels, configs, batch_size, progress, pass_size
+    )
     for scores in all_scores:
         _check_finite(lm, task, split, examples, scores)
     seconds = (time.perf_counter() - start) / len(configs)

@@ -55,11 +55,16 @@ def _full(lm, config, prompts, answers, side_batch):
     return scores, counts
 
 
+@pytest.mark.parametrize("pass_size", [1, 7], ids=["one-batch-passes", "merged-passes"])
 @pytest.mark.parametrize("answers", [SINGLE, MULTI], ids=["single", "multi"])
-def test_sweep_equals_full_path(fam_lm, answers):
+def test_sweep_equals_full_path(fam_lm, answers, pass_size):
+    """Prefix batches of 3 (sorted by length, so each pads to a different width), run alone or
+    merged (left-padded) into passes of >= 7 rows: both agree with the uncached full path."""
     prompts = [p for p in PROMPTS if len(fam_lm.tokenizer(p)["input_ids"]) >= 2]
     configs = _configs(fam_lm)
-    cached, counts = sweep_scores(fam_lm, prompts, answers, configs, batch_size=3)
+    cached, counts = sweep_scores(
+        fam_lm, prompts, answers, configs, batch_size=3, pass_size=pass_size
+    )
     for config, got in zip(configs, cached, strict=True):
         want, want_counts = _full(fam_lm, config, prompts, answers, 2)
         assert counts == want_counts
