@@ -219,7 +219,8 @@ def _paired(records: list[Mapping[str, Any]], n_boot: int) -> MainTable:
 
 
 def _by_seeds(rows: pd.DataFrame) -> MainTable:
-    labelled = set(rows.loc[_truthy(rows.get("uses_target_labels", pd.Series(False))), "method"])
+    flags = rows["uses_target_labels"] if "uses_target_labels" in rows else None
+    labelled = set(rows.loc[_truthy(flags), "method"]) if flags is not None else set()
     ms = nbtools.mean_std(rows, ["target", "method"], decimals=6)
     out, long, comps = [], [], []
     for target, part in ms.groupby(level="target", sort=True):
