@@ -12,8 +12,20 @@ and, where the runs kept them, its per-example prediction lines (`castlib.runs
   Otherwise: mean +- sample std over seeds (`castlib.nbtools.mean_std`), and the differences of
   means, which no test can resolve.
 * `CLAIMS`: the claims of the abstract the notebooks test, and `claim_paragraph`: one verdict
-  paragraph per claim, computed from the records by the same rules as the notebooks'
-  conclusion cells (a difference counts only where its interval excludes zero).
+  paragraph per claim, computed from the records by the rules of the notebooks' conclusion
+  cells:
+
+  - 00, 02, 03: CAST against the best label-free baseline (00: against zero-shot) per target;
+    "supported" only where the paired interval excludes zero on every target, "undecided"
+    without per-example predictions;
+  - 01: the cross-task cosine of the ICL enhancement above the random floor at most layers;
+  - 04: CAST's default selection and contrast among the best variants (means);
+  - 05: CAST's prompt tokens below cross-task ICL's and its accuracy at least ICL's at the
+    largest m where ICL fits the context (means);
+  - 06: no swept value (except alpha = 0, which is zero-shot) puts CAST below zero-shot;
+  - 07: Pearson r > 0.3 between the source-target enhancement cosine and CAST's gain.
+
+  Records that lack a notebook's columns fall back to CAST's mean accuracy against zero-shot.
 """
 
 from __future__ import annotations
@@ -28,7 +40,15 @@ import pandas as pd
 
 from . import nbtools, stats
 
-__all__ = ["CLAIMS", "Claim", "MainTable", "claim_paragraph", "main_table", "notebook_stem"]
+__all__ = [
+    "CLAIMS",
+    "Claim",
+    "MainTable",
+    "claim_paragraph",
+    "consistency_layers",
+    "main_table",
+    "notebook_stem",
+]
 
 REFERENCE = "zero_shot"
 FOCUS = "cast"
@@ -362,17 +382,30 @@ def _transfer_paragraph(main: MainTable) -> str:
     return head + " In detail, " + "; ".join(parts) + "."
 
 
+def consistency_layers(rows: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 01's per-layer records (``analysis == "layer"``): ``layer`` (int, sorted),
+    ``cross_task_cosine``, ``ceiling``, ``floor`` (and ``target``: the tasks joined by ``+``);
+    empty when the rows hold none."""
+    need = ["analysis", "layer", "cross_task_cosine", "ceiling", "floor"]
+    if not set(need) <= set(rows.columns):
+        return pd.DataFrame(columns=need)
+    layers = rows[rows["analysis"] == "layer"].copy()
+    layers["layer"] = pd.to_numeric(layers["layer"], errors="coerce")
+    for col in ("cross_task_cosine", "ceiling", "floor"):
+        layers[col] = pd.to_numeric(layers[col], errors="coerce")
+    layers = layers.dropna(subset=["layer", "cross_task_cosine", "floor"])
+    layers["layer"] = layers["layer"].astype(int)
+    return layers.sort_values("layer").reset_index(drop=True)
+
+
 def _consistency_paragraph(rows: pd.DataFrame) -> str:
-    need = {"analysis", "cross_task_cosine", "floor", "ceiling", "layer"}
-    if not need <= set(rows.columns):
-        return "The records hold no per-layer cross-task cosine: not evaluated."
-    layers = rows[rows["analysis"] == "layer"].dropna(subset=["cross_task_cosine"])
+    layers = consistency_layers(rows)
     if layers.empty:
         return "The records hold no per-layer cross-task cosine: not evaluated."
-    layers = layers.sort_values("layer")
     above = layers["cross_task_cosine"] > layers["floor"]
     n_layers = len(layers)
-    mid = layers.iloc[n_layers // 2]
+    middle = layers[layers["layer"] == n_layers // 2]  # notebook 01 quotes layer L // 2
+    mid = middle.iloc[0] if len(middle) else layers.iloc[n_layers // 2]
     consistent = above.mean() > 0.5  # notebook 01's rule: above the floor at most layers
     tasks = str(layers["target"].iloc[0]).count("+") + 1 if "target" in layers else "the"
     return (
@@ -405,6 +438,162 @@ def _cast_vs_zero_paragraph(rows: pd.DataFrame) -> str:
     )
 
 
+def _num(rows: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    out = rows.copy()
+    for col in cols:
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out
+
+
+_MEANS_ONLY = (
+    " These are means over the notebook's targets and seeds; the report runs no test on them."
+)
+
+
+def _ablation_paragraph(rows: pd.DataFrame) -> str:
+    """Notebook 04's rule: per ablation axis, the best variant(s) by mean accuracy and whether
+    CAST's default is among them; the claim needs the default selection and contrast to be."""
+    if not {"ablation", "variant", "accuracy", "is_default"} <= set(rows.columns):
+        return _cast_vs_zero_paragraph(rows)
+    data = _num(rows, "accuracy").dropna(subset=["accuracy"])
+    data = data.assign(variant=data["variant"].astype(str), is_default=_truthy(data["is_default"]))
+    lines, defaults_best = [], {}
+    for axis, part in data.groupby("ablation", sort=True):
+        means = part.groupby("variant")["accuracy"].mean()
+        best = sorted(means.index[means >= means.max() - 1e-9])
+        default = part.loc[part["is_default"], "variant"]
+        line = f"{axis}: best {', '.join(best)} ({_fmt(means.max())})"
+        if len(default):
+            d = default.iloc[0]
+            defaults_best[axis] = d in best
+            line += f", CAST's default {d} {_fmt(means[d])}"
+        lines.append(line)
+    zero = data["zero_shot_accuracy"] if "zero_shot_accuracy" in data else pd.Series(dtype=float)
+    zero = pd.to_numeric(zero, errors="coerce").dropna()
+    core = [a for a in ("selection", "contrast") if a in defaults_best]
+    if not core:
+        head = "Not evaluated: the records hold no selection or contrast ablation."
+    elif all(defaults_best[a] for a in core):
+        head = f"Supported by the means: CAST's default {' and '.join(core)} score best."
+    else:
+        worse = [a for a in core if not defaults_best[a]]
+        head = f"Not supported by the means: another {' and '.join(worse)} scores higher."
+    tail = f"; zero-shot {_fmt(zero.mean())}" if len(zero) else ""
+    return f"{head} Per axis, {'; '.join(lines)}{tail}.{_MEANS_ONLY}"
+
+
+def _scalability_paragraph(rows: pd.DataFrame) -> str:
+    """Notebook 05's rule: prompt tokens per query of cross-task ICL and CAST as m grows, the
+    m where ICL no longer fits the context, and CAST against ICL at each m where ICL fits."""
+    need = {"method", "m", "accuracy", "prompt_tokens_per_query"}
+    if not need <= set(rows.columns):
+        return _cast_vs_zero_paragraph(rows)
+    data = _num(rows, "m", "accuracy", "prompt_tokens_per_query")
+    if "cost_only" in data:
+        data = data[~_truthy(data["cost_only"])]
+    fits = _truthy(data["fits_context"]) if "fits_context" in data else True
+    data = data.assign(fits=fits)
+    icl = (
+        data[data["method"] == "cross_task_icl"]
+        .groupby("m")
+        .agg(
+            accuracy=("accuracy", "mean"),
+            tokens=("prompt_tokens_per_query", "mean"),
+            fits=("fits", "all"),
+        )
+    )
+    cast = (
+        data[data["method"] == FOCUS]
+        .groupby("m")
+        .agg(accuracy=("accuracy", "mean"), tokens=("prompt_tokens_per_query", "mean"))
+    )
+    if icl.empty or cast.empty:
+        return _cast_vs_zero_paragraph(rows)
+    fitting = [m for m in icl.index if icl.loc[m, "fits"] and m in cast.index]
+    unfit = [int(m) for m in icl.index if not icl.loc[m, "fits"]]
+    wins = sum(cast.loc[m, "accuracy"] > icl.loc[m, "accuracy"] for m in fitting)
+    lo, hi = min(icl.index), max(icl.index)
+    cost = (
+        f"cross-task ICL prompts grow from {_fmt(icl.loc[lo, 'tokens'], 1)} to "
+        f"{_fmt(icl.loc[hi, 'tokens'], 1)} tokens per query as m goes {int(lo)} -> {int(hi)}, "
+        f"CAST's stay at {_fmt(cast['tokens'].max(), 1)}"
+    )
+    cost += f"; ICL does not fit the context at m = {unfit}" if unfit else ""
+    if not fitting:
+        return f"Not evaluated: ICL fits the context at no m of the records ({cost})."
+    top = max(fitting)
+    a, b = float(cast.loc[top, "accuracy"]), float(icl.loc[top, "accuracy"])
+    cheaper = cast["tokens"].max() < icl.loc[top, "tokens"]
+    if cheaper and a >= b:
+        head = "Supported by the means"
+    elif cheaper:
+        head = "Partly supported: CAST is cheaper per query but less accurate"
+    else:
+        head = "Not supported"
+    return (
+        f"{head}: {cost}. At m = {int(top)}, the largest m where ICL fits, CAST "
+        f"{nbtools.verdict(a, b)} ICL ({_fmt(a)} vs {_fmt(b)}); CAST is more accurate at "
+        f"{wins} of {len(fitting)} m where ICL fits.{_MEANS_ONLY}"
+    )
+
+
+def _robustness_paragraph(rows: pd.DataFrame) -> str:
+    """Notebook 06's measure: per swept parameter, the spread (max - min) of CAST's mean
+    accuracy; robust here means every swept value except alpha = 0 keeps CAST at or above
+    zero-shot (alpha = 0, the same rows)."""
+    if not {"param", "value", "accuracy"} <= set(rows.columns):
+        return _cast_vs_zero_paragraph(rows)
+    data = _num(rows, "value", "accuracy").dropna(subset=["value", "accuracy"])
+    table = data.groupby(["param", "value"])["accuracy"].mean()
+    zero = table.get(("alpha", 0.0))
+    spreads = table.groupby(level="param").agg(lambda s: s.max() - s.min())
+    lines = [f"{p} {_fmt(spreads[p])}" for p in spreads.index]
+    if zero is None:
+        return f"Accuracy spans (max - min over values) {', '.join(lines)}; no alpha = 0 point."
+    rest = table.drop(index=("alpha", 0.0))
+    below = int((rest < zero - 1e-9).sum())
+    head = "Supported by this measure" if below == 0 else "Not supported by this measure"
+    return (
+        f"{head}: {below} of {len(rest)} swept values put CAST below zero-shot "
+        f"({_fmt(zero)}, alpha = 0). Accuracy spans (max - min over values) "
+        f"{', '.join(lines)}.{_MEANS_ONLY}"
+    )
+
+
+def _pearson(x: pd.Series, y: pd.Series) -> float:
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(x.corr(y))
+
+
+def _similarity_paragraph(rows: pd.DataFrame) -> str:
+    """Notebook 07's rule: Pearson r between the source-target cosine of the ICL enhancement
+    vectors and CAST's gain over zero-shot over the (source, target) pairs; r > 0.3: more
+    similar sources transfer better."""
+    if not {"source", "target", "cosine", "gain"} <= set(rows.columns):
+        return _cast_vs_zero_paragraph(rows)
+    data = _num(rows, "cosine", "gain").dropna(subset=["cosine", "gain"])
+    pairs = data.groupby(["target", "source"])[["cosine", "gain"]].mean()
+    r = _pearson(pairs["cosine"], pairs["gain"])
+    positive = int((pairs["gain"] > 0).sum())
+    tail = f" CAST gains over zero-shot on {positive} of {len(pairs)} pair(s)."
+    if math.isnan(r):
+        return (
+            f"Not evaluated: {len(pairs)} pair(s), too few (or constant) for a correlation.{tail}"
+        )
+    trend = (
+        "more similar sources transfer better"
+        if r > 0.3
+        else ("more similar sources transfer worse" if r < -0.3 else "no clear relation")
+    )
+    head = "Supported" if r > 0.3 else "Not supported"
+    return (
+        f"{head} by notebook 07's measure: Pearson r between the enhancement-vector cosine and "
+        f"CAST's gain over {len(pairs)} pairs is {_fmt(r, 2)} ({trend}).{tail}"
+        " A correlation over this few pairs is not a test."
+    )
+
+
 def claim_paragraph(
     claim: Claim,
     rows: pd.DataFrame,
@@ -420,4 +609,10 @@ def claim_paragraph(
     if claim.notebook in ("00_quickstart", "02_cross_domain", "03_cross_lingual"):
         if {"target", "method", "accuracy"} <= set(rows.columns):
             return _transfer_paragraph(main_table(rows, predictions, n_boot=n_boot))
-    return _cast_vs_zero_paragraph(rows)
+    specific = {
+        "04_ablations": _ablation_paragraph,
+        "05_scalability_cost": _scalability_paragraph,
+        "06_sensitivity": _robustness_paragraph,
+        "07_transfer_vs_similarity": _similarity_paragraph,
+    }
+    return specific.get(claim.notebook, _cast_vs_zero_paragraph)(rows)

@@ -160,12 +160,9 @@ def _consistency_figure(rows: pd.DataFrame, title: str, path: Path) -> Path | No
     random floor."""
     from matplotlib.figure import Figure
 
-    if not {"analysis", "layer", "cross_task_cosine", "ceiling", "floor"} <= set(rows.columns):
-        return None
-    layers = rows[rows["analysis"] == "layer"].dropna(subset=["cross_task_cosine"])
+    layers = C.consistency_layers(rows)
     if layers.empty:
         return None
-    layers = layers.sort_values("layer")
     fig = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.add_subplot()
     for col, style in (("cross_task_cosine", "-o"), ("ceiling", "--"), ("floor", ":")):

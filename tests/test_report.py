@@ -358,3 +358,65 @@ def test_report_in_headless_chromium(synthetic_report: Path, tmp_path: Path) -> 
         w, h = struct.unpack(">II", raw[16:24])
         assert w > 50 and h > 50
     assert "writing into runs_out/synth/" in page_dom
+
+
+def _claim(stem: str) -> C.Claim:
+    return next(c for c in C.CLAIMS if c.notebook == stem)
+
+
+def test_consistency_verdict_reads_numeric_layers() -> None:
+    rows = pd.DataFrame(
+        [{"analysis": "norm", "layer": "all", "cross_task_cosine": None, "floor": None,
+          "ceiling": None, "target": "a"}]
+        + [{"analysis": "layer", "layer": str(la), "cross_task_cosine": c, "floor": 0.05,
+            "ceiling": 0.9, "target": "a+b+c"} for la, c in enumerate([0.5, 0.01, 0.4, 0.3])]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("01_activation_patterns"), rows)
+    assert text.startswith("Supported")
+    assert "3 tasks" in text and "3 of 4 layers" in text and "at layer 2 it is 0.400" in text
+    low = rows.assign(cross_task_cosine=rows["cross_task_cosine"] * 0.01)
+    assert C.claim_paragraph(_claim("01_activation_patterns"), low).startswith("Not supported")
+
+
+def test_ablation_scalability_robustness_similarity_verdicts() -> None:
+    abl = pd.DataFrame(
+        [
+            {"ablation": ax, "variant": v, "is_default": d, "accuracy": a,
+             "zero_shot_accuracy": 0.3, "method": "cast"}
+            for ax, v, d, a in [("selection", "cast", True, 0.5), ("selection", "random", False, 0.4),
+                                ("contrast", "mean", True, 0.5), ("contrast", "pca", False, 0.6)]
+        ]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("04_ablations"), abl)
+    assert text.startswith("Not supported by the means: another contrast scores higher")
+    assert "zero-shot 0.300" in text
+
+    sc = pd.DataFrame(
+        [{"method": "zero_shot", "m": 0, "accuracy": 0.3, "prompt_tokens_per_query": 50,
+          "fits_context": True}]
+        + [{"method": "cross_task_icl", "m": m, "accuracy": a, "prompt_tokens_per_query": 50 * m,
+            "fits_context": m < 64} for m, a in ((4, 0.4), (16, 0.5), (64, None))]
+        + [{"method": "cast", "m": m, "accuracy": 0.45, "prompt_tokens_per_query": 50,
+            "fits_context": True} for m in (4, 16, 64)]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("05_scalability_cost"), sc)
+    assert text.startswith("Partly supported")
+    assert "At m = 16" in text and "m = [64]" in text and "more accurate at 1 of 2" in text
+
+    sens = pd.DataFrame(
+        [{"param": p, "value": v, "accuracy": a, "method": "cast"}
+         for p, v, a in [("alpha", 0.0, 0.3), ("alpha", 1.0, 0.35), ("alpha", 2.0, 0.25),
+                         ("k", 1, 0.33), ("k", 4, 0.35)]]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("06_sensitivity"), sens)
+    assert text.startswith("Not supported by this measure: 1 of 4 swept values")
+
+    pairs = pd.DataFrame(
+        [{"source": s, "target": "t", "cosine": c, "gain": g, "method": "cast", "accuracy": 0.5}
+         for s, c, g in [("a", 0.1, -0.02), ("b", 0.5, 0.03), ("c", 0.9, 0.08)]]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("07_transfer_vs_similarity"), pairs)
+    assert text.startswith("Supported by notebook 07's measure") and "2 of 3 pair(s)" in text
+    assert C.claim_paragraph(_claim("07_transfer_vs_similarity"), pairs.iloc[:0]).startswith(
+        "No archived run"
+    )
