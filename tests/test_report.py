@@ -10,10 +10,12 @@ notebooks with machine paths to clean.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -80,8 +82,9 @@ def _tiny_notebook(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A batch of one run of the tiny notebook, archived twice: as is (``archive/synth``) and
-    with image outputs dropped (``archive_small/synth``)."""
+    """A batch of one run of the tiny notebook, archived twice: by archive.sh as is
+    (``papermill_runs/results/synth``) and with image outputs dropped
+    (``archive_small/synth``)."""
     root = tmp_path_factory.mktemp("repo")
     nb = _tiny_notebook(root / "02_cross_domain.ipynb")
     config = R.parse_config(
@@ -92,13 +95,27 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     outcomes = R.run_batch(config, progress=False)
     assert [o.status for o in outcomes] == ["ok"], [o.error for o in outcomes]
-    archive = root / "archive"
-    ids = A.archive_batch(config.output_dir, archive / "synth", root, home=Path.home())
+    # archive.sh as a user runs it, from a copy inside the synthetic repository (it archives
+    # into the papermill_runs/results/ beside itself and strips its repository root)
+    script = root / "papermill_runs" / "results" / "archive.sh"
+    script.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "papermill_runs" / "results" / "archive.sh", script)
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        ["bash", str(script), "runs_out/synth", "synth"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "archived 02_cross_domain/seed=0"
+    archive = script.parent
     small = root / "archive_small"
     A.archive_batch(
         config.output_dir, small / "synth", root, home=Path.home(), max_notebook_bytes=1
     )
-    assert ids == ["02_cross_domain/seed=0"]
     return {"root": root, "archive": archive, "small": small, "src": config.output_dir}
 
 
