@@ -341,11 +341,15 @@ def _section_part(
                 }
             )
             if not main.long.empty:
+                bars = "95% paired-bootstrap interval" if main.paired else "+- std over seeds"
                 png = _main_figure(
                     main.long, title, out / "figures" / f"{_slug(cfg.name, model, stem)}.png"
                 )
                 figures.append(
-                    {"src": png.relative_to(out).as_posix(), "alt": f"accuracy: {title}"}
+                    {
+                        "src": png.relative_to(out).as_posix(),
+                        "alt": f"accuracy (error bars: {bars}): {title}",
+                    }
                 )
         elif stem == "01_activation_patterns":
             png = _consistency_figure(
