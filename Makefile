@@ -14,7 +14,7 @@ EXTRAS ?=
 comma := ,
 EXTRAS_STAMP := $(if $(EXTRAS),$(VENV)/.castlib-extras-$(subst $(comma),-,$(EXTRAS)))
 
-.PHONY: setup quickstart test test-fast notebooks smoke bench lint clean
+.PHONY: setup quickstart test test-fast notebooks smoke bench lint report clean
 
 setup: $(VENV)/.castlib-installed $(EXTRAS_STAMP)
 
@@ -54,6 +54,11 @@ smoke: setup
 
 bench: setup
 	$(PY) -m benchmarks.bench --json benchmarks/results/bench.json
+
+# the static HTML report (report/index.html) from the archived records in papermill_runs/results/
+# alone: no model is loaded (python -m castlib.report --help)
+report: setup
+	$(PY) -m castlib.report --archive papermill_runs/results --out report
 
 lint: setup
 	$(PY) -m ruff check castlib tests benchmarks notebooks && $(PY) -m ruff format --check castlib tests benchmarks notebooks

@@ -1,7 +1,11 @@
 """The archived batch records in papermill_runs/results/ are well-formed and still match their config.
 
 A record whose parameters no longer match the run of the same id in the config is stale: the
-config changed after it was measured, and the archive must be rerun or removed.
+config changed after it was measured, and the archive must be rerun or removed. An archive is
+also complete: every run its config (papermill_runs/<name>.yaml) expands to is archived, except
+the runs listed in MISSING_RUNS, which are expected to fail (strict xfail: archiving one of them
+turns its test into a failure until it is taken off the list). Archived executed notebooks keep
+no machine path.
 """
 
 from __future__ import annotations
@@ -19,6 +23,39 @@ from castlib import runs as R
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT / "papermill_runs" / "results"
 RUN_FILES = sorted(ARCHIVE.glob("*/**/run.json"))
+BATCHES = sorted(p.name for p in ARCHIVE.iterdir() if p.is_dir())
+
+#: Runs of a config known to be missing from its archive: (config, run id). full_cpu: 03 swh and
+#: yor and 04-07 ran on a development disk that was lost before the archive existed.
+MISSING_RUNS = {
+    ("full_cpu", "03_cross_lingual/pairs=sib200_eng_sib200_swh"),
+    ("full_cpu", "03_cross_lingual/pairs=sib200_eng_sib200_yor"),
+    ("full_cpu", "04_ablations/default"),
+    ("full_cpu", "05_scalability_cost/default"),
+    ("full_cpu", "06_sensitivity/default"),
+    ("full_cpu", "07_transfer_vs_similarity/default"),
+}
+
+
+def _expected_runs() -> list[tuple[str, str]]:
+    """(config, run id) of every run that a config with an archive folder expands to
+    (castlib.runs' own expansion of papermill_runs/<config>.yaml)."""
+    import os
+
+    out = []
+    before = Path.cwd()
+    os.chdir(ROOT)  # configs name notebooks relative to the repository root
+    try:
+        for batch in BATCHES:
+            config = ROOT / "papermill_runs" / f"{batch}.yaml"
+            if config.is_file():
+                out += [(batch, run.run_id) for run in R.load_config(config).runs]
+    finally:
+        os.chdir(before)
+    return out
+
+
+EXPECTED_RUNS = _expected_runs()
 
 
 @pytest.mark.parametrize("run_file", RUN_FILES, ids=lambda p: str(p.relative_to(ARCHIVE)))
@@ -61,3 +98,50 @@ def test_kept_aggregate_matches_the_records(batch: str, tmp_path: Path) -> None:
     for name in (R.SUMMARY_FILE, R.RUNS_TABLE_FILE):
         assert (kept / name).is_file(), f"rebuild {batch}/{name} with --aggregate-only"
         pd.testing.assert_frame_equal(pd.read_csv(kept / name), pd.read_csv(copy / name))
+
+
+def test_every_archive_has_its_config() -> None:
+    for batch in BATCHES:
+        assert (ROOT / "papermill_runs" / f"{batch}.yaml").is_file(), (
+            f"papermill_runs/results/{batch}/ has no papermill_runs/{batch}.yaml to check it against"
+        )
+
+
+def test_missing_runs_list_names_runs_of_the_configs() -> None:
+    stale = MISSING_RUNS - set(EXPECTED_RUNS)
+    assert not stale, f"MISSING_RUNS names runs no config expands to: {sorted(stale)}"
+
+
+@pytest.mark.parametrize(
+    ("batch", "run_id"),
+    [
+        pytest.param(
+            batch,
+            run_id,
+            marks=[pytest.mark.xfail(strict=True, reason="full-size rerun pending")]
+            if (batch, run_id) in MISSING_RUNS
+            else [],
+        )
+        for batch, run_id in EXPECTED_RUNS
+    ],
+    ids=lambda v: str(v),
+)
+def test_every_run_of_the_config_is_archived(batch: str, run_id: str) -> None:
+    run_dir = ARCHIVE / batch / run_id
+    assert (run_dir / R.RUN_FILE).is_file(), f"{batch}: run {run_id} is not archived"
+    assert json.loads((run_dir / R.RUN_FILE).read_text())["status"] == "ok"
+    assert (run_dir / R.RESULTS_FILE).is_file(), f"{batch}: {run_id} has no {R.RESULTS_FILE}"
+
+
+@pytest.mark.parametrize(
+    "notebook",
+    sorted(ARCHIVE.glob("*/**/*.ipynb")),
+    ids=lambda p: str(p.relative_to(ARCHIVE)),
+)
+def test_archived_notebook_keeps_no_machine_path(notebook: Path) -> None:
+    text = notebook.read_text(encoding="utf-8")
+    for path in {str(ROOT), str(Path.home())}:
+        assert f"{path}/" not in text, f"{notebook} holds the machine path {path}"
+    assert notebook.stem == notebook.parent.parent.name, (
+        "an archived executed notebook is <config>/<notebook stem>/<grid point>/<stem>.ipynb"
+    )

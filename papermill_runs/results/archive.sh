@@ -1,24 +1,17 @@
 #!/usr/bin/env bash
-# Copy the records (run.json, results.json, CSV tables) of every finished run of a batch output
-# directory into papermill_runs/results/<name>/, so that measured numbers are kept in git.
-# Executed notebooks and PNG figures stay in the output directory (rerun to regenerate them).
-# Then rebuilds the kept summary.csv and runs.csv from all records there (with $PYTHON, default
-# python: run it with the project's environment active); the figures/ it also draws is git-ignored.
+# Archive every finished run of a batch output directory into papermill_runs/results/<name>/, kept
+# in git: its records (run.json, results.json with per-example predictions, CSV tables), its PNG
+# figures and its executed notebook <stem>.ipynb, with the machine paths of run.json and of the
+# notebook replaced (repository root removed, home directory -> ~) and the image outputs of an
+# executed notebook over ARCHIVE_MAX_NOTEBOOK_MB (default 4) dropped (its PNGs stay beside it).
+# Then aggregates the archive: summary.csv, runs.csv, predictions.jsonl.gz (kept) and figures/
+# (git-ignored). Runs with $PYTHON (default: python; run it with the project's environment
+# active). The work is done by castlib.archive (python -m castlib.archive --help).
 #   bash papermill_runs/results/archive.sh runs_out/full_cpu full_cpu
 set -euo pipefail
 src=${1:?usage: archive.sh OUTPUT_DIR NAME}
 name=${2:?usage: archive.sh OUTPUT_DIR NAME}
 here="$(cd "$(dirname "$0")" && pwd)"
-dest="$here/$name"
-root="$(cd "$here/../.." && pwd)"  # run.json holds absolute paths; keep them repo-relative in git
-find "$src" -name run.json | while read -r run; do
-  dir=$(dirname "$run")
-  grep -q '"status": "ok"' "$run" || continue
-  rel=${dir#"$src"/}
-  mkdir -p "$dest/$rel"
-  find "$dir" -maxdepth 1 -type f \( -name '*.json' -o -name '*.csv' \) -exec cp {} "$dest/$rel/" \;
-  text=$(<"$dest/$rel/run.json")  # literal (not regex) removal of the root prefix
-  printf '%s\n' "${text//"$root/"/}" > "$dest/$rel/run.json"
-  echo "archived $rel"
-done
-"${PYTHON:-python}" -m castlib.runs --aggregate-only "$dest"
+root="$(cd "$here/../.." && pwd)"
+"${PYTHON:-python}" -m castlib.archive "$src" "$here/$name" --root "$root" \
+  --max-notebook-mb "${ARCHIVE_MAX_NOTEBOOK_MB:-4}"

@@ -1,0 +1,439 @@
+"""castlib.archive, castlib.claims and castlib.report on a small synthetic batch and on the
+repository's archive; the report rendered in headless Chromium.
+
+The synthetic batch runs a tiny notebook named ``02_cross_domain.ipynb`` (no model: it writes
+made-up records with per-example predictions, saves a PNG and shows it inline, and prints its
+absolute output folder) through `castlib.runs.run_batch`, so the archive holds real executed
+notebooks with machine paths to clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from castlib import archive as A
+from castlib import claims as C
+from castlib import report as REP
+from castlib import runs as R
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+
+NOTEBOOK_CODE = textwrap.dedent(
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from matplotlib.figure import Figure
+    from IPython.display import Image, display
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print("writing into", out.resolve())
+    rng = np.random.default_rng(seed)
+    gold = (np.arange(n) % 3).tolist()
+    ids = [f"t-{i}" for i in range(n)]
+    hits = {"zero_shot": 0.4, "cast": 0.9, "icv": 0.5, "few_shot": 0.95}
+    records = []
+    for target in ("alpha_task", "beta_task"):
+        for method, p in hits.items():
+            right = rng.random(n) < p
+            pred = [g if r else (g + 1) % 3 for g, r in zip(gold, right)]
+            records.append({
+                "model": "tiny", "method": method, "target": target, "seed": seed,
+                "n": n, "accuracy": float(np.mean(right)),
+                "uses_target_labels": method == "few_shot",
+                "predictions": json.dumps({"id": ids, "pred": pred, "gold": gold,
+                                           "n_options": [3] * n}),
+            })
+    (out / "results.json").write_text(json.dumps(records))
+    fig = Figure(figsize=(3, 2))
+    fig.add_subplot().bar(["zero_shot", "cast"], [0.4, 0.9])
+    fig.savefig(out / "accuracy.png")
+    display(Image(filename=str(out / "accuracy.png")))
+    """
+)
+
+
+def _tiny_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("output_dir = 'results'\nseed = 0\nn = 60")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# tiny"), params]
+    nb.cells.append(nbformat.v4.new_code_cell(NOTEBOOK_CODE))
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "py"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A batch of one run of the tiny notebook, archived twice: by archive.sh as is
+    (``papermill_runs/results/synth``) and with image outputs dropped
+    (``archive_small/synth``)."""
+    root = tmp_path_factory.mktemp("repo")
+    nb = _tiny_notebook(root / "02_cross_domain.ipynb")
+    config = R.parse_config(
+        {
+            "output_dir": str(root / "runs_out" / "synth"),
+            "runs": [{"notebook": str(nb), "grid": {"seed": [0]}}],
+        }
+    )
+    outcomes = R.run_batch(config, progress=False)
+    assert [o.status for o in outcomes] == ["ok"], [o.error for o in outcomes]
+    # archive.sh as a user runs it, from a copy inside the synthetic repository (it archives
+    # into the papermill_runs/results/ beside itself and strips its repository root)
+    script = root / "papermill_runs" / "results" / "archive.sh"
+    script.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "papermill_runs" / "results" / "archive.sh", script)
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        ["bash", str(script), "runs_out/synth", "synth"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "archived 02_cross_domain/seed=0"
+    archive = script.parent
+    small = root / "archive_small"
+    A.archive_batch(
+        config.output_dir, small / "synth", root, home=Path.home(), max_notebook_bytes=1
+    )
+    return {"root": root, "archive": archive, "small": small, "src": config.output_dir}
+
+
+# --------------------------------------------------------------------------- archive
+
+
+def test_replace_paths_root_before_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    root = home / "repo"
+    value = {"a": [f"{root}/notebooks/x.ipynb", f"{home}/.cache/m", str(root)], "b": 3}
+    assert A.replace_paths(value, root, home) == {
+        "a": ["notebooks/x.ipynb", "~/.cache/m", "."],
+        "b": 3,
+    }
+
+
+def test_archive_keeps_records_figures_and_clean_notebooks(synthetic: dict[str, Path]) -> None:
+    root = str(synthetic["root"].resolve())
+    for seed in (0,):
+        run = synthetic["archive"] / "synth" / "02_cross_domain" / f"seed={seed}"
+        assert {p.name for p in run.iterdir()} >= {
+            "run.json",
+            "results.json",
+            "accuracy.png",
+            "02_cross_domain.ipynb",
+        }
+        for name in ("run.json", "02_cross_domain.ipynb"):
+            text = (run / name).read_text()
+            assert root not in text, f"{name} keeps the machine path {root}"
+            assert str(Path.home()) + "/" not in text
+        nb = nbformat.read(run / "02_cross_domain.ipynb", as_version=4)
+        outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in outputs)
+        assert any("writing into runs_out/synth/" in o.get("text", "") for o in outputs)
+    assert (synthetic["archive"] / "synth" / R.PREDICTIONS_FILE).is_file()
+    assert (synthetic["archive"] / "synth" / R.SUMMARY_FILE).is_file()
+
+
+def test_archive_drops_images_of_large_notebooks_and_keeps_pngs(
+    synthetic: dict[str, Path],
+) -> None:
+    run = synthetic["small"] / "synth" / "02_cross_domain" / "seed=0"
+    nb = nbformat.read(run / "02_cross_domain.ipynb", as_version=4)
+    data = [o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])]
+    assert not any(k.startswith("image/") for d in data for k in d)
+    assert any(d.get("text/plain") == A.DROPPED_IMAGE_NOTE for d in data)
+    assert (run / "accuracy.png").stat().st_size > 0
+
+
+def test_archive_skips_failed_runs_and_reports_bad_folder(tmp_path: Path) -> None:
+    run = tmp_path / "out" / "nb" / "default"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "failed", "run_id": "nb/default"}))
+    assert A.archive_batch(tmp_path / "out", tmp_path / "arch", tmp_path) == []
+    with pytest.raises(FileNotFoundError, match="batch output folder not found"):
+        A.archive_batch(tmp_path / "nope", tmp_path / "arch", tmp_path)
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def _records(acc: dict[str, list[int]], target: str = "t", seed: int = 0) -> list[dict]:
+    n = len(next(iter(acc.values())))
+    gold = [0] * n
+    return [
+        {
+            "run_id": f"nb/seed={seed}",
+            "target": target,
+            "method": method,
+            "seed": seed,
+            "uses_target_labels": False,
+            "predictions": {"id": list(range(n)), "pred": [1 - r for r in right], "gold": gold},
+        }
+        for method, right in acc.items()
+    ]
+
+
+def _pg(record: dict) -> tuple[list[int], list[int]]:
+    return record["predictions"]["pred"], record["predictions"]["gold"]
+
+
+def test_main_table_paired_and_verdicts() -> None:
+    n = 200
+    better = _records(
+        {
+            "zero_shot": [1] * 60 + [0] * 140,
+            "cast": [1] * 180 + [0] * 20,
+            "icv": [1] * 70 + [0] * 130,
+        }
+    )
+    rows = pd.DataFrame([{**r, "accuracy": float(np.mean(np.equal(*_pg(r))))} for r in better])
+    main = C.main_table(rows, better, n_boot=500)
+    assert main.paired
+    assert main.table.loc[0, "best label-free"].startswith("icv: 0.350 [")
+    assert "resolved" in main.table.loc[0, "CAST - best label-free"]
+    claim = C.CLAIMS[2]
+    assert C.claim_paragraph(claim, rows, better, n_boot=500).startswith("Supported")
+    same = _records(
+        {
+            "zero_shot": [1] * (n // 2) + [0] * (n // 2),
+            "cast": [0] * (n // 2) + [1] * (n // 2),
+            "icv": [1] * n,
+        }
+    )
+    rows_same = rows.assign(run_id="nb/seed=0")
+    text = C.claim_paragraph(claim, rows_same, same, n_boot=500)
+    assert text.startswith("Not supported")  # icv (always right) beats CAST (half right)
+
+
+def test_main_table_without_predictions_is_mean_std() -> None:
+    rows = pd.DataFrame(
+        [
+            {"run_id": f"r{s}", "target": "t", "method": m, "seed": s, "n": 10, "accuracy": a}
+            for s in (0, 1)
+            for m, a in (("zero_shot", 0.5), ("cast", 0.4 + 0.1 * s), ("icv", 0.6))
+        ]
+    )
+    main = C.main_table(rows, None)
+    assert not main.paired
+    assert main.table.loc[0, "CAST"] == "0.450 +- 0.071"
+    assert "not testable" in main.table.loc[0, "CAST - zero-shot"]
+    assert C.claim_paragraph(C.CLAIMS[2], rows).startswith("Undecided")
+    with pytest.raises(ValueError, match="lack the columns"):
+        C.main_table(rows.drop(columns="target"))
+
+
+# --------------------------------------------------------------------------- report
+
+
+_REMOTE = re.compile(
+    r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//"""
+    r"""|@import\s+(?:url\()?["']?(?:https?:)?//|import\(\s*["'](?:https?:)?//""",
+    re.I,
+)
+
+
+def _assert_offline(html: str, where: str) -> None:
+    match = _REMOTE.search(html)
+    assert match is None, (
+        f"{where} loads a remote asset: {html[match.start() : match.start() + 120]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def synthetic_report(synthetic: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report"
+    REP.build_report(synthetic["small"], out, root=None, n_boot=300)
+    return out
+
+
+def test_report_from_synthetic_archive(synthetic_report: Path) -> None:
+    index = (synthetic_report / "index.html").read_text()
+    _assert_offline(index, "index.html")
+    for claim in C.CLAIMS:
+        assert f'id="{claim.notebook}"' in index
+    assert "paired-bootstrap interval" in index
+    assert "alpha_task" in index and "beta_task" in index
+    for seed in (0,):
+        page = synthetic_report / "synth" / "02_cross_domain" / f"seed={seed}.html"
+        html = page.read_text()
+        _assert_offline(html, page.name)
+        assert "data:image/png;base64," in html  # the dropped image, from the PNG beside it
+        assert f'href="synth/02_cross_domain/seed={seed}.html"' in index
+    for src in re.findall(r'<img[^>]*src="([^"]+)"', index):
+        assert (synthetic_report / src).stat().st_size > 0
+
+
+def test_report_from_the_repository_archive(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    index = REP.build_report(ROOT / "papermill_runs" / "results", out, n_boot=200)
+    html = index.read_text()
+    _assert_offline(html, "index.html")
+    for claim in C.CLAIMS:
+        assert f'id="{claim.notebook}"' in html
+        assert f'id="claim-{claim.notebook}"' in html
+    summary = pd.read_csv(ROOT / "papermill_runs" / "results" / "full_cpu" / R.SUMMARY_FILE)
+    cross = summary[summary["notebook"].str.contains("02_cross_domain")]
+    for target in cross["target"].unique():
+        assert f"<td>{target}</td>" in html
+    imgs = re.findall(r'<img[^>]*src="([^"]+)"', html)
+    assert imgs and all((out / src).stat().st_size > 0 for src in imgs)
+
+
+def test_report_without_archive_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no archive under"):
+        REP.build_report(tmp_path, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- browser
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def _render(browser: str, page: Path, shot: Path, profile: Path) -> str:
+    common = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,2400",
+    ]
+    url = page.resolve().as_uri()
+    dom = subprocess.run(
+        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    subprocess.run(
+        [*common, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True
+    )
+    assert shot.stat().st_size > 0, f"no screenshot of {page}"
+    return dom
+
+
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="headless Chromium is not installed (Debian: apt-get install chromium; .ci/run does)",
+)
+def test_report_in_headless_chromium(synthetic_report: Path, tmp_path: Path) -> None:
+    browser = _chromium()
+    assert browser is not None
+    ARTIFACTS.mkdir(exist_ok=True)
+    shots = {}
+    index = synthetic_report / "index.html"
+    page = synthetic_report / "synth" / "02_cross_domain" / "seed=0.html"
+    for name, html in (("report_index", index), ("report_notebook_page", page)):
+        shot = ARTIFACTS / f"{name}.png"
+        dom = _render(browser, html, shot, tmp_path / f"profile-{name}")
+        shots[name] = (dom, shot)
+        print(f"screenshot: {shot}")
+    dom, _ = shots["report_index"]
+    for target in ("alpha_task", "beta_task"):
+        assert re.search(rf"<td>{target}</td>", dom), f"main table row {target} not rendered"
+    imgs = re.findall(r'<img[^>]*src="([^"]+)"', dom)
+    assert imgs, "the index shows no figure"
+    for src in imgs:
+        w, h = _png_size(synthetic_report / src)
+        assert w > 50 and h > 50, f"{src} is {w}x{h}"
+    page_dom, _ = shots["report_notebook_page"]
+    embedded = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page_dom)
+    assert embedded, "the notebook page shows no figure"
+    for data in embedded:
+        import base64
+
+        raw = base64.b64decode(data)
+        w, h = struct.unpack(">II", raw[16:24])
+        assert w > 50 and h > 50
+    assert "writing into runs_out/synth/" in page_dom
+
+
+def _claim(stem: str) -> C.Claim:
+    return next(c for c in C.CLAIMS if c.notebook == stem)
+
+
+def test_consistency_verdict_reads_numeric_layers() -> None:
+    rows = pd.DataFrame(
+        [{"analysis": "norm", "layer": "all", "cross_task_cosine": None, "floor": None,
+          "ceiling": None, "target": "a"}]
+        + [{"analysis": "layer", "layer": str(la), "cross_task_cosine": c, "floor": 0.05,
+            "ceiling": 0.9, "target": "a+b+c"} for la, c in enumerate([0.5, 0.01, 0.4, 0.3])]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("01_activation_patterns"), rows)
+    assert text.startswith("Supported")
+    assert "3 tasks" in text and "3 of 4 layers" in text and "at layer 2 it is 0.400" in text
+    low = rows.assign(cross_task_cosine=rows["cross_task_cosine"] * 0.01)
+    assert C.claim_paragraph(_claim("01_activation_patterns"), low).startswith("Not supported")
+
+
+def test_ablation_scalability_robustness_similarity_verdicts() -> None:
+    abl = pd.DataFrame(
+        [
+            {"ablation": ax, "variant": v, "is_default": d, "accuracy": a,
+             "zero_shot_accuracy": 0.3, "method": "cast"}
+            for ax, v, d, a in [("selection", "cast", True, 0.5), ("selection", "random", False, 0.4),
+                                ("contrast", "mean", True, 0.5), ("contrast", "pca", False, 0.6)]
+        ]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("04_ablations"), abl)
+    assert text.startswith("Not supported by the means: another contrast scores higher")
+    assert "zero-shot 0.300" in text
+
+    sc = pd.DataFrame(
+        [{"method": "zero_shot", "m": 0, "accuracy": 0.3, "prompt_tokens_per_query": 50,
+          "fits_context": True}]
+        + [{"method": "cross_task_icl", "m": m, "accuracy": a, "prompt_tokens_per_query": 50 * m,
+            "fits_context": m < 64} for m, a in ((4, 0.4), (16, 0.5), (64, None))]
+        + [{"method": "cast", "m": m, "accuracy": 0.45, "prompt_tokens_per_query": 50,
+            "fits_context": True} for m in (4, 16, 64)]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("05_scalability_cost"), sc)
+    assert text.startswith("Partly supported")
+    assert "At m = 16" in text and "m = [64]" in text and "more accurate at 1 of 2" in text
+
+    sens = pd.DataFrame(
+        [{"param": p, "value": v, "accuracy": a, "method": "cast"}
+         for p, v, a in [("alpha", 0.0, 0.3), ("alpha", 1.0, 0.35), ("alpha", 2.0, 0.25),
+                         ("k", 1, 0.33), ("k", 4, 0.35)]]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("06_sensitivity"), sens)
+    assert text.startswith("Not supported by this measure: 1 of 4 swept values")
+
+    pairs = pd.DataFrame(
+        [{"source": s, "target": "t", "cosine": c, "gain": g, "method": "cast", "accuracy": 0.5}
+         for s, c, g in [("a", 0.1, -0.02), ("b", 0.5, 0.03), ("c", 0.9, 0.08)]]
+    )  # fmt: skip
+    text = C.claim_paragraph(_claim("07_transfer_vs_similarity"), pairs)
+    assert text.startswith("Supported by notebook 07's measure") and "2 of 3 pair(s)" in text
+    assert C.claim_paragraph(_claim("07_transfer_vs_similarity"), pairs.iloc[:0]).startswith(
+        "No archived run"
+    )
