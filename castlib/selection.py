@@ -17,11 +17,20 @@ Graph and diffusion conventions (used consistently by every function in this mod
   candidate ``s`` by neighbourhood averaging, ``x <- P x`` (label propagation), for ``T`` steps
   leaves the value ``A_T[q, s]`` on node ``q``; equivalently ``A_T[q, s]`` is the probability that a
   ``T``-step walk from ``q`` ends at ``s``. This is the influence of ``s`` on ``q`` in the spec's
-  objective ``F(S) = sum_q max_{s in S} A_T[q, s]``, used with exactly that index order (see
-  :func:`influence_matrix` and :func:`coverage`). With all nodes as targets, ``F({s})`` is the
-  column sum of ``A_T``, large for candidates in dense regions. (The transposed reading, "mass
-  conserving" diffusion ``A_T[s, q]``, would make every ``F({s})`` equal to 1 when all nodes are
-  targets, since rows of ``A_T`` sum to 1, so it is not used.)
+  objective, used with exactly that index order (see :func:`influence_matrix` and
+  :func:`coverage`). With all nodes as targets, ``F({s})`` is the mean column entry of ``A_T``,
+  large for candidates in dense regions. (The transposed reading, "mass conserving" diffusion
+  ``A_T[s, q]``, would make every ``F({s})`` equal when all nodes are targets, since rows of
+  ``A_T`` sum to 1, so it is not used.)
+
+Coverage objective (normalised)
+-------------------------------
+``F(S) = (1 / |Q|) sum_{q in Q} max_{s in S} A_T[q, s]`` over the target nodes ``Q``: the spec's
+sum over target nodes divided by their number, so ``0 <= F(S) <= 1`` and the diversity weight
+``gamma`` trades the same share of coverage against redundancy for a 7-row target as for a
+2,000-row one. (The spec's unnormalised sum with weight ``gamma'`` selects exactly what this
+objective selects with ``gamma = gamma' / |Q|``; the greedy choice is invariant to duplicating
+every target node.)
 
 Selection methods (:data:`SELECTION_METHODS`)
 --------------------------------------------
@@ -37,6 +46,13 @@ Selection methods (:data:`SELECTION_METHODS`)
   ``F(S + u) - F(S) - gamma * max_{s in S} cos(e_u, e_s)`` (penalty 0 while ``S`` is empty). Target
   nodes are the query nodes, or all nodes (candidates) when no queries are given.
 
+Selection log: :func:`select_with_log` returns, with the indices, what each greedy step saw (for
+``cast``/``influence``: the chosen index, its coverage gain ``F(S + u) - F(S)``, its diversity
+penalty ``gamma * max_{s in S} cos(e_u, e_s)``, its objective (gain minus penalty) and ``F`` after
+the step) and the graph's size, including the number of query-candidate edges (few such edges mean
+the queries and candidates sit in separate regions of the embedding space, e.g. because their
+prompt formats differ, and coverage cannot tell candidates apart).
+
 Determinism and ties: every method is a deterministic function of its inputs and ``seed``. The seed
 draws a random priority permutation of the candidates; whenever several candidates tie for the best
 score (within a relative tolerance of ``1e-9``), the one that comes first in the seeded
@@ -51,6 +67,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +77,11 @@ __all__ = [
     "SELECTION_METHODS",
     "coverage",
     "diffusion_matrix",
+    "greedy_coverage",
     "influence_matrix",
     "knn_graph",
     "select",
+    "select_with_log",
 ]
 
 SELECTION_METHODS: tuple[str, ...] = ("random", "similarity", "influence", "diversity", "cast")
@@ -258,23 +277,26 @@ def _prepare(candidates: object, queries: object | None) -> tuple[Tensor, Tensor
 
 def _influence_entries(
     cand: Tensor, queries: Tensor | None, k: int, steps: int
-) -> tuple[Tensor, Tensor, Tensor, int]:
+) -> tuple[Tensor, Tensor, Tensor, int, int]:
     """Sparse entries of the influence matrix ``I[q, s] = A_T[q, s]`` (targets x candidates).
 
-    Returns ``(target_idx, cand_idx, values, n_targets)`` with float64 values; only non-zero entries
-    are listed.
+    Returns ``(target_idx, cand_idx, values, n_targets, n_query_candidate_edges)`` with float64
+    values (only non-zero entries are listed); the last is the number of undirected edges of the
+    kNN graph between a query node and a candidate node (0 without queries).
     """
     n = cand.shape[0]
     nodes = cand if queries is None else torch.cat([cand, queries])
     adj = _knn_sparse(nodes, k, symmetric=True)
+    rows, cols = adj.indices()
+    qc_edges = int(((rows >= n) & (cols < n)).sum())  # each undirected edge is stored twice
     a_t = diffusion_matrix(adj.to(torch.float64), steps)
     tgt, src = a_t.indices()  # A_T[q, s]: influence of node s on node q
     val = a_t.values()
     if queries is None:
         keep = src < n  # every node is a candidate and a target
-        return tgt[keep], src[keep], val[keep], n
+        return tgt[keep], src[keep], val[keep], n, 0
     keep = (src < n) & (tgt >= n)
-    return tgt[keep] - n, src[keep], val[keep], queries.shape[0]
+    return tgt[keep] - n, src[keep], val[keep], queries.shape[0], qc_edges
 
 
 def influence_matrix(
@@ -295,23 +317,26 @@ def influence_matrix(
     cand, q = _prepare(candidates, queries)
     if cand.shape[0] == 0:
         raise ValueError("candidates has no rows")
-    t_idx, c_idx, val, n_targets = _influence_entries(cand, q, k, steps)
+    t_idx, c_idx, val, n_targets, _ = _influence_entries(cand, q, k, steps)
     out = torch.zeros(n_targets, cand.shape[0], dtype=torch.float64)
     out[t_idx, c_idx] = val
     return out
 
 
 def coverage(influence: Tensor, selected: list[int] | Tensor) -> float:
-    """Coverage objective ``F(S) = sum_q max_{s in S} I[q, s]`` (``F(empty set) = 0``).
+    """Normalised coverage ``F(S) = (1 / n_targets) sum_q max_{s in S} I[q, s]`` (``F({}) = 0``).
+
+    The mean over the target nodes (rows) of the best influence any selected candidate has on
+    them: the spec's sum over target nodes divided by their number (module docstring).
 
     Args:
         influence: ``[n_targets, n_candidates]`` matrix from :func:`influence_matrix`.
         selected: candidate indices ``S``.
     """
     idx = torch.as_tensor(selected, dtype=torch.long).reshape(-1)
-    if idx.numel() == 0:
+    if idx.numel() == 0 or influence.shape[0] == 0:
         return 0.0
-    return float(influence[:, idx].max(dim=1).values.sum())
+    return float(influence[:, idx].max(dim=1).values.sum()) / influence.shape[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,69 +362,222 @@ def _non_duplicates(eligible: Tensor, max_cos: Tensor | None) -> Tensor:
     return strict if bool(strict.any()) else eligible
 
 
-def _greedy_coverage(
+def _priority(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The seeded permutation of ``range(n)`` and each index's rank in it (tie priority)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    priority = torch.empty(n, dtype=torch.long)
+    priority[perm] = torch.arange(n)  # priority[i] = rank of candidate i in the seeded permutation
+    return perm, priority
+
+
+def _greedy_entries(
+    t_idx: Tensor,
+    c_idx: Tensor,
+    val: Tensor,
+    n_targets: int,
     cand: Tensor,
-    queries: Tensor | None,
     m: int,
-    k: int,
-    steps: int,
     gamma: float,
     priority: Tensor,
     dedup: bool,
-) -> list[int]:
-    """Greedy ``argmax_u F(S + u) - F(S) - gamma * max_{s in S} cos(e_u, e_s)``.
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Greedy ``argmax_u F(S + u) - F(S) - gamma * max_{s in S} cos(e_u, e_s)`` on the sparse
+    entries ``(t_idx, c_idx, val)`` of ``I``; returns the indices and the per-step log.
 
-    Marginal gains are computed for all candidates at once from the sparse entries of ``I``:
-    ``F(S + u) - F(S) = sum_q max(I[q, u] - cur[q], 0)`` with ``cur[q] = max_{s in S} I[q, s]``,
-    one ``index_add`` over the non-zeros per step (at most ``n * n_targets``).
+    Marginal gains are computed for all candidates at once:
+    ``F(S + u) - F(S) = (1 / n_targets) sum_q max(I[q, u] - cur[q], 0)`` with
+    ``cur[q] = max_{s in S} I[q, s]``, one ``index_add`` over the non-zeros per step (at most
+    ``n * n_targets``).
     """
     n = cand.shape[0]
-    t_idx, c_idx, val, n_targets = _influence_entries(cand, queries, k, steps)
     e = F.normalize(cand.to(torch.float64), dim=1)
     cur = torch.zeros(n_targets, dtype=torch.float64)
     max_cos: Tensor | None = None
     eligible = torch.ones(n, dtype=torch.bool)
     chosen: list[int] = []
+    log: list[dict[str, Any]] = []
     for _ in range(m):
         gain = torch.zeros(n, dtype=torch.float64).index_add_(
             0, c_idx, torch.clamp(val - cur[t_idx], min=0.0)
-        )
-        score = gain if max_cos is None else gain - gamma * max_cos
+        ) / max(n_targets, 1)
+        penalty = torch.zeros_like(gain) if max_cos is None else gamma * max_cos
+        score = gain - penalty
         pick = _best(score, _non_duplicates(eligible, max_cos) if dedup else eligible, priority)
         chosen.append(pick)
         eligible[pick] = False
         col = c_idx == pick
         cur[t_idx[col]] = torch.maximum(cur[t_idx[col]], val[col])
+        log.append(
+            {
+                "id": pick,
+                "coverage_gain": float(gain[pick]),
+                "diversity_penalty": float(penalty[pick]),
+                "max_cos": None if max_cos is None else float(max_cos[pick]),
+                "objective": float(score[pick]),
+                "coverage": float(cur.sum()) / max(n_targets, 1),
+            }
+        )
         cos_new = e @ e[pick]
         max_cos = cos_new if max_cos is None else torch.maximum(max_cos, cos_new)
-    return chosen
+    return chosen, log
 
 
-def _farthest_point(cand: Tensor, m: int, priority: Tensor) -> list[int]:
+def greedy_coverage(
+    influence: Tensor,
+    candidates: Tensor,
+    m: int,
+    gamma: float = 0.5,
+    seed: int = 0,
+    dedup: bool = True,
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """The ``cast`` greedy on a given influence matrix (``select`` builds it from the graph).
+
+    Step ``i`` adds ``argmax_u [F(S + u) - F(S) - gamma * max_{s in S} cos(e_u, e_s)]`` with the
+    normalised coverage ``F`` of :func:`coverage`; near-ties go to the earliest candidate of the
+    seeded permutation, and with ``dedup`` an exact duplicate (cosine ``>= 1 - 1e-6``) of a chosen
+    candidate is skipped while a non-duplicate remains (``dedup=False`` with ``gamma=0`` is the
+    ``influence`` ablation).
+
+    Args:
+        influence: ``[n_targets, n]`` non-negative matrix ``I[q, s]`` (:func:`influence_matrix`).
+        candidates: ``[n, d]`` candidate embeddings (for the cosine penalty).
+        m: number of indices, ``1 <= m <= n``.
+        gamma: diversity weight ``>= 0``.
+        seed: tie-breaking seed.
+        dedup: skip exact duplicates of the selection while others remain.
+
+    Returns:
+        ``(ids, steps)``: the ``m`` indices in selection order and one dict per step with
+        ``id``, ``coverage_gain``, ``diversity_penalty`` (``gamma * max_cos``), ``max_cos`` (None
+        at the first step), ``objective`` (gain minus penalty) and ``coverage`` (``F`` after it).
+    """
+    cand = _as_embeddings(candidates, "candidates")
+    infl = _as_embeddings(influence, "influence").to(torch.float64)
+    n = cand.shape[0]
+    if infl.shape[1] != n:
+        raise ValueError(f"influence has {infl.shape[1]} columns but there are {n} candidates")
+    if (infl < 0).any():
+        raise ValueError("influence must be non-negative")
+    m, gamma, seed = _check_m(m, n), _check_gamma(gamma), _as_int(seed, "seed")
+    t_idx, c_idx = infl.nonzero(as_tuple=True)
+    _, priority = _priority(n, seed)
+    return _greedy_entries(
+        t_idx, c_idx, infl[t_idx, c_idx], infl.shape[0], cand, m, gamma, priority, dedup
+    )
+
+
+def _farthest_point(
+    cand: Tensor, m: int, priority: Tensor
+) -> tuple[list[int], list[dict[str, Any]]]:
     """k-center greedy in cosine distance, started at the candidate nearest to the centroid."""
     n = cand.shape[0]
     e = F.normalize(cand.to(torch.float64), dim=1)
     eligible = torch.ones(n, dtype=torch.bool)
     start = _best(e @ e.mean(dim=0), eligible, priority)
     chosen = [start]
+    log: list[dict[str, Any]] = [{"id": start, "max_cos": None}]
     eligible[start] = False
     max_cos = e @ e[start]
     for _ in range(m - 1):
         pick = _best(-max_cos, _non_duplicates(eligible, max_cos), priority)
         chosen.append(pick)
+        log.append({"id": pick, "max_cos": float(max_cos[pick])})
         eligible[pick] = False
         max_cos = torch.maximum(max_cos, e @ e[pick])
-    return chosen
+    return chosen, log
 
 
-def _top_similarity(cand: Tensor, queries: Tensor | None, m: int, priority: Tensor) -> list[int]:
+def _top_similarity(
+    cand: Tensor, queries: Tensor | None, m: int, priority: Tensor
+) -> tuple[list[int], list[dict[str, Any]]]:
     """Top-``m`` by mean cosine to the queries (or the candidate centroid); ties by priority."""
     e = F.normalize(cand.to(torch.float64), dim=1)
     ref = e if queries is None else F.normalize(queries.to(torch.float64), dim=1)
     score = e @ ref.mean(dim=0)  # = mean_q cos(e_u, e_q)
     by_priority = torch.argsort(priority)
     order = by_priority[torch.argsort(-score[by_priority], stable=True)]
-    return [int(i) for i in order[:m]]
+    ids = [int(i) for i in order[:m]]
+    return ids, [{"id": i, "similarity": float(score[i])} for i in ids]
+
+
+def _check_m(m: object, n: int) -> int:
+    m = _as_int(m, "m")
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
+    if m > n:
+        raise ValueError(f"cannot select m={m} distinct samples from only n={n} candidates")
+    return m
+
+
+def _check_gamma(gamma: object) -> float:
+    value = float(gamma)  # type: ignore[arg-type]
+    if not value >= 0.0 or value == float("inf"):
+        raise ValueError(f"gamma must be a finite number >= 0, got {value}")
+    return value
+
+
+def select_with_log(
+    candidates: Tensor,
+    m: int,
+    method: str = "cast",
+    queries: Tensor | None = None,
+    k: int = 10,
+    steps: int = 2,
+    gamma: float = 0.5,
+    seed: int = 0,
+) -> tuple[list[int], dict[str, Any]]:
+    """:func:`select` plus its log: ``(ids, log)``, ``log`` a JSON-ready dict.
+
+    ``log`` has ``method``, ``n_candidates``, ``n_queries`` (0 without queries) and ``steps`` (one
+    dict per chosen index, in order, with ``id`` and what the method ranked it by: ``random``
+    nothing; ``similarity`` its ``similarity``; ``diversity`` its ``max_cos`` to the earlier
+    picks; ``cast``/``influence`` the fields of :func:`greedy_coverage`). ``cast``/``influence``
+    add the graph: ``gamma``, ``graph_k``, ``diffusion_steps``, ``n_targets`` (target nodes of
+    ``F``), ``n_query_candidate_edges`` (undirected kNN edges between a query and a candidate; 0
+    without queries), ``n_targets_reached`` (target nodes some candidate has influence on) and
+    ``coverage`` (``F`` of the whole selection).
+    """
+    if method not in SELECTION_METHODS:
+        raise ValueError(f"unknown selection method {method!r}; valid methods: {SELECTION_METHODS}")
+    k = _check_k(k)
+    steps = _check_steps(steps)
+    seed = _as_int(seed, "seed")
+    gamma = _check_gamma(gamma)
+    cand, q = _prepare(candidates, queries)
+    n = cand.shape[0]
+    m = _check_m(m, n)
+    log: dict[str, Any] = {
+        "method": method,
+        "n_candidates": n,
+        "n_queries": 0 if q is None else int(q.shape[0]),
+    }
+    perm, priority = _priority(n, seed)
+    if method == "random":
+        ids = [int(i) for i in perm[:m]]
+        return ids, {**log, "steps": [{"id": i} for i in ids]}
+    if method == "similarity":
+        ids, log_steps = _top_similarity(cand, q, m, priority)
+        return ids, {**log, "steps": log_steps}
+    if method == "diversity":
+        ids, log_steps = _farthest_point(cand, m, priority)
+        return ids, {**log, "steps": log_steps}
+    if method == "influence":
+        gamma = 0.0
+    t_idx, c_idx, val, n_targets, qc_edges = _influence_entries(cand, q, k, steps)
+    ids, log_steps = _greedy_entries(
+        t_idx, c_idx, val, n_targets, cand, m, gamma, priority, dedup=method == "cast"
+    )
+    return ids, {
+        **log,
+        "gamma": gamma,
+        "graph_k": k,
+        "diffusion_steps": steps,
+        "n_targets": n_targets,
+        "n_query_candidate_edges": qc_edges,
+        "n_targets_reached": int(torch.unique(t_idx).numel()),
+        "coverage": log_steps[-1]["coverage"],
+        "steps": log_steps,
+    }
 
 
 def select(
@@ -415,9 +593,10 @@ def select(
     """Select ``m`` distinct candidate indices with one of :data:`SELECTION_METHODS`.
 
     See the module docstring for the exact definition of each method. For ``cast`` the greedy step
-    adds ``argmax_u [F(S + u) - F(S) - gamma * max_{s in S} cos(e_u, e_s)]`` with
-    ``F(S) = sum_q max_{s in S} I[q, s]`` (:func:`influence_matrix`, :func:`coverage`);
-    ``influence`` is the same with ``gamma = 0``. The graph uses ``min(k, n_nodes - 1)`` neighbours.
+    adds ``argmax_u [F(S + u) - F(S) - gamma * max_{s in S} cos(e_u, e_s)]`` with the normalised
+    coverage ``F(S) = (1 / n_targets) sum_q max_{s in S} I[q, s]`` (:func:`influence_matrix`,
+    :func:`coverage`); ``influence`` is the same with ``gamma = 0``. The graph uses
+    ``min(k, n_nodes - 1)`` neighbours. :func:`select_with_log` also returns what each step saw.
 
     Args:
         candidates: ``[n, d]`` candidate embeddings (L2-normalised inside).
@@ -437,32 +616,4 @@ def select(
         ValueError: ``m`` out of range, unknown ``method``, ``k < 1``, ``steps < 0``, bad ``gamma``,
             non-finite embeddings, wrong ranks or mismatched embedding dimensions.
     """
-    if method not in SELECTION_METHODS:
-        raise ValueError(f"unknown selection method {method!r}; valid methods: {SELECTION_METHODS}")
-    m = _as_int(m, "m")
-    k = _check_k(k)
-    steps = _check_steps(steps)
-    seed = _as_int(seed, "seed")
-    gamma = float(gamma)
-    if not gamma >= 0.0 or gamma == float("inf"):
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
-    cand, q = _prepare(candidates, queries)
-    n = cand.shape[0]
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    if m > n:
-        raise ValueError(f"cannot select m={m} distinct samples from only n={n} candidates")
-
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=gen)
-    if method == "random":
-        return [int(i) for i in perm[:m]]
-    priority = torch.empty(n, dtype=torch.long)
-    priority[perm] = torch.arange(n)  # priority[i] = rank of candidate i in the seeded permutation
-    if method == "similarity":
-        return _top_similarity(cand, q, m, priority)
-    if method == "diversity":
-        return _farthest_point(cand, m, priority)
-    if method == "influence":
-        return _greedy_coverage(cand, q, m, k, steps, 0.0, priority, dedup=False)
-    return _greedy_coverage(cand, q, m, k, steps, gamma, priority, dedup=True)
+    return select_with_log(candidates, m, method, queries, k, steps, gamma, seed)[0]

@@ -24,19 +24,33 @@
 # `contrast="mean"`, one steering layer, no norm preservation) one factor changes at a time:
 # - selection: `random`, `similarity`, `influence` (gamma = 0), `diversity` (k-center),
 #   `cast`;
-# - contrast: `mean` (mean delta), `pca` (first principal direction of the deltas),
-#   `fewshot_only` (mean few-shot state as a replacement target, no contrast);
+# - contrast: `mean` (mean delta), `pca` (first principal direction of the uncentred deltas,
+#   sign-aligned with and scaled to the mean), `fewshot_only` (mean few-shot state as a
+#   replacement target, no contrast);
 # - layers: `layer_window` = 1 (l* only) vs w > 1 (l*..l*+w-1, alpha split evenly);
-# - norm preservation: off vs on.
+# - norm preservation: off vs on;
+# - embedding text of the selection: `prompt` (the zero-shot prompt P0(x), the spec's) vs `input`
+#   (the bare input, without the task instruction, role names or answer prefix), so that source
+#   candidates and target queries are compared on content rather than on prompt format.
 #
-# (l*, alpha) are re-chosen for every variant by the same `source` protocol.
+# (l*, alpha) are re-chosen for every variant by the same `source` protocol. Every record carries
+# CAST's selection log (`selection_log`: per greedy step the chosen sample, its coverage gain,
+# diversity penalty and objective; the number of query-candidate edges of the kNN graph).
+#
+# **Which embedding should be the default** is measured on labelled target *dev* rows (a seeded
+# sample of at most 32 rows of the target's train pool, the `target_dev` budget; never test
+# rows): the CAST fitted with each embedding is scored there, and the paired difference over the
+# dev rows decides. Only a difference whose 95% paired-bootstrap interval excludes zero counts as
+# decisive; otherwise the spec's default (`prompt`) stays. The dev rows may include some of the
+# unlabelled target inputs CAST used as queries (both embeddings use the same queries).
 
 # %% [markdown]
 # ## Parameters
 # **Full size** (`papermill_runs/full_cpu.yaml`): all five selections, all three contrasts,
 # `layer_windows=[1, 3]`, `norm_preserving=[False, True]`, `seeds=[0, 1, 2]`, `n_test=200`,
 # `k=4`, `m=32`, `n_candidates=256`, `n_queries=64`, `n_tune=16`, `layers=None`,
-# `alphas=None` (`gpu.yaml`: five targets, five pooled sources, `layer_windows=[1, 3, 5]`).
+# `alphas=None`, `embed_texts=["prompt", "input"]`, `n_dev=32` (`gpu.yaml`: five targets, five
+# pooled sources, `layer_windows=[1, 3, 5]`).
 
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
@@ -49,6 +63,7 @@ selections = ["random", "cast"]  # of random, similarity, influence, diversity, 
 contrasts = ["mean", "pca"]  # of mean, pca, fewshot_only
 layer_windows = [1, 3]  # 1: single layer; w > 1: l*..l*+w-1
 norm_preserving = [False, True]
+embed_texts = ["prompt", "input"]  # of prompt, input: what the selection embeds
 seeds = [0]
 n_test = 16
 m = 4
@@ -58,6 +73,7 @@ n_queries = 4
 n_tune = 2
 layers = [6, 9]  # None: the method's default grid
 alphas = [0.5, 1.0]  # None: the method's default
+n_dev = 32  # labelled target train rows, at most 32, on which the embeddings are compared
 batch_size = 16
 
 # %% tags=["nbval-ignore-output"]
@@ -68,12 +84,15 @@ from tqdm import TqdmWarning
 # before the first import of tqdm.auto (by castlib), which warns when ipywidgets is missing
 warnings.filterwarnings("ignore", category=TqdmWarning)
 
+import json
+
 import numpy as np
 import pandas as pd
+from IPython.display import display
 from tqdm.auto import tqdm
 
 import castlib
-from castlib import nbtools, plots
+from castlib import nbtools, plots, stats
 
 lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
@@ -91,6 +110,7 @@ nbtools.params_table(
         contrasts=contrasts,
         layer_windows=layer_windows,
         norm_preserving=norm_preserving,
+        embed_texts=embed_texts,
         seeds=seeds,
         n_test=n_test,
         m=m,
@@ -100,17 +120,27 @@ nbtools.params_table(
         n_tune=n_tune,
         layers=layers,
         alphas=alphas,
+        n_dev=n_dev,
         batch_size=batch_size,
     )
 )
 
 # %%
-base = {"selection": "cast", "contrast": "mean", "layer_window": 1, "norm_preserving": False}
+if isinstance(n_dev, bool) or not isinstance(n_dev, int) or not 1 <= n_dev <= 32:
+    raise ValueError(f"n_dev must be an int in 1..32 (the target_dev budget), got {n_dev!r}")
+base = {
+    "selection": "cast",
+    "contrast": "mean",
+    "layer_window": 1,
+    "norm_preserving": False,
+    "embed_text": castlib.methods.get("cast").Params().embed_text,
+}
 axes = {
     "selection": selections,
     "contrast": contrasts,
     "layer_window": layer_windows,
     "norm_preserving": norm_preserving,
+    "embed_text": embed_texts,
 }
 variants = []  # (ablation, value, params): one factor changed from the default
 for axis, values in axes.items():
@@ -136,13 +166,20 @@ print(f"{len(variants)} variants, {len(configs)} distinct CAST configurations")
 pd.DataFrame([{"ablation": a, "value": v, "is_default": cfg == base} for a, v, cfg in variants])
 
 # %% tags=["nbval-ignore-output"]
-fitted, zero_acc = {}, {}
+fitted, zero_acc, dev = {}, {}, {}
 target_tasks = {t: nbtools.sample_test(castlib.load_task(t, data_dir), n_test) for t in targets}
+embed_keys = {  # the configurations that differ from the default in the embedding text only
+    tuple(sorted({**base, "embed_text": e}.items())): e for e in embed_texts
+}
 jobs = [(t, s, key) for t in targets for s in seeds for key in configs]
 for target, seed, key in tqdm(jobs, desc="ablations"):
     method = castlib.methods.get("cast")(**common, **configs[key])
     method.fit(lm, sources, target_tasks[target], seed=seed)
     fitted[(target, seed, key)] = method.evaluate(lm, target_tasks[target])
+    if key in embed_keys:  # the same seeded dev rows of the target's train pool for both
+        dev[(target, seed, embed_keys[key])] = method.evaluate(
+            lm, target_tasks[target], split="train", sample=n_dev, sample_seed=0
+        )
 for target in targets:
     zs = castlib.methods.get("zero_shot")(batch_size=batch_size, data_dir=data_dir)
     zero_acc[target] = zs.fit(lm, sources, target_tasks[target]).evaluate(lm, target_tasks[target])[
@@ -195,6 +232,91 @@ nbtools.save_figure(fig, out, "ablations")
 results_file = nbtools.write_results(records, out)
 
 # %% [markdown]
+# ## The selection logs
+# Per variant (mean over targets and seeds): the query-candidate edges of the kNN graph, the
+# coverage F(S) of the selection (the mean over target nodes of the best influence a selected
+# sample has on them, between 0 and 1) and the summed coverage gains and diversity penalties of
+# the greedy steps (`cast` and `influence` selections only: the others build no graph).
+
+# %%
+log_rows = []
+for rec in records:
+    log = json.loads(rec["selection_log"])
+    if "n_query_candidate_edges" not in log:
+        continue
+    log_rows.append(
+        {
+            "ablation": rec["ablation"],
+            "variant": rec["variant"],
+            "n_queries": log["n_queries"],
+            "n_query_candidate_edges": log["n_query_candidate_edges"],
+            "coverage": log["coverage"],
+            "sum_coverage_gain": sum(s["coverage_gain"] for s in log["steps"]),
+            "sum_diversity_penalty": sum(s["diversity_penalty"] for s in log["steps"]),
+        }
+    )
+selection_logs = (
+    pd.DataFrame(log_rows).groupby(["ablation", "variant"], sort=False).mean().round(4)
+    if log_rows
+    else pd.DataFrame()
+)
+nbtools.write_table(selection_logs, out, "selection_logs")
+selection_logs
+
+# %% [markdown]
+# ## Which embedding text should the default be (target dev rows, never test rows)
+
+# %%
+embed_rows, embed_choice = [], None
+if len(embed_texts) >= 2 and dev:
+    correct = {}  # embed_text -> [seeds, dev rows of all targets]
+    for e in embed_texts:
+        per_seed = []
+        for seed in seeds:
+            row = []
+            for target in targets:
+                preds = dev[(target, seed, e)]["predictions"]
+                row += stats.correctness(preds["pred"], preds["gold"]).tolist()
+            per_seed.append(row)
+        correct[e] = np.array(per_seed)
+    default_embed = base["embed_text"]
+    for e in embed_texts:
+        acc = stats.accuracy_interval(correct[e])
+        line = {"embed_text": e, "dev_accuracy": acc.estimate, "low": acc.low, "high": acc.high}
+        if e != default_embed:
+            diff = stats.paired_difference(correct[e], correct[default_embed])
+            line.update(
+                diff_vs_default=diff.estimate,
+                diff_low=diff.low,
+                diff_high=diff.high,
+                verdict=stats.verdict(diff, diff.n),
+            )
+        embed_rows.append(line)
+    embed_table = pd.DataFrame(embed_rows).round(3)
+    decisive = [
+        r for r in embed_rows if r.get("verdict") == "resolved" and r["diff_vs_default"] > 0
+    ]
+    embed_choice = (
+        max(decisive, key=lambda r: r["diff_vs_default"])["embed_text"]
+        if decisive
+        else default_embed
+    )
+    nbtools.write_table(embed_table, out, "embed_text_dev")
+    n_rows = correct[default_embed].shape[1]
+    print(
+        f"Dev rows: {n_rows} target train rows ({', '.join(targets)}), seeds {seeds}. "
+        + (
+            f"{embed_choice} beats {default_embed} decisively: the default should be {embed_choice}."
+            if embed_choice != default_embed
+            else f"No embedding beats the spec's default ({default_embed}) decisively at "
+            f"n = {n_rows}: the default stays {default_embed}."
+        )
+    )
+    display(embed_table)
+else:
+    print("embed_texts has fewer than two values: no embedding comparison in this run.")
+
+# %% [markdown]
 # ## Conclusion (from this run's numbers)
 
 # %%
@@ -208,3 +330,8 @@ for axis in axes:
         rank = "among the best" if part[default] >= part.max() else "not the best"
         line += f"; CAST's default {default} scores {nbtools.fmt(part[default])} ({rank})"
     print(line + f"; zero-shot {nbtools.fmt(float(np.mean(list(zero_acc.values()))))}.")
+if embed_choice is not None:
+    print(
+        f"embed_text default measured on target dev rows (not on the test rows above): "
+        f"{embed_choice} (the spec's is {base['embed_text']})."
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -12,9 +13,11 @@ from castlib.selection import (
     SELECTION_METHODS,
     coverage,
     diffusion_matrix,
+    greedy_coverage,
     influence_matrix,
     knn_graph,
     select,
+    select_with_log,
 )
 
 
@@ -206,8 +209,10 @@ def _ref_greedy(
     steps: int,
     gamma: float,
     seed: int = 0,
-) -> tuple[list[int], list[float]]:
-    """Slow greedy; ties (within 1e-9) go to the earliest candidate of the seeded permutation."""
+) -> tuple[list[int], list[float], list[tuple[float, float]]]:
+    """Slow greedy on the normalised coverage F(S) = mean_q max_{s in S} A_T[q, s]; ties (within
+    1e-9) go to the earliest candidate of the seeded permutation. Returns the picks, F after each
+    step and each step's (coverage gain, diversity penalty)."""
     perm = torch.randperm(len(cand), generator=torch.Generator().manual_seed(seed)).tolist()
     rank = {c: r for r, c in enumerate(perm)}
     nodes = cand + (queries or [])
@@ -220,22 +225,25 @@ def _ref_greedy(
         return num / math.sqrt(sum(x * x for x in u) * sum(y * y for y in v))
 
     def objective(sel: list[int]) -> float:
-        return sum(max((a[q][s] for s in sel), default=0.0) for q in targets)
+        return sum(max((a[q][s] for s in sel), default=0.0) for q in targets) / len(targets)
 
     chosen: list[int] = []
     values = []
+    parts = []
     for _ in range(m):
-        scores = {}
+        scores, terms = {}, {}
         for u in range(n):
             if u in chosen:
                 continue
-            pen = max((cos(cand[u], cand[s]) for s in chosen), default=0.0)
-            scores[u] = objective(chosen + [u]) - objective(chosen) - gamma * pen
+            pen = gamma * max((cos(cand[u], cand[s]) for s in chosen), default=0.0)
+            gain = objective(chosen + [u]) - objective(chosen)
+            scores[u], terms[u] = gain - pen, (gain, pen)
         best = max(scores.values())
         tied = [u for u, v in scores.items() if v >= best - 1e-9 * max(1.0, abs(best))]
         chosen.append(min(tied, key=rank.__getitem__))
         values.append(objective(chosen))
-    return chosen, values
+        parts.append(terms[chosen[-1]])
+    return chosen, values, parts
 
 
 @pytest.mark.parametrize("with_queries", [False, True])
@@ -246,14 +254,25 @@ def test_greedy_matches_slow_reference(with_queries: bool, steps: int) -> None:
     queries = torch.randn(4, 3, generator=gen, dtype=torch.float64) if with_queries else None
     q_list = queries.tolist() if queries is not None else None
     for method, gamma in (("influence", 0.0), ("cast", 0.5)):
-        ref_first, _ = _ref_greedy(cand.tolist(), q_list, 1, 3, steps, gamma)
+        ref_first, _, _ = _ref_greedy(cand.tolist(), q_list, 1, 3, steps, gamma)
         assert select(cand, 1, method, queries=queries, k=3, steps=steps) == ref_first
-        ref, ref_vals = _ref_greedy(cand.tolist(), q_list, 5, 3, steps, gamma, seed=steps)
-        got = select(cand, 5, method, queries=queries, k=3, steps=steps, gamma=gamma, seed=steps)
+        ref, ref_vals, ref_parts = _ref_greedy(
+            cand.tolist(), q_list, 5, 3, steps, gamma, seed=steps
+        )
+        got, log = select_with_log(
+            cand, 5, method, queries=queries, k=3, steps=steps, gamma=gamma, seed=steps
+        )
         assert got == ref, method
+        assert [s["id"] for s in log["steps"]] == got
         infl = influence_matrix(cand, queries, k=3, steps=steps)
         for i, val in enumerate(ref_vals):
             assert coverage(infl, got[: i + 1]) == pytest.approx(val, rel=1e-10)
+            step = log["steps"][i]
+            assert step["coverage"] == pytest.approx(val, rel=1e-10)
+            gain, pen = ref_parts[i]
+            assert step["coverage_gain"] == pytest.approx(gain, rel=1e-9, abs=1e-12)
+            assert step["diversity_penalty"] == pytest.approx(pen, rel=1e-9, abs=1e-12)
+            assert step["objective"] == pytest.approx(gain - pen, rel=1e-9, abs=1e-12)
 
 
 def test_diffusion_and_knn_match_reference() -> None:
@@ -368,3 +387,74 @@ def test_scales_to_thousands_of_candidates() -> None:
         ids = select(cand, 64, "cast", queries=q)
         assert time.perf_counter() - start < 30.0  # ~1 s on an idle 2-core CPU; loose for CI load
         assert len(set(ids)) == 64
+
+
+# ------------------------------------------------------------------------------------------------
+# normalised coverage and the selection log
+# ------------------------------------------------------------------------------------------------
+
+
+def test_gamma_is_invariant_to_duplicating_the_query_set() -> None:
+    # F is a mean over target nodes: repeating every target row 40 times (a 40x larger target
+    # with the same content) leaves every gain, and so the greedy choice for a fixed gamma, as is
+    gen = torch.Generator().manual_seed(11)
+    cand = torch.randn(30, 6, generator=gen, dtype=torch.float64)
+    queries = torch.randn(7, 6, generator=gen, dtype=torch.float64)
+    infl = influence_matrix(cand, queries, k=4, steps=2)
+    ids, steps = greedy_coverage(infl, cand, 8, gamma=0.5, seed=1)
+    ids_dup, steps_dup = greedy_coverage(infl.repeat(40, 1), cand, 8, gamma=0.5, seed=1)
+    assert ids_dup == ids
+    for a, b in zip(steps, steps_dup, strict=True):
+        assert a["coverage_gain"] == pytest.approx(b["coverage_gain"], rel=1e-12)
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-12, abs=1e-15)
+    # the spec's unnormalised sum is the mean objective with gamma / n_targets: on this data it
+    # chooses differently for the 7-row and the 280-row query set, which is what the mean fixes
+    sum_small, _ = greedy_coverage(infl, cand, 8, gamma=0.5 / 7, seed=1)
+    sum_large, _ = greedy_coverage(infl, cand, 8, gamma=0.5 / 280, seed=1)
+    assert sum_small != sum_large
+    # and select(...) runs the same greedy on the graph's influence matrix
+    assert select(cand, 8, "cast", queries=queries, k=4, gamma=0.5, seed=1) == ids
+
+
+@pytest.mark.parametrize("method", SELECTION_METHODS)
+def test_selection_log_is_json_ready_and_names_the_picks(method: str, data) -> None:
+    cand, queries = data
+    ids, log = select_with_log(cand, 6, method, queries=queries, k=4, seed=2)
+    assert ids == select(cand, 6, method, queries=queries, k=4, seed=2)
+    assert [s["id"] for s in log["steps"]] == ids
+    assert (log["method"], log["n_candidates"], log["n_queries"]) == (method, 120, 10)
+    assert json.loads(json.dumps(log)) == log
+    if method in ("cast", "influence"):
+        assert log["gamma"] == (0.5 if method == "cast" else 0.0)
+        assert log["coverage"] == pytest.approx(
+            coverage(influence_matrix(cand, queries, k=4), ids), rel=1e-10
+        )
+        gains = [s["coverage_gain"] for s in log["steps"]]
+        assert sum(gains) == pytest.approx(log["coverage"], rel=1e-10)
+        assert log["steps"][0]["diversity_penalty"] == 0.0
+
+
+def test_selection_log_counts_query_candidate_edges() -> None:
+    gen = torch.Generator().manual_seed(4)
+    cand = torch.randn(12, 5, generator=gen)
+    far = torch.zeros(3, 5)
+    far[:, 0] = 1.0
+    far = far + 0.01 * torch.randn(3, 5, generator=gen)  # a tight query cluster
+    queries = torch.cat([cand[:2] + 0.01 * torch.randn(2, 5, generator=gen), far])
+    _, log = select_with_log(cand, 3, "cast", queries=queries, k=2)
+    adj = knn_graph(torch.cat([cand, queries]), k=2)
+    expected = int(adj[12:, :12].sum())  # undirected query-candidate edges
+    assert log["n_query_candidate_edges"] == expected > 0
+    assert log["n_targets"] == 5
+    _, alone = select_with_log(cand, 3, "cast", k=2)
+    assert alone["n_query_candidate_edges"] == 0 and alone["n_targets"] == 12
+
+
+def test_greedy_coverage_errors() -> None:
+    cand = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="influence has 3 columns but there are 4 candidates"):
+        greedy_coverage(torch.ones(2, 3), cand, 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        greedy_coverage(-torch.ones(2, 4), cand, 2)
+    with pytest.raises(ValueError, match="from only n=4"):
+        greedy_coverage(torch.ones(2, 4), cand, 5)

@@ -1,29 +1,54 @@
 """CAST: Cross-task Activation Steering Transfer (Tang et al., 2025, arXiv:2507.13236).
 
-Following CAST_SPEC "The method":
+What it follows: CAST_SPEC "The method" (the paper's body is not available, so the spec is the
+reference definition). Step by step:
 
 1. Candidate embeddings. For each source candidate x (``n_candidates`` per source task, pooled),
-   e(x) = h_{l_e}(P0(x)) / ||h_{l_e}(P0(x))||, with l_e = L // 2 by default (``embed_layer``).
+   e(x) = h_{l_e}(text(x)) / ||h_{l_e}(text(x))||, with l_e = L // 2 by default (``embed_layer``)
+   and text(x) = P0(x) (``embed_text="prompt"``, the spec's default) or the bare input of x
+   (``embed_text="input"``: the example's field texts and answer options, one per line, without
+   the task instruction, role names, option letters or answer prefix; `input_text`), so that
+   queries and candidates are compared on content rather than on their prompt formats.
    Unlabelled target queries (``n_queries`` inputs of the target's train pool; never its test
    split) are embedded the same way.
 2. Selection of m samples S (``selection``: ``cast`` = kNN graph over candidates + queries,
-   T-step diffusion, greedy coverage F(S) = sum_q max_{s in S} A_T[q, s] with diversity penalty
-   gamma * max_{s in S} cos(e_u, e_s); or ``random``/``similarity``/``influence``/``diversity``),
-   see `castlib.selection`.
+   T-step diffusion, greedy coverage F(S) = (1/|Q|) sum_q max_{s in S} A_T[q, s] with diversity
+   penalty gamma * max_{s in S} cos(e_u, e_s); or ``random``/``similarity``/``influence``/
+   ``diversity``), see `castlib.selection`. The selection log (per greedy step: the chosen
+   sample, its coverage gain, diversity penalty and objective; the number of query-candidate
+   edges of the graph) is ``info["selection_log"]`` and so part of the record.
 3. Contrastive representation-enhanced activations. For each s in S with its gold answer,
    D_s = k demonstrations drawn (seeded) from the selected samples of the same source task
    without s (topped up from that task's candidates when fewer than k are selected), and
-       delta_l(s) = h_l(Pk(s; D_s)) - h_l(P0(s)),     v_l = mean_s delta_l(s)     (``mean``)
-   ``pca``: the first principal direction of {delta_l(s)}, sign-aligned with the mean and scaled
-   to its norm; ``fewshot_only``: v_l = mean_s h_l(Pk(s; D_s)), applied as a replacement target
-   (h <- (1 - alpha) h + alpha v_l). With several source tasks and ``source_weighting =
-   "similarity"``, v_l = sum_t w_t v_l^(t) with w = softmax_t(cos(mean_x h_{l_e}(P0(x_t)),
-   mean_q h_{l_e}(P0(q))) / tau).
+       delta_l(s) = h_l(Pk(s; D_s)) - h_l(P0(s)).
+   The samples are pooled with weights pi_s (sum 1):
+       ``pooling="samples"`` (default, the spec): pi_s = 1/|S|, so v_l = mean_{s in S} delta_l(s)
+           and a source contributes in proportion to how many samples selection took from it;
+       ``pooling="sources"``: every source task with n_t selected samples gets weight 1/T
+           (T tasks with selected samples), pi_s = 1/(T n_t): v_l = mean_t mean_{s in S_t} delta_l(s).
+   Contrasts: ``mean``: v_l = sum_s pi_s delta_l(s); ``pca``: the first principal direction u_l of
+   the *uncentred* weighted deltas (the first right singular vector of the rows
+   sqrt(pi_s) delta_l(s), no mean subtracted, so a strong common shift is followed rather than
+   removed), sign-aligned so that <u_l, mean_l> > 0 and scaled to the mean's norm,
+   v_l = ||mean_l|| u_l; ``fewshot_only``: v_l = sum_s pi_s h_l(Pk(s; D_s)), applied as a
+   replacement target (h <- (1 - alpha) h + alpha v_l). With several source tasks and
+   ``source_weighting = "similarity"``, the task weights are tilted by the similarity to the
+   target: w_t proportional to b_t exp(c_t / tau), b_t the pooling weight of task t (n_t/|S| or
+   1/T) and c_t = cos(mean_x h_{l_e}(text(x_t)), mean_q h_{l_e}(text(q))); pi_s = w_t / n_t. With
+   ``pooling="sources"`` this is the spec's softmax_t(c_t / tau).
 4. Steering: the target runs zero-shot with alpha * v_l added at l* (``layer_window`` > 1 steers
    l*..l*+w-1 with alpha split evenly), at the last prompt token (or ``positions="all"``),
    optionally norm-preserving.
 5. (l*, alpha) are chosen by the ``source`` (default) or ``target_dev`` protocol
    (`castlib.methods.steering`).
+
+Where it differs from the spec's text, and why:
+- The coverage objective is the spec's sum over target nodes divided by their number (issue 20):
+  the same gamma then trades the same share of coverage against redundancy whatever the number
+  of queries; the spec's sum with weight gamma' is this objective with gamma = gamma' / |Q|.
+- The demonstrations of s come from the selected samples of s's own source task (the spec says
+  "drawn from S without s"): Pk(s; D) is an in-task prompt under s's instruction, and a
+  demonstration of another task under that instruction would make it a cross-task prompt.
 """
 
 from __future__ import annotations
@@ -38,14 +63,26 @@ from ..analysis import first_principal_direction
 from ..models import LanguageModel
 from ..prompts import zero_shot
 from ..record import record_activations
-from ..selection import SELECTION_METHODS, select
+from ..selection import SELECTION_METHODS, select_with_log
 from ..tasks import Example, Task
 from .registry import register
 from .steering import SteeringMethod, icl_activations, make_vector, tuning_rows_per_source
 
-__all__ = ["CAST", "CONTRASTS", "SelectionParams"]
+__all__ = ["CAST", "CONTRASTS", "EMBED_TEXTS", "POOLINGS", "SelectionParams", "input_text"]
 
 CONTRASTS = ("mean", "pca", "fewshot_only")
+#: What CAST embeds for selection: the zero-shot prompt P0(x) or the bare input (`input_text`).
+EMBED_TEXTS = ("prompt", "input")
+#: How the deltas of several source tasks are pooled (module docstring, step 3).
+POOLINGS = ("samples", "sources")
+
+
+def input_text(task: Task, example: Example) -> str:
+    """The content of an example without its prompt format: the field texts in the task's field
+    order, then (multiple choice) the answer options, one per line; no instruction, role names
+    (``Text:``), option letters or answer prefix."""
+    lines = [example.fields[field] for field in task.fields]
+    return "\n".join([*lines, *(example.options or ())])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +94,9 @@ class SelectionParams:
 
     m: samples selected; selection: `castlib.selection.SELECTION_METHODS`; n_candidates: source
     candidates drawn per source task; n_queries: unlabelled target queries (0: none); embed_layer:
-    l_e (None: L // 2); graph_k, diffusion_steps: the kNN graph and its diffusion steps T.
+    l_e (None: L // 2); graph_k, diffusion_steps: the kNN graph and its diffusion steps T;
+    embed_text: what is embedded, `EMBED_TEXTS` (``"prompt"``: P0(x), the spec's; ``"input"``:
+    `input_text`).
     """
 
     m: int = 32
@@ -67,6 +106,7 @@ class SelectionParams:
     embed_layer: int | None = None
     graph_k: int = 10
     diffusion_steps: int = 2
+    embed_text: str = "prompt"
 
 
 @register
@@ -82,6 +122,7 @@ class CAST(SteeringMethod):
         gamma: float = 0.5  # the diversity weight of selection "cast"
         source_weighting: str = "none"
         tau: float = 0.1
+        pooling: str = "samples"  # POOLINGS: weight per selected sample, or per source task
 
     def check_params(self) -> None:
         super().check_params()
@@ -92,6 +133,10 @@ class CAST(SteeringMethod):
             raise ValueError(f"contrast must be one of {CONTRASTS}, got {p.contrast!r}")
         if p.source_weighting not in ("none", "similarity"):
             raise ValueError("source_weighting must be 'none' or 'similarity'")
+        if p.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {p.pooling!r}")
+        if p.embed_text not in EMBED_TEXTS:
+            raise ValueError(f"embed_text must be one of {EMBED_TEXTS}, got {p.embed_text!r}")
         if p.m < 1 or p.k < 0 or p.n_candidates < p.m:
             raise ValueError(f"need m >= 1, k >= 0 and n_candidates >= m (got {p})")
         if p.k == 0 and p.contrast != "fewshot_only":
@@ -114,7 +159,8 @@ class CAST(SteeringMethod):
     def _embed(
         self, lm: LanguageModel, items: list[tuple[Task, Example]], layer: int
     ) -> torch.Tensor:
-        prompts = [zero_shot(task, ex) for task, ex in items]
+        text = zero_shot if self.params.embed_text == "prompt" else input_text
+        prompts = [text(task, ex) for task, ex in items]
         acts = record_activations(lm, prompts, layers=[layer], batch_size=self.params.batch_size)
         return acts[:, 0]
 
@@ -166,8 +212,8 @@ class CAST(SteeringMethod):
         target: Task,
         queries: list[Example],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Step 1: zero-shot states at l_e of the candidates and of the target queries
-        (``[n, hidden]`` each; None without queries); sets ``info["embed_layer"]``."""
+        """Step 1: states at l_e of the candidates and of the target queries (``[n, hidden]``
+        each; None without queries) for the ``embed_text`` texts; sets ``info["embed_layer"]``."""
         p = self.params
         l_e = lm.check_layers([p.embed_layer if p.embed_layer is not None else lm.n_layers // 2])[0]
         self.info["embed_layer"] = l_e
@@ -176,9 +222,10 @@ class CAST(SteeringMethod):
         return cand_h, query_h
 
     def choose(self, cand_h: torch.Tensor, query_h: torch.Tensor | None, seed: int) -> list[int]:
-        """Step 2: indices of the m selected candidates (`castlib.selection.select`)."""
+        """Step 2: indices of the m selected candidates (`castlib.selection.select_with_log`);
+        its log (steps naming candidate indices) is stored as ``info["selection_log"]``."""
         p = self.params
-        return select(
+        chosen, log = select_with_log(
             torch.nn.functional.normalize(cand_h, dim=-1),
             p.m,
             method=p.selection,
@@ -188,6 +235,8 @@ class CAST(SteeringMethod):
             gamma=p.gamma,
             seed=seed,
         )
+        self.info["selection_log"] = log
+        return chosen
 
     def select_samples(
         self,
@@ -201,10 +250,15 @@ class CAST(SteeringMethod):
         list[tuple[Task, Example]], list[tuple[Task, Example]], torch.Tensor, torch.Tensor | None
     ]:
         """Steps 1-2: ``(selected, candidates, candidate states, query states)``; the random
-        draws come from ``rng`` in a fixed order (candidates per source, then queries)."""
+        draws come from ``rng`` in a fixed order (candidates per source, then queries). Sets
+        ``info["selection_log"]`` (`castlib.selection.select_with_log`'s log, each step's ``id``
+        the chosen sample as ``"task:id"``)."""
         candidates, queries = self.draw(sources, target, rng, held_out)
         cand_h, query_h = self.embed(lm, candidates, target, queries)
         chosen = self.choose(cand_h, query_h, seed)
+        for step in self.info["selection_log"]["steps"]:
+            task, ex = candidates[step["id"]]
+            step["id"] = f"{task.name}:{ex.id}"
         return [candidates[i] for i in chosen], candidates, cand_h, query_h
 
     def extract(
@@ -217,7 +271,8 @@ class CAST(SteeringMethod):
         query_h: torch.Tensor | None,
         rng: random.Random,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Step 3: the per-layer vector ``[L, hidden]`` (source-weighted) and the weights."""
+        """Step 3: the per-layer vector ``[L, hidden]`` pooled over the selected samples with
+        the weights of ``pooling`` (and ``source_weighting``), and the task weights w_t."""
         p = self.params
         # contrastive ICL activations: demos from the same task's selected samples
         items = []
@@ -233,14 +288,12 @@ class CAST(SteeringMethod):
                 demos += rng.sample(extra, min(p.k - len(demos), len(extra)))
             items.append((task, s, demos))
         h_k, h_0 = icl_activations(lm, items, batch_size=p.batch_size)
-        per_source = {}
-        for task in sources:
-            rows = [i for i, (t, _, _) in enumerate(items) if t.name == task.name]
-            if rows:
-                per_source[task.name] = self._contrast(h_k[rows], h_0[rows])
-        weights = self._source_weights(sources, per_source, candidates, cand_h, query_h)
-        vec = sum(weights[name] * v for name, v in per_source.items())
-        return vec, weights
+        names = [t.name for t, _, _ in items]
+        weights = self._source_weights(sources, names, candidates, cand_h, query_h)
+        counts = {name: names.count(name) for name in weights}
+        pi = torch.tensor([weights[name] / counts[name] for name in names], dtype=torch.float64)
+        self.info["source_counts"] = counts
+        return self._contrast(h_k, h_0, pi), weights
 
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
         rng = random.Random(seed)
@@ -257,39 +310,50 @@ class CAST(SteeringMethod):
         used = {f"{t.name}:{ex.id}" for t, ex in candidates}
         self.tune(lm, sources, target, used, rng)
 
-    def _contrast(self, h_k: torch.Tensor, h_0: torch.Tensor) -> torch.Tensor:
-        """Per-layer vector ``[L, hidden]`` from few-shot/zero-shot states ``[n, L, hidden]``."""
+    def _contrast(self, h_k: torch.Tensor, h_0: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        """Per-layer vector ``[L, hidden]`` from few-shot/zero-shot states ``[n, L, hidden]`` and
+        sample weights ``pi`` (``[n]``, sum 1): step 3 of the module docstring."""
         contrast = self.params.contrast
+        w = pi.to(torch.float64)[:, None, None]
         if contrast == "fewshot_only":
-            return h_k.mean(0)
-        deltas = h_k - h_0
-        mean = deltas.mean(0)
+            return (w * h_k.to(torch.float64)).sum(0).to(h_k.dtype)
+        deltas = h_k.to(torch.float64) - h_0.to(torch.float64)
+        mean = (w * deltas).sum(0)
         if contrast == "mean":
-            return mean
+            return mean.to(h_k.dtype)
+        rows = w.sqrt() * deltas  # uncentred second moment sum_s pi_s delta delta^T = rows^T rows
         out = torch.empty_like(mean)
         for layer in range(mean.shape[0]):
-            d = first_principal_direction(deltas[:, layer], align_with=mean[layer])
-            out[layer] = d / d.norm().clamp_min(1e-12) * mean[layer].norm()
-        return out
+            u = first_principal_direction(rows[:, layer], align_with=mean[layer], center=False)
+            out[layer] = u * mean[layer].norm()
+        return out.to(h_k.dtype)
 
     def _source_weights(
         self,
         sources: list[Task],
-        per_source: dict[str, torch.Tensor],
+        names: list[str],
         candidates: list[tuple[Task, Example]],
         cand_h: torch.Tensor,
         query_h: torch.Tensor | None,
     ) -> dict[str, float]:
-        names = list(per_source)
-        if self.params.source_weighting == "none" or len(names) == 1 or query_h is None:
-            return {name: 1.0 / len(names) for name in names}
+        """Task weights w_t (sum 1) of the source tasks with selected samples (``names``: the
+        task of each selected sample): the ``pooling`` weights b_t, tilted by exp(c_t / tau)
+        with ``source_weighting="similarity"`` (module docstring, step 3)."""
+        tasks = [t.name for t in sources if t.name in names]
+        if self.params.pooling == "samples":
+            base = torch.tensor([names.count(t) / len(names) for t in tasks], dtype=torch.float64)
+        else:
+            base = torch.full((len(tasks),), 1.0 / len(tasks), dtype=torch.float64)
+        if self.params.source_weighting == "none" or len(tasks) == 1 or query_h is None:
+            return {name: float(x) for name, x in zip(tasks, base, strict=True)}
         target_mean = query_h.mean(0)
         sims = []
-        for name in names:
+        for name in tasks:
             rows = [i for i, (t, _) in enumerate(candidates) if t.name == name]
             sims.append(torch.cosine_similarity(cand_h[rows].mean(0), target_mean, dim=0))
-        w = torch.softmax(torch.stack(sims) / self.params.tau, dim=0)
-        return {name: float(x) for name, x in zip(names, w, strict=True)}
+        logits = base.log() + torch.stack(sims).to(torch.float64) / self.params.tau
+        w = torch.softmax(logits, dim=0)
+        return {name: float(x) for name, x in zip(tasks, w, strict=True)}
 
     def _vector_params(self) -> dict[str, Any]:
         p = dataclasses.asdict(self.params)
