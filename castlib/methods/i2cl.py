@@ -46,6 +46,11 @@ Still different from the paper, and why:
 - The demonstrations are source-task examples (cross-task transfer), several source tasks
   pooled; the paper's demonstrations are from the evaluated task. Batches are drawn from one
   seeded permutation per epoch (the authors' code draws each batch from a fresh shuffle).
+- On the sandwich-norm families the sites are the post-attention and post-feed-forward norms
+  (see 2): their outputs, not the raw submodules', are what reaches the residual stream. The
+  authors' code covers Llama and GPT layouts only, where the two coincide.
+- The calibration queries carry the task instruction (the project's zero-shot prompt, the one
+  the target is evaluated with); the authors' default template has none.
 - Only the paper's default injection (``linear`` at all positions, every layer, both sites)
   is implemented; the code's alternatives (``add``, ``balance``, last/first/random position,
   layer subsets) are not.

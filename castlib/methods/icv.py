@@ -7,7 +7,7 @@
        delta_l(x) = h_l(Pk(x; D)) - h_l(P0(x)),   l = 0..L-1,
 
    and ``dH(x) = [delta_0(x); ...; delta_{L-1}(x)]``, the shifts of all layers concatenated
-   into one ``L * hidden`` row (the paper's "latent states concatenated across all layers").
+   into one ``L * hidden`` row (the paper concatenates the latent states of all layers).
    The paper contrasts a demonstration's input with its target output; here the contrast is
    the project's ICL shift (CAST_SPEC step 3), the same for every steering baseline.
 2. The in-context vector is the first principal direction of the stacked rows
@@ -22,12 +22,12 @@
    ``"component_plus_mean"``
        what the authors' code computes: the first principal component of the *centred* rows
        (a unit vector) plus the mean row. The component's sign is aligned with the mean here
-       (the authors' code uses scikit-learn's sign rule, arbitrary with respect to the mean).
+       (the authors' code fixes it by an ``svd_flip`` rule, arbitrary with respect to the mean).
 
-   The default is the uncentred direction because it is the paper's stated "top principal
-   direction of the dH's" and does not depend on the scale of the hidden states: in
-   component-plus-mean a unit vector is added to a mean whose norm is that of the model's
-   activations, so on most models the sum is the mean up to a small tilt.
+   The default is the uncentred direction because the paper names the top principal direction
+   of the dH rows as the vector, and it does not depend on the scale of the hidden states: in
+   component-plus-mean a unit vector is added to the mean shift, whose norm is on the scale of
+   the model's activations, so on most models the sum is the mean up to a small tilt.
 3. Steering, at every block and every position, on the block output h (the residual stream
    the shifts were read from), following the authors' ``ICVLayer``:
 
@@ -42,9 +42,10 @@
    The computation runs in float32 and the result is cast back to the activation's dtype.
 
 Differences from the authors' code, and why: (a) the shift is written at the block output,
-where it was read and where the paper places it ("the latent states"), not at the MLP output
+where it was read and where the paper places it (the latent states), not at the MLP output
 (their ``ICVLayer`` wraps each block's MLP); castlib reads and writes the residual stream at
-one site for every method. (b) The default direction is the uncentred one (see 2). (c) The
+one site for every method. Rotating the whole state is a stronger step than rotating an MLP
+output by the same amount, so alpha is not on the scale of their lambda. (b) The default direction is the uncentred one (see 2). (c) The
 demonstration pairs are the project's zero-shot/k-shot prompts (see 1).
 """
 
