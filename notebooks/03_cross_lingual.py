@@ -31,7 +31,7 @@
 # **Full size** (`papermill_runs/full_cpu.yaml`, one run per pair): SIB-200 eng -> swh and
 # -> yor, NusaX eng -> jav, TweetEval eng -> AfriSenti hau; `seeds=[0, 1, 2]`, `n_test=200`,
 # `k=4`, `m=32`, `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`,
-# `cast_alphas=None`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`, `n_calib=32`,
+# `cast_alphas=None`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`,
 # `train_steps=None` (`gpu.yaml`: `pairs="auto"`, every family member, `methods="all"`).
 
 # %% tags=["parameters"]
@@ -66,8 +66,7 @@ n_prompts = 4  # task vector, function vector: source few-shot prompts averaged
 n_samples = 4  # ICV: source samples
 top_heads = [2]  # function vector: candidate K (heads summed); None: the method's default
 n_corrupted = 2  # function vector: corrupted prompts for the heads' indirect effects
-n_demos = 4  # I2CL: source demonstrations whose context vectors are averaged
-n_calib = 4  # I2CL: source examples calibrating the injection coefficients
+n_demos = 4  # I2CL: source demonstrations (context vectors, calibration); None: 5/label
 train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
 n_target = 8  # LoRA/KaSA on target_dev: labelled target examples, at most 32
 method_params = {}  # extra parameters per method label, e.g. {"cast": {"gamma": 0.0}}
@@ -117,7 +116,6 @@ nbtools.params_table(
         top_heads=top_heads,
         n_corrupted=n_corrupted,
         n_demos=n_demos,
-        n_calib=n_calib,
         train_steps=train_steps,
         n_target=n_target,
         method_params=method_params,
@@ -139,7 +137,6 @@ shared = dict(
     top_heads=top_heads,
     n_corrupted=n_corrupted,
     n_demos=n_demos,
-    n_calib=n_calib,
     steps=train_steps,
     n_target=n_target,
     prompt_format=prompt_format,

@@ -38,7 +38,7 @@
 # runs bounded and shows the bound), `seeds=[0]`, `n_test=200`, `k=4`,
 # `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`, `alphas=None`,
 # `n_prompts=16`, `n_samples=32`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`,
-# `n_calib=32`, `train_steps=None` (`gpu.yaml`: the model's own window,
+# `train_steps=None` (`gpu.yaml`: the model's own window,
 # `seeds=[0, 1, 2]`).
 
 # %% tags=["parameters"]
@@ -67,8 +67,7 @@ n_prompts = 4  # task vector, function vector: source few-shot prompts
 n_samples = 4  # ICV: source samples
 top_heads = [2]  # function vector: candidate K; None: the method's default
 n_corrupted = 2  # function vector: corrupted prompts
-n_demos = 4  # I2CL: demonstrations
-n_calib = 4  # I2CL: calibration examples
+n_demos = 4  # I2CL: source demonstrations (context vectors, calibration); None: 5/label
 train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
 batch_size = 16
 
@@ -117,7 +116,6 @@ nbtools.params_table(
         top_heads=top_heads,
         n_corrupted=n_corrupted,
         n_demos=n_demos,
-        n_calib=n_calib,
         train_steps=train_steps,
         batch_size=batch_size,
     )
@@ -272,7 +270,6 @@ shared = dict(
     top_heads=top_heads,
     n_corrupted=n_corrupted,
     n_demos=n_demos,
-    n_calib=n_calib,
     steps=train_steps,
     batch_size=batch_size,
 )

@@ -16,11 +16,10 @@ from castlib.methods.function_vector import (
     mean_head_outputs,
     out_projection,
 )
-from castlib.methods.i2cl import I2CL, _Injection
+from castlib.methods.i2cl import I2CL
 from castlib.methods.kasa import KaSA
 from castlib.methods.lora import LoRA
 from castlib.padding import encode
-from castlib.steer import steer
 from castlib.testing import FAMILIES, tiny_model
 from tests.conftest import make_task
 from tests.test_adapters import assert_same_snapshot, logits, one_thread, snapshot  # noqa: F401
@@ -40,7 +39,7 @@ FV = {
     "n_prompts": 4,
     "n_corrupted": 3,
 }
-I2 = {"batch_size": 8, "n_demos": 4, "n_calib": 8, "steps": 4, "progress": False}
+I2 = {"batch_size": 8, "n_demos": 4, "steps": 4, "progress": False}
 
 CASES = [
     ("lora", {**ADAPT, **SELECT}),
@@ -50,7 +49,7 @@ CASES = [
     ("function_vector", FV),
     ("function_vector", {**FV, "protocol": "target_dev", "head_layers": (0, 1)}),
     ("i2cl", I2),
-    ("i2cl", {**I2, "positions": "last"}),
+    ("i2cl", {**I2, "n_demos": None, "demos_per_class": 2}),
 ]
 
 
@@ -137,8 +136,8 @@ def test_trainable_params_count_the_adapter(lm, source, target):
     assert lora.info["trainable_params"] == lora_n
     assert kasa.info["trainable_params"] == lora_n + r * len(names)
     i2cl = I2CL(**I2).fit(lm, [source], target)
-    assert i2cl.info["trainable_params"] == 2 * lm.n_layers
-    assert len(i2cl.info["coefficients"]) == lm.n_layers
+    assert i2cl.info["trainable_params"] == 4 * lm.n_layers  # (context, query) x (attn, mlp)
+    assert [len(c[t]) for c in i2cl.info["coefficients"].values() for t in c] == [lm.n_layers] * 4
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
@@ -191,25 +190,12 @@ def test_function_vector_choice_and_grid(lm, source, target):
     assert {f"{lay}.{h}" for lay, h in fv.info["heads"]} == set(top)
 
 
-@pytest.mark.parametrize("positions", ["all", "last"])
-def test_i2cl_calibration_hook_equals_the_steering_vector(lm, source, target, positions):
-    method = I2CL(**{**I2, "positions": positions}).fit(lm, [source], target, seed=0)
-    prompts = ["the movie was good", "a bad film review that was not great"]
-    with steer(lm, method.vector, alpha=1.0, positions=positions):
-        steered = logits(lm, prompts)
-    with _Injection(lm, method.coef, method.c_attn, method.c_mlp, positions):
-        hooked = logits(lm, prompts)
-    torch.testing.assert_close(steered, hooked, atol=1e-5, rtol=1e-5)
-    expected = method.coef[:, :1] * method.c_attn + method.coef[:, 1:] * method.c_mlp
-    torch.testing.assert_close(method.vector[1], expected[1])
-
-
 def test_registered_names_and_bad_params():
     assert {"lora", "kasa", "function_vector", "i2cl"} <= set(methods.available())
     with pytest.raises(ValueError, match="top_heads"):
         FunctionVector(top_heads=())
-    with pytest.raises(ValueError, match="positions"):
-        I2CL(positions="first")
+    with pytest.raises(ValueError, match="warmup"):
+        I2CL(warmup=1.5)
     with pytest.raises(ValueError, match="beta"):
         KaSA(beta=-1.0)
 

@@ -22,7 +22,7 @@ CASES = [
         "function_vector",
         {**SMALL, "alphas": (1.0,), "k": 2, "n_prompts": 4, "n_corrupted": 2, "top_heads": (2,)},
     ),
-    ("i2cl", {"batch_size": 8, "n_demos": 4, "n_calib": 4, "steps": 2, "progress": False}),
+    ("i2cl", {"batch_size": 8, "n_demos": 4, "steps": 2, "progress": False}),
     ("lora", {**ADAPT, "m": 6, "n_candidates": 24, "n_queries": 8}),
     ("lora", {**ADAPT, "train_on": "target_dev", "n_target": 8}),
     ("kasa", {**ADAPT, "m": 6, "n_candidates": 24, "n_queries": 8}),
