@@ -30,7 +30,10 @@ sum over target nodes divided by their number, so ``0 <= F(S) <= 1`` and the div
 ``gamma`` trades the same share of coverage against redundancy for a 7-row target as for a
 2,000-row one. (The spec's unnormalised sum with weight ``gamma'`` selects exactly what this
 objective selects with ``gamma = gamma' / |Q|``; the greedy choice is invariant to duplicating
-every target node.)
+every target node.) The default `DEFAULT_GAMMA` = 0.5 / 64 is the spec's ``gamma' = 0.5`` at
+its default of 64 target queries, so at that size the default selects what the spec's
+objective selects; keeping 0.5 on the normalised objective would weigh redundancy 64 times
+more and turn the greedy into a diversity-only pick.
 
 Selection methods (:data:`SELECTION_METHODS`)
 --------------------------------------------
@@ -73,7 +76,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: Diversity weight on the normalised coverage: the spec's 0.5 on the summed coverage of its
+#: default 64 target queries (see the module docstring).
+DEFAULT_GAMMA = 0.5 / 64
+
 __all__ = [
+    "DEFAULT_GAMMA",
     "SELECTION_METHODS",
     "coverage",
     "diffusion_matrix",
@@ -426,7 +434,7 @@ def greedy_coverage(
     influence: Tensor,
     candidates: Tensor,
     m: int,
-    gamma: float = 0.5,
+    gamma: float = DEFAULT_GAMMA,
     seed: int = 0,
     dedup: bool = True,
 ) -> tuple[list[int], list[dict[str, Any]]]:
@@ -523,7 +531,7 @@ def select_with_log(
     queries: Tensor | None = None,
     k: int = 10,
     steps: int = 2,
-    gamma: float = 0.5,
+    gamma: float = DEFAULT_GAMMA,
     seed: int = 0,
 ) -> tuple[list[int], dict[str, Any]]:
     """:func:`select` plus its log: ``(ids, log)``, ``log`` a JSON-ready dict.
@@ -587,7 +595,7 @@ def select(
     queries: Tensor | None = None,
     k: int = 10,
     steps: int = 2,
-    gamma: float = 0.5,
+    gamma: float = DEFAULT_GAMMA,
     seed: int = 0,
 ) -> list[int]:
     """Select ``m`` distinct candidate indices with one of :data:`SELECTION_METHODS`.

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from castlib.selection import (
+    DEFAULT_GAMMA,
     SELECTION_METHODS,
     coverage,
     diffusion_matrix,
@@ -425,7 +426,7 @@ def test_selection_log_is_json_ready_and_names_the_picks(method: str, data) -> N
     assert (log["method"], log["n_candidates"], log["n_queries"]) == (method, 120, 10)
     assert json.loads(json.dumps(log)) == log
     if method in ("cast", "influence"):
-        assert log["gamma"] == (0.5 if method == "cast" else 0.0)
+        assert log["gamma"] == (DEFAULT_GAMMA if method == "cast" else 0.0)
         assert log["coverage"] == pytest.approx(
             coverage(influence_matrix(cand, queries, k=4), ids), rel=1e-10
         )

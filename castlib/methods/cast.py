@@ -46,6 +46,8 @@ Where it differs from the spec's text, and why:
 - The coverage objective is the spec's sum over target nodes divided by their number (issue 20):
   the same gamma then trades the same share of coverage against redundancy whatever the number
   of queries; the spec's sum with weight gamma' is this objective with gamma = gamma' / |Q|.
+  The default gamma = 0.5 / 64 (`castlib.selection.DEFAULT_GAMMA`) is the spec's 0.5 at its
+  default 64 target queries.
 - The demonstrations of s come from the selected samples of s's own source task (the spec says
   "drawn from S without s"): Pk(s; D) is an in-task prompt under s's instruction, and a
   demonstration of another task under that instruction would make it a cross-task prompt.
@@ -63,7 +65,7 @@ from ..analysis import first_principal_direction
 from ..models import LanguageModel
 from ..prompts import zero_shot
 from ..record import record_activations
-from ..selection import SELECTION_METHODS, select_with_log
+from ..selection import DEFAULT_GAMMA, SELECTION_METHODS, select_with_log
 from ..tasks import Example, Task
 from .registry import register
 from .steering import SteeringMethod, icl_activations, make_vector, tuning_rows_per_source
@@ -119,7 +121,7 @@ class CAST(SteeringMethod):
     class Params(SelectionParams, SteeringMethod.Params):
         k: int = 4
         contrast: str = "mean"
-        gamma: float = 0.5  # the diversity weight of selection "cast"
+        gamma: float = DEFAULT_GAMMA  # diversity weight of selection "cast" (0.5 / 64)
         source_weighting: str = "none"
         tau: float = 0.1
         pooling: str = "samples"  # POOLINGS: weight per selected sample, or per source task

@@ -55,7 +55,7 @@ from ..adapters import (
     weight_matrix,
 )
 from ..models import LanguageModel
-from ..selection import SELECTION_METHODS
+from ..selection import DEFAULT_GAMMA, SELECTION_METHODS
 from ..tasks import Example, Task
 from .base import Method
 from .cast import CAST, SelectionParams
@@ -214,7 +214,7 @@ class AdapterMethod(Method):
         n_target: int = 32  # target_dev: labelled target examples (<= 32)
         # source: CAST's selection of the m training samples (`SelectionParams`), its
         # diversity weight under the name `selection_gamma` (CAST's `gamma`)
-        selection_gamma: float = 0.5
+        selection_gamma: float = DEFAULT_GAMMA
         merge: bool = True  # evaluate with the adapter folded into the weights (no overhead)
         progress: bool | None = None  # tqdm bar (None: when stderr is a terminal)
 
