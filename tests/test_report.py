@@ -291,7 +291,7 @@ def test_report_from_the_repository_archive(tmp_path: Path) -> None:
     for claim in C.CLAIMS:
         assert f'id="{claim.notebook}"' in html
         assert f'id="claim-{claim.notebook}"' in html
-    summary = pd.read_csv(ROOT / "papermill_runs" / "results" / "full_cpu" / R.SUMMARY_FILE)
+    summary = pd.read_csv(ROOT / "papermill_runs" / "results" / "full_cpu_200rows" / R.SUMMARY_FILE)
     cross = summary[summary["notebook"].str.contains("02_cross_domain")]
     for target in cross["target"].unique():
         assert f"<td>{target}</td>" in html
