@@ -30,6 +30,15 @@
 # - norm preservation: off vs on.
 #
 # (l*, alpha) are re-chosen for every variant by the same `source` protocol.
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/04_ablations/`](../papermill_runs/results/full_cpu/04_ablations/)
+# (each run folder there holds the executed notebook `04_ablations.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#04_ablations`](../report/index.html#04_ablations)
+# (build it with `make report`).
 
 # %% [markdown]
 # ## Parameters
