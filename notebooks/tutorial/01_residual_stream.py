@@ -28,7 +28,7 @@
 #    at which layers?
 #
 # Each exercise cell (tagged `exercise`) is followed by a check cell: run it, and it tells you
-# what is wrong or prints `correct`. Time: about a minute of model time on a laptop CPU (the
+# what is wrong or prints `correct`. Time: about a minute of CPU time (the
 # embedded Gemma 3 270M, 18 blocks). This notebook comes twice: `notebooks/tutorial/` has the
 # exercises to do, `notebooks/tutorial/solutions/` has them done.
 

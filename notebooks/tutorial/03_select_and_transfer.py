@@ -29,8 +29,9 @@
 #    the sample itself) and steer the target, with (layer, alpha) chosen on held-out *source*
 #    examples: no target label is read.
 #
+# As in tutorial 1, each exercise cell (tagged `exercise`) is followed by a check cell.
 # The selection is `castlib.selection` (CAST_SPEC.md, "The method", step 2). Time: about a
-# minute and a half of model time on a laptop CPU. This notebook comes twice:
+# minute and a half of CPU time. This notebook comes twice:
 # `notebooks/tutorial/` has the exercises to do, `notebooks/tutorial/solutions/` has them done.
 
 # %% tags=["parameters"]
@@ -181,20 +182,28 @@ print("Exercise 3.3: correct")
 
 # %% [markdown]
 # The selection variants side by side (`selection.select`, each seeded): coverage of the
-# target queries, redundancy, and how many of each source label they picked.
+# target queries, redundancy, and how many of each source label they picked. If every raw
+# cosine is close to 1, the embeddings share one dominant component (as the zero-shot states
+# of tutorial 1 did), so the redundancy penalty `gamma * max cos` hardly varies between
+# candidates; the centred column (each embedding minus the candidates' mean) shows the
+# differences that remain.
 
 # %%
 picked = {
     method: selection.select(cand_emb, m, method=method, queries=query_emb, seed=seed)
     for method in ("random", "similarity", "diversity", "influence", "cast")
 }
+centred = torch.nn.functional.normalize(cand_emb - cand_emb.mean(0), dim=1)
 labels = [source.answer(x) for x in candidates]
+all_pairs = cand_emb @ cand_emb.T
+print(f"smallest cosine between two candidates (raw embeddings): {float(all_pairs.min()):.3f}")
 pd.DataFrame(
     [
         {
             "selection": method,
             "coverage F(S)": coverage(influence, S),
             "max pair cosine": max_pair_cosine(cand_emb, S),
+            "max pair cosine, centred": max_pair_cosine(centred, S),
             "labels picked": dict(sorted(pd.Series([labels[i] for i in S]).value_counts().items())),
         }
         for method, S in picked.items()
@@ -270,7 +279,9 @@ pd.DataFrame(
         {"target": target.name, "method": "zero-shot", "accuracy": zero.accuracy},
         {
             "target": target.name,
-            "method": f"CAST-style transfer from {source.name} (layer {layer}, alpha {alpha})",
+            "method": f"steered, {source.name} vector",
+            "layer": layer,
+            "alpha": alpha,
             "accuracy": steered.accuracy,
         },
     ]

@@ -31,7 +31,8 @@
 # 3. choose the layer and the scale on held-out dev examples (never on the test split), then
 #    steer the test split once.
 #
-# Time: about a minute and a half of model time on a laptop CPU. This notebook comes twice:
+# As in tutorial 1, each exercise cell (tagged `exercise`) is followed by a check cell.
+# Time: about two minutes of CPU time. This notebook comes twice:
 # `notebooks/tutorial/` has the exercises to do, `notebooks/tutorial/solutions/` has them done.
 
 # %% tags=["parameters"]
