@@ -49,6 +49,19 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q tests -m "not real_model and not qwen" $(PYTEST_ARGS)
 
+# re-execute the committed notebooks from their scripts at their CI-sized defaults (kernel
+# castlib, each from its own folder): notebooks/00-07 and the tutorial's solutions; the
+# tutorial's exercise versions get their cells from their scripts and stay unexecuted
+EXECUTED_NOTEBOOKS = $(wildcard notebooks/[0-9][0-9]_*.py notebooks/tutorial/solutions/[0-9][0-9]_*.py)
+notebooks: setup
+	@set -e; bin=$(abspath $(VENV))/bin; for script in $(EXECUTED_NOTEBOOKS); do \
+	  echo "$$script"; cd $(CURDIR)/$$(dirname $$script); name=$$(basename $$script .py); \
+	  $$bin/jupytext --quiet --update --to ipynb $$name.py; \
+	  $$bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.kernel_name=castlib --ExecutePreprocessor.timeout=-1 $$name.ipynb; \
+	done
+	$(VENV)/bin/jupytext --quiet --update --to ipynb $(wildcard notebooks/tutorial/[0-9][0-9]_*.py)
+
 smoke: setup
 	$(PY) -m castlib.runs papermill_runs/smoke.yaml
 

@@ -26,6 +26,16 @@
 # a low-resource target, CAST's vector made from a high-resource source task
 # (CAST_SPEC.md, "The method"). The steering layer l* and scale alpha are chosen on held-out
 # *source* examples (protocol `source`), never on the target's test split.
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/00_quickstart/`](../papermill_runs/results/full_cpu/00_quickstart/)
+# (each run folder there holds the executed notebook `00_quickstart.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#00_quickstart`](../report/index.html#00_quickstart)
+# (build it with `make report`). The last section of this notebook draws the full-size main
+# table (notebook 02, every method on five targets) from the archive.
 
 # %% [markdown]
 # ## Parameters
@@ -181,3 +191,50 @@ print(
     f"{nbtools.fmt(tokens['zero_shot'], 1)} "
     f"({'no' if tokens['cast'] == tokens['zero_shot'] else 'some'} input expansion)."
 )
+
+# %% [markdown]
+# ## The full-size results, from the archive
+# The numbers above come from this notebook's CI-sized defaults. What a full-size batch
+# measured is kept in the repository under `papermill_runs/results/<config>/`. The 500-row
+# `full_cpu.yaml` is not archived yet, so this reads the newest archive present: today that is
+# `full_cpu_200rows/` (the earlier 200-row version, made by older method code; see the archive's
+# README). This is its main table (notebook 02: every method on five cross-domain targets, mean
+# and standard deviation over seeds), read from the archive's `summary.csv`, not computed here.
+
+# %%
+from pathlib import Path
+
+
+ARCHIVES = ("full_cpu", "full_cpu_200rows")  # newest first
+
+
+def find_archive(file: str = "summary.csv") -> Path:
+    """``papermill_runs/results/<config>/<file>`` of the first archive in `ARCHIVES` that has
+    it, looked up from the working directory upwards, then from the castlib package's parent
+    (the repository of an editable install)."""
+    here = Path.cwd().resolve()
+    for config in ARCHIVES:
+        name = f"papermill_runs/results/{config}/{file}"
+        for folder in [here, *here.parents, Path(castlib.__file__).resolve().parents[1]]:
+            if (folder / name).is_file():
+                return folder / name
+    raise FileNotFoundError(
+        f"no papermill_runs/results/{{{','.join(ARCHIVES)}}}/{file} above {here.name}/ or beside "
+        "the castlib package: run this notebook from a clone of the castlib repository (the "
+        "archive ships with it)"
+    )
+
+
+found = find_archive()
+print(f"archive: {found.parent.name}")
+archive = pd.read_csv(found)
+main = archive[archive["notebook"].str.contains("02_cross_domain")]
+n_seeds, n_rows = main["seed"].nunique(), int(main["n"].max())
+fig = plots.bar(
+    main,
+    x="target",
+    y="accuracy",
+    hue="method",
+    title=f"Archived full-size run: accuracy (n={n_rows} per target, mean and sd over {n_seeds} seeds)",
+)
+nbtools.mean_std(main, ["target", "method"])["mean"].unstack("target").round(3)

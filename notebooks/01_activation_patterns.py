@@ -32,6 +32,15 @@
 # 4. the matrix entropy per layer of zero-shot vs few-shot states (entropy of the
 #    eigenvalues of the trace-normalised Gram matrix of the stacked, row-normalised
 #    last-token states; `castlib.analysis.matrix_entropy`).
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/01_activation_patterns/`](../papermill_runs/results/full_cpu/01_activation_patterns/)
+# (each run folder there holds the executed notebook `01_activation_patterns.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#01_activation_patterns`](../report/index.html#01_activation_patterns)
+# (build it with `make report`).
 
 # %% [markdown]
 # ## Parameters

@@ -29,6 +29,15 @@
 # `lora_target_dev` and `kasa_target_dev` (trained on <= 32 labelled target examples).
 # `methods="all"` runs every method registered in `castlib.methods`. All methods see the
 # same seeded sample of test examples; sources are pooled.
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/02_cross_domain/`](../papermill_runs/results/full_cpu/02_cross_domain/)
+# (each run folder there holds the executed notebook `02_cross_domain.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#02_cross_domain`](../report/index.html#02_cross_domain)
+# (build it with `make report`).
 
 # %% [markdown]
 # ## Parameters

@@ -25,6 +25,15 @@
 # member is the source and the other members are targets (`pairs="auto"`), or a list of
 # `[source, target]` pairs. Label words are English in every language, so label spaces
 # match.
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/03_cross_lingual/`](../papermill_runs/results/full_cpu/03_cross_lingual/)
+# (each run folder there holds the executed notebook `03_cross_lingual.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#03_cross_lingual`](../report/index.html#03_cross_lingual)
+# (build it with `make report`).
 
 # %% [markdown]
 # ## Parameters

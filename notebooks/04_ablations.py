@@ -43,6 +43,15 @@
 # dev rows decides. Only a difference whose 95% paired-bootstrap interval excludes zero counts as
 # decisive; otherwise the spec's default (`prompt`) stays. The dev rows may include some of the
 # unlabelled target inputs CAST used as queries (both embeddings use the same queries).
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/04_ablations/`](../papermill_runs/results/full_cpu/04_ablations/)
+# (each run folder there holds the executed notebook `04_ablations.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#04_ablations`](../report/index.html#04_ablations)
+# (build it with `make report`).
 
 # %% [markdown]
 # ## Parameters

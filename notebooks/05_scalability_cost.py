@@ -30,6 +30,15 @@
 #    the (l*, alpha) search; LoRA/KaSA: selection and training) in zero-shot queries, with
 #    its trainable parameters: CAST against cross-task ICL, the other steering methods and
 #    the parameter-updating LoRA and KaSA, all at the same m.
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/05_scalability_cost/`](../papermill_runs/results/full_cpu/05_scalability_cost/)
+# (each run folder there holds the executed notebook `05_scalability_cost.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#05_scalability_cost`](../report/index.html#05_scalability_cost)
+# (build it with `make report`).
 
 # %% [markdown]
 # ## Parameters

@@ -27,6 +27,15 @@
 #   at its chosen value (alpha = 0 is zero-shot);
 # - k, m, gamma, graph k and T are swept one at a time by refitting, with l* and alpha held
 #   at the base run's values (so only the swept parameter changes).
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/06_sensitivity/`](../papermill_runs/results/full_cpu/06_sensitivity/)
+# (each run folder there holds the executed notebook `06_sensitivity.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#06_sensitivity`](../report/index.html#06_sensitivity)
+# (build it with `make report`).
 
 # %% [markdown]
 # ## Parameters

@@ -25,6 +25,15 @@
 # `v_l = mean_x [h_l(Pk(x; D)) - h_l(P0(x))]` (in-task demonstrations, as in notebook 01;
 # the target's uses a few labelled target train examples, for this analysis only). The
 # cosine is read at `similarity_layer` and at the l* CAST chose.
+#
+# **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
+# of the `parameters` cell), executed so that the notebook stays tested: their numbers are
+# not meaningful. The full-size run (`papermill_runs/full_cpu.yaml`) is archived under
+# [`papermill_runs/results/full_cpu/07_transfer_vs_similarity/`](../papermill_runs/results/full_cpu/07_transfer_vs_similarity/)
+# (each run folder there holds the executed notebook `07_transfer_vs_similarity.ipynb` and its records; the
+# archive's [README](../papermill_runs/results/README.md) lists which runs are present),
+# and it is shown on the report page [`report/index.html#07_transfer_vs_similarity`](../report/index.html#07_transfer_vs_similarity)
+# (build it with `make report`).
 
 # %% [markdown]
 # ## Parameters
