@@ -204,7 +204,6 @@ print(
 # %%
 from pathlib import Path
 
-
 ARCHIVES = ("full_cpu", "full_cpu_200rows")  # newest first
 
 
