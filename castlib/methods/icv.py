@@ -5,7 +5,10 @@ delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x)) give v_l = the first principal directi
 {delta_l(x)} (sign-aligned with their mean, scaled to the mean's norm). At inference alpha * v_l
 is added at every layer and every position, and each steered state is rescaled to its original
 norm (norm preservation). alpha is chosen by the spec's tuning protocols; the layer grid is not
-used (all layers are steered, each with the full alpha).
+used (all layers are steered, each with the full alpha), so ICV's one slot takes the whole shared
+tuning budget as alphas: ``n_configs - 1`` (default 20) geometric over ``alpha_range`` = (0.025,
+0.2), plus alpha = 0, the unsteered model (`castlib.methods.steering`), as many configurations as
+CAST's layers x alphas.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..models import LanguageModel
 from ..steer import steer
 from ..tasks import Task
 from .registry import register
-from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector
+from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector, row_keys
 
 __all__ = ["ICV"]
 
@@ -33,7 +36,7 @@ class ICV(SteeringMethod):
 
     @dataclasses.dataclass(frozen=True)
     class Params(SteeringMethod.Params):
-        alphas: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2)
+        alpha_range: tuple[float, ...] = (0.025, 0.2)
         positions: str = "all"
         norm_preserving: bool = True
         k: int = 4
@@ -51,8 +54,8 @@ class ICV(SteeringMethod):
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
         p = self.params
         rng = random.Random(seed)
-        used: set[str] = set()
-        items = [draw_icl_item(sources, i, p.k, rng, used) for i in range(p.n_samples)]
+        rows = self.tuning_rows(sources, target, seed)
+        items = [draw_icl_item(sources, i, p.k, rng, row_keys(rows)) for i in range(p.n_samples)]
         h_k, h_0 = icl_activations(lm, items, batch_size=p.batch_size)
         deltas = h_k - h_0
         mean = deltas.mean(0)
@@ -64,9 +67,7 @@ class ICV(SteeringMethod):
             ]
         )
         self.vector = make_vector(lm, vec, self.name, {"k": p.k, "n_samples": p.n_samples})
-        self.tune(lm, sources, target, used, rng, layers=[0])
-        self.info["layer"] = "all"
-        self.record_vector_norm(lm)
+        self.tune(lm, rows, slots=["all"])
 
     #: inherited parameters ICV does not use (it steers every layer); refused when given,
     #: skipped when shared by a notebook (`castlib.nbtools.build_method`)
@@ -79,6 +80,3 @@ class ICV(SteeringMethod):
                 "icv steers every layer with the full alpha: layers and layer_window are not "
                 f"used (got layers={self.params.layers}, layer_window={self.params.layer_window})"
             )
-
-    def applied(self, lm: LanguageModel) -> AbstractContextManager[Any]:
-        return self.steering(lm, 0, self.info["alpha"])

@@ -79,7 +79,7 @@ def cast_selection(
     """The m source samples ``cast`` selects when fitted with ``seed`` (CAST steps 1-2; no
     rows are held out for tuning, so up to ``n_candidates`` rows of each source are
     candidates)."""
-    return cast.select_samples(lm, sources, target, random.Random(seed), seed, held_out=0)[0]
+    return cast.select_samples(lm, sources, target, random.Random(seed), seed)[0]
 
 
 class PeftLoraAdapter:
@@ -259,9 +259,7 @@ class AdapterMethod(Method):
     ) -> list[tuple[Task, Example]]:
         if self.params.train_on == "source":
             return cast_selection(lm, sources, target, seed, self.cast())
-        return tuning_set(
-            "target_dev", sources, target, self.params.n_target, set(), random.Random(seed)
-        )
+        return tuning_set("target_dev", sources, target, self.params.n_target, seed)
 
     # -- protocol -----------------------------------------------------------------------------
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
