@@ -1,7 +1,12 @@
 """Shared machinery of the steering methods: activation extraction and configuration tuning.
 
 Tuning (CAST_SPEC step 5) never touches the target's test split, and every steering method
-(CAST, task vector, function vector, ICV) tunes on the same budget and the same rows.
+(CAST, task vector, function vector, ICV) tunes on the same budget and the same rows. The spec
+names the two protocols but no grid; the shared budget, the unsteered configuration and the
+shared rows are this project's choices, so that no method wins by searching more
+configurations or luckier rows, and a method whose steering does not help falls back to the
+zero-shot model instead of being forced to steer. (I2CL learns its coefficients by gradient
+descent on its own calibration rows and has no grid: `castlib.methods.i2cl`.)
 
 Tuning rows (`tuning_set`). Drawn before anything else, from a random generator seeded by
 (seed, protocol, task) alone, so the same seed, protocol and tasks give every method the same
