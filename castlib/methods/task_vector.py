@@ -14,8 +14,9 @@ held-out rows.
 What differs, and why:
 - The prompts are *source*-task prompts patched into a *target* task (the paper patches within
   a task): the cross-task transfer being compared.
-- theta is the mean over ``n_prompts`` prompts (the paper extracts it from one prompt per
-  demonstration set, with a dummy query), which lowers its variance on a small model.
+- theta is the mean over ``n_prompts`` prompts, each with a real source query (the paper
+  reads it from one prompt: a demonstration set and a dummy query); the mean lowers its
+  variance on a small model.
 - The paper sweeps every layer at alpha = 1. Here the search is the shared tuning budget
   (``n_configs``, default 21): the candidate layers (`default_layers`, five over the middle half)
   times replacement weights spaced linearly over ``alpha_range`` = (0.25, 1.0) (four per layer
