@@ -39,6 +39,7 @@ import pandas as pd
 
 from . import claims as C
 from . import runs as R
+from .archive import DROPPED_IMAGE_NOTE
 from .stats import N_BOOT
 
 __all__ = ["ArchivedConfig", "build_report", "load_archive", "notebook_page"]
@@ -186,8 +187,6 @@ def notebook_page(notebook: str | Path, html_out: str | Path) -> Path:
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter
-
-    from .archive import DROPPED_IMAGE_NOTE
 
     notebook, html_out = Path(notebook), Path(html_out)
     nb = nbformat.read(notebook, as_version=4)

@@ -42,7 +42,8 @@
 # CI-sized defaults (seconds of model time). **Full size** (`papermill_runs/full_cpu.yaml`):
 # `n_test=200`,
 # `m=32`, `k=4`, `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None` (five
-# layers over the middle half), `alphas=[0.25, 0.5, 1.0, 2.0]` (the method's defaults).
+# layers over the middle half), `alphas=None` (the method's default grid: 0.25, 0.5, 1, 2 at each
+# layer, plus alpha = 0, the unsteered model, kept when steering does not help).
 
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path

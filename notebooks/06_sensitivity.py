@@ -22,7 +22,9 @@
 #
 # CAST_SPEC.md, experiment 6: sensitivity to alpha, l*, k (demonstrations per contrastive
 # prompt), m (selected samples), gamma (diversity weight), the graph's k and the diffusion
-# steps T. A base CAST is fitted with the `source` protocol; then
+# steps T. A base CAST is fitted with the `source` protocol, over steered configurations only
+# (`include_unsteered=False`: the sensitivity is around a steered (l*, alpha); alpha = 0 is in
+# the alpha sweep); then
 # - alpha and l* are swept with the base vector (no refit), one at a time, the other held
 #   at its chosen value (alpha = 0 is zero-shot);
 # - k, m, gamma, graph k and T are swept one at a time by refitting, with l* and alpha held
@@ -127,6 +129,7 @@ base_params = dict(
     n_candidates=n_candidates,
     n_queries=n_queries,
     n_tune=n_tune,
+    include_unsteered=False,  # (l*, alpha) of the base: the best steered configuration
     batch_size=batch_size,
     data_dir=data_dir,
 )

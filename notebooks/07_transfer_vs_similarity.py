@@ -151,7 +151,9 @@ for target in tqdm(targets, desc="targets"):
                     ),
                     cosine_at_l_star=float(
                         torch.cosine_similarity(enh[source][l_star], enh[target][l_star], dim=0)
-                    ),
+                    )
+                    if l_star is not None  # None: tuning kept the unsteered model
+                    else float("nan"),
                 )
             )
 results = pd.DataFrame(records)

@@ -237,11 +237,10 @@ def test_cast_small_source_clamps_n_candidates_and_records_it(lm):
         methods.get("cast")(**{**CAST, "m": 2, "n_tune": 4}).fit(lm, [tiny], tgt)
 
 
-def test_empty_tuning_set_names_the_sources():
+def test_too_small_tuning_source_is_named():
     src = make_task("src", 3, 2)
-    used = {ex.id for ex in src.train}
-    with pytest.raises(ValueError, match=r"no held-out source rows.*'src': 3"):
-        tuning_set("source", [src], src, 4, used, __import__("random").Random(0))
+    with pytest.raises(ValueError, match=r"source task src has 3 train rows; 4 of the n_tune=4"):
+        tuning_set("source", [src], src, 4, seed=0)
 
 
 def test_method_fitted_on_another_model_is_refused(lm, tokenizer):

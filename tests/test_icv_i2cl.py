@@ -152,14 +152,15 @@ def test_icv_steering_every_block_and_removal(family, tokenizer):
 def test_icv_fit_records_the_direction(lm):
     source = make_task("src", n_train=40, n_test=4, seed=1)
     target = make_task("tgt", n_train=12, n_test=6, seed=2)
-    icv = ICV(batch_size=8, n_tune=4, alphas=(0.0, 0.1), k=2, n_samples=6).fit(
-        lm, [source], target, seed=0
-    )
+    # a steered choice is forced (include_unsteered=False) so the steered record can be checked
+    icv = ICV(
+        batch_size=8, n_tune=4, alphas=(0.05, 0.1), include_unsteered=False, k=2, n_samples=6
+    ).fit(lm, [source], target, seed=0)
     assert icv.info["layer"] == "all" and icv.info["direction"] == "uncentred"
     assert icv.info["steered_layers"] == list(range(lm.n_layers))
     assert icv.info["vector_norm"] == pytest.approx(1.0, abs=1e-5)  # one joint unit direction
     assert 0 < icv.info["direction_second_moment_share"] <= 1
-    assert {g["alpha"] for g in icv.info["tuning_grid"]} == {0.0, 0.1}
+    assert {g["alpha"] for g in icv.info["tuning_grid"]} == {0.05, 0.1}
 
 
 # -- I2CL: injection sites ------------------------------------------------------------------

@@ -118,7 +118,8 @@ def test_cast_vector_equals_hand_computed_mean_delta(lm, source, target):
     import random
 
     rng = random.Random(3)
-    pool = list(source.train)
+    tuning = set(cast.info["tuning_ids"])  # drawn first, never candidates
+    pool = [x for x in source.train if f"src:{x.id}" not in tuning]
     cands = rng.sample(pool, 20)
     rng.sample(list(target.train), 4)  # the query draw
     few, zero = [], []
@@ -137,9 +138,13 @@ def test_tuning_grid_and_choice_reported(lm, source, target):
     cast = methods.get("cast")(**FAST, m=4, k=2, n_candidates=16, n_queries=4, graph_k=3)
     cast.fit(lm, [source], target)
     grid = cast.info["tuning_grid"]
-    assert len(grid) == 4 and {g["layer"] for g in grid} == {1, 2}
-    best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))
+    # the unsteered model once, first, then 2 layers x 2 alphas
+    assert len(grid) == 5 == cast.info["tuning_configs"]
+    assert (grid[0]["layer"], grid[0]["alpha"]) == (None, 0.0)
+    assert {g["layer"] for g in grid[1:]} == {1, 2}
+    best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))  # the first on ties
     assert (cast.info["layer"], cast.info["alpha"]) == (best["layer"], best["alpha"])
+    assert cast.info["steered"] is (best["alpha"] != 0)
 
 
 def test_registry_and_bad_params():

@@ -107,8 +107,8 @@ def test_method_changes_outputs_only_inside_applied(lm, source, target):
 
 def test_lora_source_samples_are_cast_selection(lm, source, target):
     lora = LoRA(**ADAPT, **SELECT, selection_gamma=0.3).fit(lm, [source], target, seed=4)
-    cast = methods.get("cast")(
-        **SELECT, gamma=0.3, k=2, n_tune=2, alphas=(1.0,), layers=(1,), batch_size=8
+    cast = methods.get("cast")(  # the default n_tune: the rows held out for tuning match
+        **SELECT, gamma=0.3, k=2, alphas=(1.0,), layers=(1,), batch_size=8
     )
     cast.fit(lm, [source], target, seed=4)
     assert lora.info["selected_ids"] == cast.info["selected_ids"]
@@ -181,9 +181,13 @@ def test_function_vector_is_the_heads_output_projection(tokenizer):
 def test_function_vector_choice_and_grid(lm, source, target):
     fv = FunctionVector(**FV).fit(lm, [source], target, seed=1)
     grid = fv.info["tuning_grid"]
-    assert {g["top_heads"] for g in grid} == {2, 4} and len(grid) == 4
+    # the unsteered model, then (K, layer) slots of 2 K x 2 layers, 5 alphas each (20 steered)
+    assert [(g["top_heads"], g["alpha"]) for g in grid[:1]] == [(None, 0.0)]
+    assert {(g["top_heads"], g["layer"]) for g in grid[1:]} == {(2, 1), (2, 2), (4, 1), (4, 2)}
+    assert len(grid) == fv.params.n_configs == 21
     best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))
     assert (fv.info["layer"], fv.info["top_heads"]) == (best["layer"], best["top_heads"])
+    assert fv.info["alpha"] == best["alpha"] and fv.info["steered"], "the toy grid steers"
     assert len(fv.info["heads"]) == fv.info["top_heads"]
     aie = fv.info["head_aie"]
     top = sorted(aie, key=lambda k: -aie[k])[: fv.info["top_heads"]]

@@ -40,7 +40,13 @@ reference definition). Step by step:
    l*..l*+w-1 with alpha split evenly), at the last prompt token (or ``positions="all"``),
    optionally norm-preserving.
 5. (l*, alpha) are chosen by the ``source`` (default) or ``target_dev`` protocol
-   (`castlib.methods.steering`).
+   (`castlib.methods.steering`) on the budget every steering method shares: ``n_configs``
+   (default 21) distinct configurations, the unsteered model (alpha = 0, kept on ties) and the
+   candidate layers (five over the middle half) x alphas geometric over ``alpha_range`` =
+   (0.25, 2.0) (four per layer: 0.25, 0.5, 1, 2), on ``n_tune`` tuning rows drawn before the
+   candidates and never among them (the same rows for every method with the same seed).
+   The spec leaves the grid open; it is sized so that no baseline searches fewer
+   configurations than CAST, and includes alpha = 0 so tuning can decline to steer.
 
 Where it differs from the spec's text, and why:
 - The coverage objective is the spec's sum over target nodes divided by their number (issue 20):
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -68,7 +75,7 @@ from ..record import record_activations
 from ..selection import DEFAULT_GAMMA, SELECTION_METHODS, select_with_log
 from ..tasks import Example, Task
 from .registry import register
-from .steering import SteeringMethod, icl_activations, make_vector, tuning_rows_per_source
+from .steering import SteeringMethod, icl_activations, make_vector, row_keys
 
 __all__ = ["CAST", "CONTRASTS", "EMBED_TEXTS", "POOLINGS", "SelectionParams", "input_text"]
 
@@ -171,30 +178,26 @@ class CAST(SteeringMethod):
         sources: list[Task],
         target: Task,
         rng: random.Random,
-        held_out: int | None = None,
+        exclude: Collection[str] = (),
     ) -> tuple[list[tuple[Task, Example]], list[Example]]:
         """Step 1's draws from ``rng`` in a fixed order: the candidates of each source task
         (pooled), then ``n_queries`` unlabelled inputs of the target's train pool (never its
         test split).
 
-        Each source gives ``min(n_candidates, train size - held_out)`` candidates (recorded as
-        ``info["n_candidates_effective"]``); ``held_out`` (default: the rows the ``source``
-        tuning protocol draws per source, 0 for ``target_dev``) stays free for tuning."""
+        Each source gives ``min(n_candidates, rows not in exclude)`` candidates (recorded as
+        ``info["n_candidates_effective"]``); ``exclude`` (``"task:id"`` keys: the tuning rows,
+        `castlib.methods.steering.row_keys`) stays free for tuning."""
         p = self.params
-        # the source protocol tunes on held-out rows of each source: keep them out of the pool
-        if held_out is None:
-            held_out = (
-                tuning_rows_per_source(p.n_tune, len(sources)) if p.protocol == "source" else 0
-            )
         candidates: list[tuple[Task, Example]] = []
         effective: dict[str, int] = {}
         for task in sources:
-            pool = list(task.train)
-            n = min(p.n_candidates, len(pool) - held_out)
+            pool = [ex for ex in task.train if f"{task.name}:{ex.id}" not in exclude]
+            n = min(p.n_candidates, len(pool))
             if n < 2:
+                held = len(task.train) - len(pool)
                 raise ValueError(
-                    f"source task {task.name} has {len(pool)} train examples: CAST needs at least "
-                    f"2 candidates{f' plus {held_out} held out for tuning' if held_out else ''}"
+                    f"source task {task.name} has {len(task.train)} train examples: CAST needs at "
+                    f"least 2 candidates{f' plus {held} held out for tuning' if held else ''}"
                 )
             effective[task.name] = n
             candidates += [(task, ex) for ex in rng.sample(pool, n)]
@@ -247,7 +250,7 @@ class CAST(SteeringMethod):
         target: Task,
         rng: random.Random,
         seed: int,
-        held_out: int | None = None,
+        exclude: Collection[str] = (),
     ) -> tuple[
         list[tuple[Task, Example]], list[tuple[Task, Example]], torch.Tensor, torch.Tensor | None
     ]:
@@ -255,7 +258,7 @@ class CAST(SteeringMethod):
         draws come from ``rng`` in a fixed order (candidates per source, then queries). Sets
         ``info["selection_log"]`` (`castlib.selection.select_with_log`'s log, each step's ``id``
         the chosen sample as ``"task:id"``)."""
-        candidates, queries = self.draw(sources, target, rng, held_out)
+        candidates, queries = self.draw(sources, target, rng, exclude)
         cand_h, query_h = self.embed(lm, candidates, target, queries)
         chosen = self.choose(cand_h, query_h, seed)
         for step in self.info["selection_log"]["steps"]:
@@ -299,8 +302,11 @@ class CAST(SteeringMethod):
 
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
         rng = random.Random(seed)
+        rows = self.tuning_rows(sources, target, seed)  # drawn first, kept out of the candidates
         # 1-2. candidate embeddings and selection
-        selected, candidates, cand_h, query_h = self.select_samples(lm, sources, target, rng, seed)
+        selected, candidates, cand_h, query_h = self.select_samples(
+            lm, sources, target, rng, seed, row_keys(rows)
+        )
         # 3. contrastive representation-enhanced activations
         vec, weights = self.extract(lm, sources, selected, candidates, cand_h, query_h, rng)
         self.vector = make_vector(lm, vec, self.name, self._vector_params())
@@ -309,8 +315,7 @@ class CAST(SteeringMethod):
             source_weights=weights,
         )
         # 5. (l*, alpha)
-        used = {f"{t.name}:{ex.id}" for t, ex in candidates}
-        self.tune(lm, sources, target, used, rng)
+        self.tune(lm, rows)
 
     def _contrast(self, h_k: torch.Tensor, h_0: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
         """Per-layer vector ``[L, hidden]`` from few-shot/zero-shot states ``[n, L, hidden]`` and

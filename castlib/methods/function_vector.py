@@ -24,9 +24,27 @@ token of the prompt.
 
    ``z~_l`` being zero except the chosen heads' slices (the projection's bias is removed).
 4. Steering: the target runs zero-shot and ``alpha * FV_K`` is added to the output of block l*
-   at the last prompt token (`castlib.steer`). The layer l* (and alpha, default 1 as in the
-   paper) are chosen by the spec's tuning protocols (`SteeringMethod.tune`), K over the grid
-   ``top_heads`` on the same tuning set; the best (accuracy, gold log-prob) wins.
+   at the last prompt token (`castlib.steer`). (K, l*, alpha) are chosen together by the spec's
+   tuning protocols on the shared budget (`castlib.methods.steering`): the slots are (K, l*) for
+   K in ``top_heads`` and l* among the candidate layers, the ``n_configs - 1`` steered
+   configurations are dealt over them as alphas geometric over ``alpha_range`` = (0.5, 1.0)
+   (2 K x 5 layers x 2 alphas by default), plus the unsteered model: as many configurations
+   as CAST. The record keeps every head's AIE, the chosen heads and the grid.
+
+What follows the paper: mean head outputs over clean ICL prompts, heads ranked by their
+average indirect effect on prompts with broken input-label mapping, the FV as the sum of the
+top heads' outputs through W^O, added to the residual stream at one layer, last token.
+
+What differs, and why:
+- Cross-task: the FV is built from *source*-task prompts and applied to a *target* task (the
+  paper applies a task's FV to the same task): the transfer being compared.
+- Heads are ranked on the source tasks at hand, with 16 clean and 8 corrupted prompts (CPU
+  affordable), not averaged over the paper's many tasks and hundreds of prompts.
+- Corruption replaces each demonstration's answer by a different label (always wrong) rather
+  than shuffling the labels (which may leave some right).
+- The paper fixes K (10 for GPT-J) and alpha = 1 and sweeps the layer; here K, the layer and
+  alpha share the budget every steering method gets (alpha = 1 is always in the grid), so FV
+  searches as many configurations as CAST, and may keep the unsteered model.
 
 CPU-affordable defaults: 16 clean and 8 corrupted prompts of 4 demonstrations, every head of
 every layer scored (``head_layers`` limits the layers), K in (5, 10).
@@ -37,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -51,8 +70,9 @@ from ..padding import encode, iter_batches
 from ..prefix_cache import cache_kwargs, expand_cache, new_cache, returned_cache
 from ..prompts import k_shot
 from ..tasks import Example, Task
+from ..vectors import SteeringVector
 from .registry import register
-from .steering import SteeringMethod, draw_icl_item, make_vector
+from .steering import SteeringMethod, draw_icl_item, make_vector, row_keys
 
 __all__ = [
     "FunctionVector",
@@ -269,7 +289,7 @@ class FunctionVector(SteeringMethod):
 
     @dataclasses.dataclass(frozen=True)
     class Params(SteeringMethod.Params):
-        alphas: tuple[float, ...] = (1.0,)
+        alpha_range: tuple[float, ...] = (0.5, 1.0)
         top_heads: tuple[int, ...] = (5, 10)  # the K grid
         k: int = 4  # demonstrations per prompt
         n_prompts: int = 16  # clean prompts (mean head outputs)
@@ -288,15 +308,16 @@ class FunctionVector(SteeringMethod):
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
         p = self.params
         rng = random.Random(seed)
-        used: set[str] = set()
+        rows = self.tuning_rows(sources, target, seed)
+        held = row_keys(rows)
 
         clean = []
         for i in range(p.n_prompts):
-            task, query, demos = draw_icl_item(sources, i, p.k, rng, used)
+            task, query, demos = draw_icl_item(sources, i, p.k, rng, held)
             clean.append(k_shot(task, query, demos))
         corrupted, gold = [], []
         for i in range(p.n_corrupted):
-            task, query, demos = draw_icl_item(sources, i, p.k, rng, used)
+            task, query, demos = draw_icl_item(sources, i, p.k, rng, held)
             corrupted.append(k_shot(task, query, corrupt(task, demos, rng)))
             gold.append(answer_token_ids(lm.tokenizer, [task.answer(query)])[0][0])
 
@@ -307,41 +328,43 @@ class FunctionVector(SteeringMethod):
         aie = head_effects(lm, corrupted, gold, means, heads, p.heads_batch).mean(0)
         ranked = sorted(range(len(heads)), key=lambda j: (-float(aie[j]), j))
 
-        state = rng.getstate()
-        grid: list[dict[str, Any]] = []
-        vectors = {}
+        self._candidates: dict[int, tuple[SteeringVector, list[tuple[int, int]], float]] = {}
         for top in sorted({min(k, len(heads)) for k in p.top_heads}):
             chosen = [heads[j] for j in ranked[:top]]
             fv = function_vector(lm, means, chosen)
-            vectors[top] = (fv, chosen)
-            self.vector = make_vector(
+            vector = make_vector(
                 lm, fv.expand(lm.n_layers, -1).clone(), self.name, self._vector_params(top)
             )
-            rng.setstate(state)  # the same tuning set for every K
-            self.tune(lm, sources, target, used, rng)
-            for g in self.info["tuning_grid"]:
-                g["top_heads"] = top
-                grid.append(g)
-        best = max(grid, key=lambda g: (g["accuracy"], g["gold_logp"]))  # first on ties
-        fv, chosen = vectors[best["top_heads"]]
-        self.vector = make_vector(
-            lm,
-            fv.expand(lm.n_layers, -1).clone(),
-            self.name,
-            self._vector_params(best["top_heads"]),
-        )
+            self._candidates[top] = (vector, chosen, float(fv.norm()))
+        self.info["head_aie"] = {
+            f"{lay}.{h}": round(float(a), 8) for (lay, h), a in zip(heads, aie, strict=True)
+        }
+        slots = [(top, layer) for top in self._candidates for layer in self.candidate_layers(lm)]
+        try:
+            self.tune(lm, rows, slots)
+        finally:
+            del self._candidates
+
+    def slot_steering(
+        self, lm: LanguageModel, slot: Any, alpha: float
+    ) -> AbstractContextManager[Any]:
+        top, layer = slot
+        return self.steering(lm, layer, alpha, vector=self._candidates[top][0])
+
+    def slot_fields(self, slot: Any) -> dict[str, Any]:
+        top, layer = (None, None) if slot is None else slot
+        return {"top_heads": top, "layer": layer}
+
+    def adopt(self, lm: LanguageModel, slot: Any, alpha: float) -> None:
+        """The chosen K's vector; the unsteered model keeps the smallest K's vector (saved,
+        never applied) and records ``top_heads=None``, no heads."""
+        super().adopt(lm, slot, alpha)
+        top = min(self._candidates) if slot is None else slot[0]
+        self.vector, chosen, norm = self._candidates[top]
         self.info.update(
-            layer=best["layer"],
-            alpha=best["alpha"],
-            top_heads=best["top_heads"],
-            heads=[list(h) for h in chosen],
-            head_aie={
-                f"{lay}.{h}": round(float(a), 8) for (lay, h), a in zip(heads, aie, strict=True)
-            },
-            tuning_grid=grid,
-            fv_norm=float(fv.norm()),
+            heads=[] if slot is None else [list(h) for h in chosen],
+            fv_norm=None if slot is None else norm,
         )
-        self.record_vector_norm(lm)
 
     def _vector_params(self, top: int) -> dict[str, Any]:
         p = dataclasses.asdict(self.params)

@@ -37,8 +37,11 @@
    i.e. the normalised state is moved by ``alpha`` (times s, up to 2 when h points against
    v_l) along the unit vector v_l/||v_l||, and the result is rescaled to the original norm of h
    (the paper's norm preservation). Only each slice's direction is used: the per-layer norms of
-   the joint direction do not matter. alpha is chosen by the spec's tuning protocols among
-   ``alphas`` (the paper tunes its strength lambda by hand); the layer grid is not used.
+   the joint direction do not matter. alpha is chosen by the spec's tuning protocols (the paper
+   tunes its strength lambda by hand); the layer grid is not used (all layers are steered, each
+   with the full alpha), so ICV's one slot takes the whole shared tuning budget as alphas:
+   ``n_configs - 1`` (default 20) geometric over ``alpha_range`` = (0.025, 0.2), plus alpha = 0,
+   the unsteered model (`castlib.methods.steering`), as many configurations as CAST's.
    The computation runs in float32 and the result is cast back to the activation's dtype.
 
 Differences from the authors' code, and why: (a) the shift is written at the block output,
@@ -66,7 +69,7 @@ from ..tasks import Task
 from ..validate import check_finite_number
 from ..vectors import SteeringVector
 from .registry import register
-from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector
+from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector, row_keys
 
 __all__ = ["ICV", "DIRECTIONS", "icv_direction", "icv_shift", "icv_steering"]
 
@@ -182,7 +185,7 @@ class ICV(SteeringMethod):
 
     @dataclasses.dataclass(frozen=True)
     class Params(SteeringMethod.Params):
-        alphas: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2)
+        alpha_range: tuple[float, ...] = (0.025, 0.2)
         positions: str = "all"
         norm_preserving: bool = True
         k: int = 4
@@ -196,8 +199,8 @@ class ICV(SteeringMethod):
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:
         p = self.params
         rng = random.Random(seed)
-        used: set[str] = set()
-        items = [draw_icl_item(sources, i, p.k, rng, used) for i in range(p.n_samples)]
+        rows = self.tuning_rows(sources, target, seed)
+        items = [draw_icl_item(sources, i, p.k, rng, row_keys(rows)) for i in range(p.n_samples)]
         h_k, h_0 = icl_activations(lm, items, batch_size=p.batch_size)
         deltas = h_k - h_0
         vec = icv_direction(deltas, p.direction)
@@ -207,9 +210,8 @@ class ICV(SteeringMethod):
         self.vector = make_vector(
             lm, vec, self.name, {"k": p.k, "n_samples": p.n_samples, "direction": p.direction}
         )
-        self.tune(lm, sources, target, used, rng, layers=[0])
+        self.tune(lm, rows, slots=["all"])
         self.info.update(
-            layer="all",
             direction=p.direction,
             # how much of the shifts' second moment the direction carries, and its angle to
             # their mean (both over all layers jointly)
@@ -244,6 +246,3 @@ class ICV(SteeringMethod):
             raise ValueError(
                 f"need k >= 1 and n_samples >= 1 (got k={p.k}, n_samples={p.n_samples})"
             )
-
-    def applied(self, lm: LanguageModel) -> AbstractContextManager[Any]:
-        return self.steering(lm, 0, self.info["alpha"])

@@ -60,7 +60,7 @@ from ..tasks import Example, Task
 from .base import Method
 from .cast import CAST, SelectionParams
 from .registry import register, register_preset
-from .steering import MAX_TARGET_DEV, tuning_set
+from .steering import MAX_TARGET_DEV, row_keys, tuning_set
 
 __all__ = ["AdapterMethod", "LoRA", "PeftLoraAdapter", "cast_selection", "TRAIN_ON"]
 
@@ -76,10 +76,12 @@ def cast_selection(
     seed: int,
     cast: CAST,
 ) -> list[tuple[Task, Example]]:
-    """The m source samples ``cast`` selects when fitted with ``seed`` (CAST steps 1-2; no
-    rows are held out for tuning, so up to ``n_candidates`` rows of each source are
-    candidates)."""
-    return cast.select_samples(lm, sources, target, random.Random(seed), seed, held_out=0)[0]
+    """The m source samples ``cast`` selects when fitted with ``seed``: CAST steps 1-2 as
+    `CAST._fit` runs them, its tuning rows (``cast``'s protocol and ``n_tune``, default 32)
+    kept out of the candidates, so a CAST fitted with the same parameters and seed selects
+    exactly these."""
+    exclude = row_keys(cast.tuning_rows(sources, target, seed))
+    return cast.select_samples(lm, sources, target, random.Random(seed), seed, exclude)[0]
 
 
 class PeftLoraAdapter:
@@ -259,9 +261,7 @@ class AdapterMethod(Method):
     ) -> list[tuple[Task, Example]]:
         if self.params.train_on == "source":
             return cast_selection(lm, sources, target, seed, self.cast())
-        return tuning_set(
-            "target_dev", sources, target, self.params.n_target, set(), random.Random(seed)
-        )
+        return tuning_set("target_dev", sources, target, self.params.n_target, seed)
 
     # -- protocol -----------------------------------------------------------------------------
     def _fit(self, lm: LanguageModel, sources: list[Task], target: Task, seed: int) -> None:

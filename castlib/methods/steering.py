@@ -1,13 +1,46 @@
-"""Shared machinery of the steering methods: activation extraction and (layer, alpha) tuning.
+"""Shared machinery of the steering methods: activation extraction and configuration tuning.
 
-Tuning (CAST_SPEC step 5) never touches the target's test split. For every candidate layer l
-and scale alpha, the tuning set is scored zero-shot with ``alpha * v_l`` added, and the pair
-with the highest accuracy wins (ties: the higher mean log-probability of the gold answer, then
-the earlier grid point). Two protocols:
+Tuning (CAST_SPEC step 5) never touches the target's test split, and every steering method
+(CAST, task vector, function vector, ICV) tunes on the same budget and the same rows. The spec
+names the two protocols but no grid; the shared budget, the unsteered configuration and the
+shared rows are this project's choices, so that no method wins by searching more
+configurations or luckier rows, and a method whose steering does not help falls back to the
+zero-shot model instead of being forced to steer. (I2CL learns its coefficients by gradient
+descent on its own calibration rows and has no grid: `castlib.methods.i2cl`.)
 
-    source      held-out examples of the source task(s) (disjoint from those the vector was
-                made from), each scored on its own source task: no target labels at all;
-    target_dev  at most 32 labelled examples from the target's train pool.
+Tuning rows (`tuning_set`). Drawn before anything else, from a random generator seeded by
+(seed, protocol, task) alone, so the same seed, protocol and tasks give every method the same
+row ids (recorded as ``tuning_ids``); the rows a method builds its vector from are drawn from
+what is left (`row_keys`, the ``exclude`` of `draw_icl_item`), so the two never overlap.
+
+    source      ``n_tune`` held-out rows of the source tasks' train pools, split over the
+                sources as evenly as possible (`tuning_rows_per_source`: the first
+                ``n_tune % n_sources`` sources give one row more), each scored on its own
+                source task: no target labels at all. Exactly ``n_tune`` rows (a source too
+                small for its share is refused).
+    target_dev  ``min(n_tune, target train size)`` labelled rows of the target's train pool;
+                ``n_tune`` <= 32 (`MAX_TARGET_DEV`).
+
+Configurations (`config_grid`). A configuration is a *slot* (the method's discrete choice: a
+layer l* for CAST and task vectors, a (K, layer) pair for function vectors, the single "all
+layers" slot of ICV) with a scale alpha. alpha = 0 is the unsteered model whatever the slot,
+so it is one configuration, scored once, first. With the default ``alphas=None`` every method
+chooses among exactly ``n_configs`` distinct configurations (default `N_CONFIGS` = 21: the
+unsteered model + 20 steered): the ``n_configs - 1`` steered ones are dealt over the slots as
+evenly as possible (the first ``(n_configs - 1) % n_slots`` slots get one alpha more), slot
+by slot taking `alpha_ladder` points of the method's ``alpha_range`` (geometric, or linear for
+the task vector's replacement weights). On a model with five candidate layers: CAST 5 layers x
+4 alphas, task vector 5 x 4, function vector 2 K x 5 layers x 2 alphas, ICV 20 alphas, each +
+the unsteered model. An explicit ``alphas`` grid is used as given on every slot (0 added once;
+``tuning_configs`` in the record is then the count searched, not ``n_configs``).
+``include_unsteered=False`` drops the unsteered configuration, for analyses that must hold a
+steered configuration (notebook 06's refits), never for a comparison.
+
+Choice. Every configuration is scored zero-shot on the tuning rows; the best (accuracy, then
+mean log-probability of the gold answer) wins, and an exact tie goes to the earlier grid
+point: the unsteered model first, so steering is kept only when it scores strictly better.
+When the unsteered model wins, the record says ``steered=False``, ``alpha=0.0`` and
+``layer=None``, and the method evaluates exactly as zero-shot (no hook, the same scoring path).
 
 Scoring the grid (``scoring``): with ``positions="last"`` every grid point is scored against
 one cached prefix per tuning prompt (`castlib.last_token.sweep_scores`: one prefix pass, then
@@ -22,9 +55,9 @@ from __future__ import annotations
 import dataclasses
 import random
 import warnings
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Any
+from collections.abc import Callable, Collection, Hashable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, ClassVar
 
 import torch
 
@@ -42,15 +75,28 @@ from .base import Method
 __all__ = [
     "SteeringMethod",
     "PROTOCOLS",
+    "N_CONFIGS",
+    "MAX_TARGET_DEV",
     "default_layers",
     "icl_activations",
+    "draw_icl_item",
+    "tuning_rows_per_source",
     "tuning_set",
+    "row_keys",
+    "alpha_ladder",
+    "config_grid",
     "make_vector",
 ]
 
 PROTOCOLS = ("source", "target_dev")
 SCORINGS = ("auto", "cached", "full")
+SPACINGS = ("geometric", "linear")
 MAX_TARGET_DEV = 32
+#: The tuning budget every steering method shares: distinct configurations, unsteered included.
+N_CONFIGS = 21
+
+#: A slot of the grid (a layer, ``"all"``, or a method's tuple); None: the unsteered model.
+Slot = Hashable
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -58,15 +104,83 @@ def default_layers(n_layers: int) -> list[int]:
     return sorted({min(n_layers - 1, round(n_layers * f)) for f in (0.25, 0.375, 0.5, 0.625, 0.75)})
 
 
+def _deal(total: int, parts: int) -> list[int]:
+    """``total`` split over ``parts`` as evenly as possible, the first parts one more."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def tuning_rows_per_source(n_tune: int, n_sources: int) -> list[int]:
+    """Held-out rows the ``source`` protocol draws from each source task, in source order:
+    ``n_tune // n_sources`` each, the first ``n_tune % n_sources`` sources one more (they sum
+    to ``n_tune`` exactly)."""
+    if n_tune < 1 or n_sources < 1:
+        raise ValueError(f"need n_tune >= 1 and at least one source (got {n_tune}, {n_sources})")
+    return _deal(n_tune, n_sources)
+
+
+def row_keys(rows: Sequence[tuple[Task, Example]]) -> set[str]:
+    """``{"task:id"}`` of (task, example) rows: what the vector's draws must leave alone."""
+    return {f"{task.name}:{ex.id}" for task, ex in rows}
+
+
+def _rows_rng(seed: int, protocol: str, task: Task) -> random.Random:
+    # a string seed is hashed with SHA-512: the same rows on every run and platform
+    return random.Random(f"castlib.tuning|{protocol}|{seed}|{task.name}")
+
+
+def tuning_set(
+    protocol: str,
+    sources: Sequence[Task],
+    target: Task,
+    n_tune: int,
+    seed: int,
+) -> list[tuple[Task, Example]]:
+    """The (task, example) rows configurations are chosen on (see the module docstring);
+    never target test rows. A function of (protocol, tasks, ``n_tune``, ``seed``) only, so
+    every method given the same ones tunes on the same rows."""
+    if protocol == "source":
+        out = []
+        for task, n in zip(sources, tuning_rows_per_source(n_tune, len(sources)), strict=True):
+            pool = list(task.train)
+            if len(pool) <= n:
+                raise ValueError(
+                    f"source protocol: source task {task.name} has {len(pool)} train rows; "
+                    f"{n} of the n_tune={n_tune} tuning rows are held out from it and the vector "
+                    f"needs rows besides; lower n_tune, add source data or use "
+                    f"protocol='target_dev'"
+                )
+            out += [(task, ex) for ex in _rows_rng(seed, protocol, task).sample(pool, n)]
+        return out
+    if protocol == "target_dev":
+        pool = list(target.train)
+        if n_tune > MAX_TARGET_DEV:
+            raise ValueError(f"target_dev protocol: n_tune must be <= {MAX_TARGET_DEV}")
+        k = min(n_tune, len(pool))
+        if k == 0:
+            raise ValueError(f"target_dev protocol: target {target.name} has no train examples")
+        return [(target, ex) for ex in _rows_rng(seed, protocol, target).sample(pool, k)]
+    raise ValueError(f"unknown tuning protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
 def draw_icl_item(
-    sources: Sequence[Task], i: int, k: int, rng: random.Random, used: set[str]
+    sources: Sequence[Task],
+    i: int,
+    k: int,
+    rng: random.Random,
+    exclude: Collection[str] = (),
 ) -> tuple[Task, Example, list[Example]]:
     """The ``i``-th source draw ``(task, x, D)``: task ``sources[i mod len]``, k + 1 distinct
-    train examples sampled by ``rng`` (the last is the query ``x``, the others the
-    demonstrations ``D``); their ids are added to ``used`` (kept out of tuning)."""
+    train examples sampled by ``rng`` among those whose ``"task:id"`` is not in ``exclude``
+    (the tuning rows, `row_keys`); the last is the query ``x``, the others the
+    demonstrations ``D``."""
     task = sources[i % len(sources)]
-    picks = rng.sample(list(task.train), k + 1)
-    used.update(ex.id for ex in picks)
+    pool = [ex for ex in task.train if f"{task.name}:{ex.id}" not in exclude]
+    if len(pool) < k + 1:
+        raise ValueError(
+            f"source task {task.name} has {len(pool)} train rows besides the tuning rows; "
+            f"a prompt of k={k} demonstrations and a query needs {k + 1}"
+        )
+    picks = rng.sample(pool, k + 1)
     return task, picks[-1], picks[:-1]
 
 
@@ -93,54 +207,72 @@ def make_vector(
     )
 
 
-def tuning_rows_per_source(n_tune: int, n_sources: int) -> int:
-    """Held-out rows the ``source`` protocol draws from each source task."""
-    return max(1, n_tune // n_sources)
+def alpha_ladder(count: int, low: float, high: float, spacing: str = "geometric") -> list[float]:
+    """``count`` nonzero scales from ``low`` to ``high``, ascending: geometric
+    (``low * (high/low)^(i/(count-1))``) or linear; one point is ``high``. Rounded to 6
+    significant digits, so records read 0.5, not 0.49999999999999994."""
+    if count < 1:
+        raise ValueError(f"an alpha ladder needs count >= 1, got {count}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if count == 1:
+        return [float(high)]
+    steps = [i / (count - 1) for i in range(count)]
+    if spacing == "geometric":
+        out = [low * (high / low) ** t for t in steps]
+    else:
+        out = [low + (high - low) * t for t in steps]
+    return [float(f"{a:.6g}") for a in out]
 
 
-def tuning_set(
-    protocol: str,
-    sources: Sequence[Task],
-    target: Task,
-    n: int,
-    exclude: set[str],
-    rng: random.Random,
-) -> list[tuple[Task, Example]]:
-    """The (task, example) pairs (layer, alpha) are chosen on; never target test rows."""
-    if protocol == "source":
-        per = tuning_rows_per_source(n, len(sources))
-        out = []
-        for task in sources:
-            pool = [
-                ex
-                for ex in task.train
-                if ex.id not in exclude and f"{task.name}:{ex.id}" not in exclude
-            ]
-            out += [(task, ex) for ex in rng.sample(pool, min(per, len(pool)))]
-        if not out:
-            sizes = {t.name: len(t.train) for t in sources}
+def config_grid(
+    slots: Sequence[Slot],
+    n_configs: int,
+    ladder: Callable[[int], list[float]],
+    alphas: Sequence[float] | None = None,
+    include_unsteered: bool = True,
+) -> list[tuple[Slot, float]]:
+    """The configurations tuning chooses among: ``(None, 0.0)`` (the unsteered model, once,
+    first, unless ``include_unsteered`` is False), then ``(slot, alpha)`` slot by slot, alphas
+    ascending. ``alphas=None``: ``n_configs - 1`` steered configurations dealt over the slots
+    (the first ``(n_configs - 1) % len(slots)`` slots get one alpha more), slot i taking
+    ``ladder(count_i)``; otherwise the nonzero ``alphas`` on every slot."""
+    if not slots:
+        raise ValueError("the tuning grid needs at least one slot (layer)")
+    if len(set(slots)) != len(slots):
+        raise ValueError(f"repeated slots in the tuning grid: {list(slots)}")
+    steered: list[tuple[Slot, float]] = []
+    if alphas is None:
+        if n_configs - 1 < len(slots):
             raise ValueError(
-                f"source protocol: no held-out source rows left to tune on (train sizes "
-                f"{sizes}, {len(exclude)} rows used to build the vector); use fewer rows for "
-                f"the vector, more source data, or protocol='target_dev'"
+                f"n_configs={n_configs} leaves {n_configs - 1} steered configurations for "
+                f"{len(slots)} candidate slots (layers); raise n_configs or pass fewer layers"
             )
-        return out
-    if protocol == "target_dev":
-        pool = list(target.train)
-        k = min(n, MAX_TARGET_DEV, len(pool))
-        if k == 0:
-            raise ValueError(f"target_dev protocol: target {target.name} has no train examples")
-        return [(target, ex) for ex in rng.sample(pool, k)]
-    raise ValueError(f"unknown tuning protocol {protocol!r}; choose from {PROTOCOLS}")
+        for slot, count in zip(slots, _deal(n_configs - 1, len(slots)), strict=True):
+            steered += [(slot, a) for a in ladder(count)]
+    else:
+        nonzero = sorted({float(a) for a in alphas if a != 0})
+        steered = [(slot, a) for slot in slots for a in nonzero]
+    grid = ([(None, 0.0)] if include_unsteered else []) + steered
+    if not grid:
+        raise ValueError("the tuning grid is empty: alphas are all 0 and include_unsteered=False")
+    return grid
 
 
 class SteeringMethod(Method):
-    """A method that steers the zero-shot target run with a fitted vector."""
+    """A method that steers the zero-shot target run with a fitted vector.
+
+    A subclass's ``_fit`` draws `tuning_rows` first, builds its vector from rows outside
+    them (`row_keys`), then calls `tune`; it may tune over its own slots (`slot_steering`,
+    `slot_fields`, `adopt`)."""
 
     @dataclasses.dataclass(frozen=True)
     class Params(Method.Params):
         layers: tuple[int, ...] | None = None  # candidate l*; None: default_layers(L)
-        alphas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+        alphas: tuple[float, ...] | None = None  # None: the budgeted grid (config_grid)
+        alpha_range: tuple[float, ...] = (0.25, 2.0)  # (low, high) of the budgeted alphas
+        n_configs: int = N_CONFIGS  # distinct configurations tuned over, unsteered included
+        include_unsteered: bool = True  # alpha = 0 in the grid (False: analyses only)
         protocol: str = "source"
         n_tune: int = 32
         positions: str = "last"
@@ -150,6 +282,8 @@ class SteeringMethod(Method):
 
     op: str = "add"
     needs_vector = True
+    #: how `alpha_ladder` spaces the budgeted alphas over ``alpha_range``
+    alpha_spacing: ClassVar[str] = "geometric"
 
     def check_params(self) -> None:
         p = self.params
@@ -157,12 +291,23 @@ class SteeringMethod(Method):
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {p.protocol!r}")
         if p.positions not in ("last", "all"):
             raise ValueError(f"positions must be 'last' or 'all', got {p.positions!r}")
-        if not p.alphas:
-            raise ValueError("alphas must not be empty")
+        if p.alphas is not None and not p.alphas:
+            raise ValueError("alphas must not be empty (None: the budgeted grid)")
+        if len(p.alpha_range) != 2 or not 0 < p.alpha_range[0] <= p.alpha_range[1]:
+            raise ValueError(
+                f"alpha_range must be (low, high) with 0 < low <= high, got {p.alpha_range}"
+            )
+        if p.n_configs < 2:
+            raise ValueError(f"n_configs must be >= 2 (the unsteered model + 1), got {p.n_configs}")
         if p.layer_window < 1:
             raise ValueError("layer_window must be >= 1")
         if p.n_tune < 1:
             raise ValueError("n_tune must be >= 1")
+        if p.protocol == "target_dev" and p.n_tune > MAX_TARGET_DEV:
+            raise ValueError(
+                f"protocol='target_dev' tunes on at most {MAX_TARGET_DEV} labelled target rows; "
+                f"got n_tune={p.n_tune}"
+            )
         if p.scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {p.scoring!r}")
         if p.scoring == "cached" and p.positions != "last":
@@ -176,11 +321,19 @@ class SteeringMethod(Method):
     def steer_layers(self, lm: LanguageModel, layer: int) -> list[int]:
         return list(range(layer, min(lm.n_layers, layer + self.params.layer_window)))
 
-    def steering(self, lm: LanguageModel, layer: int, alpha: float) -> AbstractContextManager[Any]:
+    def steering(
+        self,
+        lm: LanguageModel,
+        layer: int,
+        alpha: float,
+        vector: SteeringVector | None = None,
+    ) -> AbstractContextManager[Any]:
+        """Steer with ``vector`` (default: the fitted one) at l* = ``layer`` (and the
+        ``layer_window`` after it, alpha split evenly)."""
         layers = self.steer_layers(lm, layer)
         return steer(
             lm,
-            self.vector,
+            self.vector if vector is None else vector,
             alpha=alpha / len(layers),
             layers=layers,
             positions=self.params.positions,
@@ -189,28 +342,65 @@ class SteeringMethod(Method):
         )
 
     def applied(self, lm: LanguageModel) -> AbstractContextManager[Any]:
+        if self.info["alpha"] == 0:  # tuning kept the unsteered model: no hook at all
+            return nullcontext()
         return self.steering(lm, self.info["layer"], self.info["alpha"])
 
+    def eval_scoring(self) -> str:
+        if self.info.get("alpha") == 0:  # the unsteered model: zero-shot's own path
+            return "full"
+        return self.grid_scoring()
+
     # -- tuning -----------------------------------------------------------------------------
+    def tuning_rows(
+        self, sources: Sequence[Task], target: Task, seed: int
+    ) -> list[tuple[Task, Example]]:
+        """`tuning_set` under this method's protocol and ``n_tune`` (`tune` records their ids as
+        ``tuning_ids``). Draw them before the vector's rows, and keep those out of them."""
+        p = self.params
+        return tuning_set(p.protocol, sources, target, p.n_tune, seed)
+
+    def candidate_layers(self, lm: LanguageModel) -> list[int]:
+        """The candidate l*: ``layers``, else `default_layers`."""
+        return lm.check_layers(list(self.params.layers or default_layers(lm.n_layers)))
+
+    def alpha_ladder(self, count: int) -> list[float]:
+        """``count`` budgeted alphas over ``alpha_range`` (`alpha_ladder`)."""
+        low, high = self.params.alpha_range
+        return alpha_ladder(count, low, high, self.alpha_spacing)
+
+    def slot_steering(
+        self, lm: LanguageModel, slot: Slot, alpha: float
+    ) -> AbstractContextManager[Any]:
+        """The steering of configuration (``slot``, ``alpha``); a slot is a layer here."""
+        return self.steering(lm, slot, alpha)  # type: ignore[arg-type]
+
+    def slot_fields(self, slot: Slot) -> dict[str, Any]:
+        """What a slot is, as record fields (None: the unsteered model)."""
+        return {"layer": slot}
+
+    def adopt(self, lm: LanguageModel, slot: Slot, alpha: float) -> None:
+        """Make (``slot``, ``alpha``) the fitted configuration (``self.info``)."""
+        self.info.update(self.slot_fields(slot), alpha=alpha, steered=slot is not None)
+
     def tune(
         self,
         lm: LanguageModel,
-        sources: Sequence[Task],
-        target: Task,
-        exclude: set[str],
-        rng: random.Random,
-        layers: Sequence[int] | None = None,
-        alphas: Sequence[float] | None = None,
+        rows: Sequence[tuple[Task, Example]],
+        slots: Sequence[Slot] | None = None,
     ) -> None:
-        """Choose (l*, alpha) by the configured protocol; stores the grid in ``self.info``."""
+        """Choose the configuration on ``rows`` (`tuning_rows`) among `config_grid` over
+        ``slots`` (default: `candidate_layers`); the grid, its size and the choice go to
+        ``self.info``."""
         p = self.params
-        candidates = lm.check_layers(list(layers or p.layers or default_layers(lm.n_layers)))
-        alphas = [check_finite_number(a, f"{self.name}: alpha") for a in (alphas or p.alphas)]
-        tune = tuning_set(p.protocol, sources, target, p.n_tune, exclude, rng)
+        slots = list(slots) if slots is not None else self.candidate_layers(lm)
+        alphas = None
+        if p.alphas is not None:
+            alphas = [check_finite_number(a, f"{self.name}: alpha") for a in p.alphas]
+        points = config_grid(slots, p.n_configs, self.alpha_ladder, alphas, p.include_unsteered)
         by_task: dict[str, tuple[Task, list[Example]]] = {}
-        for task, ex in tune:
+        for task, ex in rows:
             by_task.setdefault(task.name, (task, []))[1].append(ex)
-        points = [(layer, alpha) for layer in candidates for alpha in alphas]
         scoring = self.grid_scoring()
         correct = [0] * len(points)
         margin = [0.0] * len(points)
@@ -223,37 +413,39 @@ class SteeringMethod(Method):
                     errors.setdefault(
                         g,
                         f"{lm.name} gave NaN log-probabilities on {task.name} tuning rows at "
-                        f"layer {points[g][0]}, alpha {points[g][1]}",
+                        f"{self.slot_fields(points[g][0])}, alpha {points[g][1]}",
                     )
                     continue
                 correct[g] += int((scores.argmax(dim=1) == gold).sum())
                 margin[g] += float(scores.gather(1, gold[:, None]).sum())
         grid = [
-            {"layer": layer, "alpha": alpha, "error": errors[g]}
+            {**self.slot_fields(slot), "alpha": alpha, "error": errors[g]}
             if g in errors
             else {
-                "layer": layer,
+                **self.slot_fields(slot),
                 "alpha": alpha,
                 "accuracy": correct[g] / n,
                 "gold_logp": margin[g] / n,
             }
-            for g, (layer, alpha) in enumerate(points)
+            for g, (slot, alpha) in enumerate(points)
         ]
-        scored = [g for g in grid if "error" not in g]
+        scored = [g for g in range(len(grid)) if "error" not in grid[g]]
         if not scored:
             raise FloatingPointError(
-                f"{self.name}: every (layer, alpha) of the tuning grid gave NaN log-probs "
+                f"{self.name}: every configuration of the tuning grid gave NaN log-probs "
                 f"({grid[0]['error']})"
             )
-        best = max(scored, key=lambda g: (g["accuracy"], g["gold_logp"]))
+        # max keeps the first of equal keys: ties go to the earlier point, the unsteered first
+        best = max(scored, key=lambda g: (grid[g]["accuracy"], grid[g]["gold_logp"]))
         self.info.update(
             tuning_scoring=scoring,
-            layer=best["layer"],
-            alpha=best["alpha"],
             protocol=p.protocol,
             tuning_grid=grid,
-            tuning_n=len(tune),
+            tuning_configs=len(points),
+            tuning_n=n,
+            tuning_ids=[f"{task.name}:{ex.id}" for task, ex in rows],
         )
+        self.adopt(lm, *points[best])
         self.record_vector_norm(lm)
 
     def record_vector_norm(self, lm: LanguageModel) -> None:
@@ -276,9 +468,6 @@ class SteeringMethod(Method):
                 stacklevel=3,
             )
 
-    def eval_scoring(self) -> str:
-        return self.grid_scoring()
-
     def grid_scoring(self) -> str:
         """The path the tuning grid is scored by: `castlib.last_token.SCORING_CACHED` or
         ``"full"`` (see the module docstring)."""
@@ -292,25 +481,28 @@ class SteeringMethod(Method):
         lm: LanguageModel,
         task: Task,
         examples: Sequence[Example],
-        points: Sequence[tuple[int, float]],
+        points: Sequence[tuple[Slot, float]],
         scoring: str,
     ) -> list[torch.Tensor]:
-        """Zero-shot answer log-probs of ``examples`` under each (layer, alpha) point:
+        """Zero-shot answer log-probs of ``examples`` under each (slot, alpha) point:
         ``[n, n_labels]`` per point, answers outside an example's label space at ``-inf``."""
         prompts = build_prompts(task, examples, None)
         size = self.params.batch_size
+        configs = [
+            (lambda slot=slot, alpha=alpha: self.config(lm, slot, alpha)) for slot, alpha in points
+        ]
         if scoring == SCORING_CACHED:
-            configs = [
-                (lambda layer=layer, alpha=alpha: self.steering(lm, layer, alpha))
-                for layer, alpha in points
-            ]
             out, _ = sweep_scores(lm, prompts, task.labels, configs, size)
         else:
             out = []
-            for layer, alpha in points:
-                with self.steering(lm, layer, alpha):
+            for config in configs:
+                with config():
                     out.append(score_prompts(lm, prompts, task.labels, size)[0])
         for scores in out:
             for row, ex in enumerate(examples):
                 scores[row, len(task.label_space(ex)) :] = float("-inf")
         return out
+
+    def config(self, lm: LanguageModel, slot: Slot, alpha: float) -> AbstractContextManager[Any]:
+        """The context of one grid point: no hook for the unsteered model (slot None)."""
+        return nullcontext() if slot is None else self.slot_steering(lm, slot, alpha)
