@@ -110,18 +110,29 @@ def sample_test(task: Task, n: int | None, seed: int = 0, split: str = "test") -
 
 
 def expand_methods(methods: str | Sequence[str]) -> list[str]:
-    """Method labels to run: a list as given, or ``"all"``: every registered method, those with
-    registered presets (`castlib.methods.presets`) split into them (``cross_task_icl`` into its
-    ``random`` and ``similar`` demonstrations, ``lora`` and ``kasa`` into training on the selected
-    ``source`` samples or on labelled ``target_dev`` examples)."""
+    """Method labels to run: a list as given, or ``"all"``: every registered method with its
+    registered presets (`castlib.methods.presets`). A preset that fixes the method's default
+    configuration stands for the method, whose bare name is then not listed: ``cross_task_icl``
+    is split into its ``random`` and ``similar`` demonstrations, ``lora`` and ``kasa`` into
+    training on the selected ``source`` samples or on labelled ``target_dev`` examples; the
+    steering methods run as themselves (``source`` tuning) and as ``<name>_target_dev``."""
     if isinstance(methods, str):
         if methods != "all":
             return [methods]
         out: list[str] = []
         for name in available():
-            out += [p.label for p in presets(name)] or [name]
+            labels = [p.label for p in presets(name)]
+            if not any(_is_default(name, p.params) for p in presets(name)):
+                labels.insert(0, name)
+            out += labels
         return out
     return list(methods)
+
+
+def _is_default(name: str, params: Mapping[str, Any]) -> bool:
+    """Whether ``params`` leave method ``name`` at its default parameters."""
+    defaults = {f.name: f.default for f in dataclasses.fields(get(name).Params)}
+    return all(name_ in defaults and defaults[name_] == v for name_, v in params.items())
 
 
 def build_method(
