@@ -9,6 +9,8 @@ helpers keep that contract in one place:
 * `expand_methods` / `build_method` -- method labels (registry names and the presets registered
   next to each method, e.g. ``lora_target_dev``) to configured `castlib.methods` instances, with
   shared parameters filtered to the ones each method accepts;
+* `source_groups` -- the source lists a method is fitted on: all sources pooled, or one run per
+  source for a method that takes one source per fit (cross-task ICL);
 * `icl_deltas` -- per-example ICL enhancements ``delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x))``;
 * `flat_record` / `write_results` / `write_table` / `save_figure` -- the structured outputs a run
   leaves in ``output_dir`` (``results.json`` is what `castlib.runs` aggregates);
@@ -54,6 +56,7 @@ __all__ = [
     "sample_test",
     "save_figure",
     "setup",
+    "source_groups",
     "verdict",
     "write_results",
     "write_table",
@@ -161,6 +164,16 @@ def build_method(
     if data_dir is not None and "data_dir" in accepted:
         params["data_dir"] = str(data_dir)
     return cls(**params)
+
+
+def source_groups(label: str, sources: Sequence[str]) -> list[list[str]]:
+    """The source lists method ``label`` is fitted on in a run over ``sources``: one run per
+    source (``[[s1], [s2], ...]``) for a method that takes one source per fit
+    (`castlib.methods.base.Method.one_source`: cross-task ICL, run per (source, target) pair as
+    Chatterjee et al. do), else one run on all of them pooled (``[sources]``)."""
+    fixed = preset(label) if label not in available() else None
+    cls = get(fixed.method if fixed else label)
+    return [[s] for s in sources] if cls.one_source else [list(sources)]
 
 
 def _demos(pool: Sequence[Example], x: Example, k: int, rng: random.Random) -> list[Example]:
