@@ -28,8 +28,10 @@ What it still does differently, and why:
 * prediction is CAST_SPEC's restricted scoring over the target's label space (the authors
   decode greedily and match strings): every method in this package is scored the same way;
 * the similarity encoder is the model itself (h at l_e = L//2 of the zero-shot prompt, as CAST
-  embeds) rather than the authors' separate sentence encoder, so no second model is needed and
-  CAST and this baseline compare inputs in the same space;
+  embeds) rather than the authors' separate sentence encoder (sentence-transformers, on the
+  inputs without the task definition), so no second model is needed and CAST and this baseline
+  compare inputs in the same space; the embedded prompt includes the task instruction (the same
+  for every candidate of the source), which the authors' embeddings leave out;
 * similar demonstrations come from a seeded sample of ``n_candidates`` source train rows (256 by
   default), not the whole source pool, to bound the embedding cost on large sources.
 """
