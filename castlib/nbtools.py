@@ -9,6 +9,8 @@ helpers keep that contract in one place:
 * `expand_methods` / `build_method` -- method labels (registry names and the presets registered
   next to each method, e.g. ``lora_target_dev``) to configured `castlib.methods` instances, with
   shared parameters filtered to the ones each method accepts;
+* `source_groups` -- the source lists a method is fitted on: all sources pooled, or one run per
+  source for a method that takes one source per fit (cross-task ICL);
 * `icl_deltas` -- per-example ICL enhancements ``delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x))``;
 * `flat_record` / `write_results` / `write_table` / `save_figure` -- the structured outputs a run
   leaves in ``output_dir`` (``results.json`` is what `castlib.runs` aggregates);
@@ -54,6 +56,7 @@ __all__ = [
     "sample_test",
     "save_figure",
     "setup",
+    "source_groups",
     "verdict",
     "write_results",
     "write_table",
@@ -110,18 +113,29 @@ def sample_test(task: Task, n: int | None, seed: int = 0, split: str = "test") -
 
 
 def expand_methods(methods: str | Sequence[str]) -> list[str]:
-    """Method labels to run: a list as given, or ``"all"``: every registered method, those with
-    registered presets (`castlib.methods.presets`) split into them (``cross_task_icl`` into its
-    ``random`` and ``similar`` demonstrations, ``lora`` and ``kasa`` into training on the selected
-    ``source`` samples or on labelled ``target_dev`` examples)."""
+    """Method labels to run: a list as given, or ``"all"``: every registered method with its
+    registered presets (`castlib.methods.presets`). A preset that fixes the method's default
+    configuration stands for the method, whose bare name is then not listed: ``cross_task_icl``
+    is split into its ``random`` and ``similar`` demonstrations, ``lora`` and ``kasa`` into
+    training on the selected ``source`` samples or on labelled ``target_dev`` examples; the
+    steering methods run as themselves (``source`` tuning) and as ``<name>_target_dev``."""
     if isinstance(methods, str):
         if methods != "all":
             return [methods]
         out: list[str] = []
         for name in available():
-            out += [p.label for p in presets(name)] or [name]
+            labels = [p.label for p in presets(name)]
+            if not any(_is_default(name, p.params) for p in presets(name)):
+                labels.insert(0, name)
+            out += labels
         return out
     return list(methods)
+
+
+def _is_default(name: str, params: Mapping[str, Any]) -> bool:
+    """Whether ``params`` leave method ``name`` at its default parameters."""
+    defaults = {f.name: f.default for f in dataclasses.fields(get(name).Params)}
+    return all(name_ in defaults and defaults[name_] == v for name_, v in params.items())
 
 
 def build_method(
@@ -150,6 +164,16 @@ def build_method(
     if data_dir is not None and "data_dir" in accepted:
         params["data_dir"] = str(data_dir)
     return cls(**params)
+
+
+def source_groups(label: str, sources: Sequence[str]) -> list[list[str]]:
+    """The source lists method ``label`` is fitted on in a run over ``sources``: one run per
+    source (``[[s1], [s2], ...]``) for a method that takes one source per fit
+    (`castlib.methods.base.Method.one_source`: cross-task ICL, run per (source, target) pair as
+    Chatterjee et al. do), else one run on all of them pooled (``[sources]``)."""
+    fixed = preset(label) if label not in available() else None
+    cls = get(fixed.method if fixed else label)
+    return [[s] for s in sources] if cls.one_source else [list(sources)]
 
 
 def _demos(pool: Sequence[Example], x: Example, k: int, rng: random.Random) -> list[Example]:

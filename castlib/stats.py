@@ -223,19 +223,35 @@ def _predictions(record: Mapping[str, Any]) -> dict[str, list[Any]]:
     return dict(preds)
 
 
-def _pairs(ra: int, rb: int) -> list[tuple[int, int]]:
+def _pairs(seeds_a: Sequence[Any], seeds_b: Sequence[Any]) -> list[tuple[int, int]]:
+    """Runs of two methods to compare by McNemar: a single run against every run of the
+    other; else each run with the other's runs of the same seed (several runs may share a
+    seed: a method fitted once per source task); else, with as many runs as seeds, in order."""
+    ra, rb = len(seeds_a), len(seeds_b)
     if rb == 1:
         return [(i, 0) for i in range(ra)]
     if ra == 1:
         return [(0, j) for j in range(rb)]
+    same = [(i, j) for i in range(ra) for j in range(rb) if seeds_a[i] == seeds_b[j]]
+    if {i for i, _ in same} == set(range(ra)) and {j for _, j in same} == set(range(rb)):
+        return same
     if ra == rb:
         return [(i, i) for i in range(ra)]
     raise ValueError(f"cannot pair {ra} runs with {rb} runs (give 1 or the same seeds)")
 
 
-def _compare(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+def _compare(
+    a: np.ndarray,
+    b: np.ndarray,
+    n_boot: int,
+    seed: int,
+    seeds_a: Sequence[Any] | None = None,
+    seeds_b: Sequence[Any] | None = None,
+) -> dict[str, Any]:
     diff = paired_difference(a, b, n_boot=n_boot, seed=seed)
-    p = max(mcnemar_exact(a[i], b[j]).p_value for i, j in _pairs(len(a), len(b)))
+    sa = list(seeds_a) if seeds_a is not None else list(range(len(a)))
+    sb = list(seeds_b) if seeds_b is not None else list(range(len(b)))
+    p = max(mcnemar_exact(a[i], b[j]).p_value for i, j in _pairs(sa, sb))
     return {
         "diff": diff.estimate,
         "low": diff.low,
@@ -245,29 +261,38 @@ def _compare(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict[str, 
     }
 
 
+#: Baseline groups of `target_table`: which methods the "best baseline" is chosen from.
+BASELINE_GROUPS = ("label_free", "target_labels")
+
+
 def target_table(
     records: Iterable[Mapping[str, Any]] | pd.DataFrame,
     reference: str = "zero_shot",
     focus: str = "cast",
     n_boot: int = N_BOOT,
     seed: int = 0,
+    baselines: str = "label_free",
 ) -> pd.DataFrame:
     """Per target and method: accuracy with its 95% paired-bootstrap interval (seeds pooled),
-    and the paired difference to ``reference`` and to the best label-free baseline (the most
-    accurate method other than ``reference`` and ``focus`` whose records say
-    ``uses_target_labels`` is false), each with its interval, the exact McNemar p-value and
-    the `verdict`.
+    and the paired difference to ``reference`` and to the best baseline of the ``baselines``
+    group (the most accurate method other than ``reference`` and ``focus`` whose records say
+    ``uses_target_labels`` is false for ``"label_free"``, true for ``"target_labels"``), each
+    with its interval, the exact McNemar p-value and the `verdict`.
 
     Records need ``target``, ``method``, ``predictions`` (dict or its JSON string) and
     optionally ``seed``, ``uses_target_labels``. Every method of a target must have been
-    evaluated on the same rows (same ids, same order after sorting by id). With several runs
-    (seeds) of a method, the McNemar p-value is the largest over its runs, each paired with
-    the other method's run of the same seed (or its single run): conservative, never pooled.
+    evaluated on the same rows (same ids, same order after sorting by id). Several records of
+    a method are its runs (seeds, or one run per source task of a method fitted once per
+    source), and its per-row correctness is their mean. The McNemar p-value is the largest
+    over its runs, each paired with the other method's runs of the same seed (or its single
+    run): conservative, never pooled.
 
     Columns: ``target, method, runs, n, majority_rate, chance_rate, accuracy, acc_low,
     acc_high, vs_<reference>_{diff,low,high,p_mcnemar,verdict}``, the same for
-    ``vs_best_label_free_*`` and ``best_label_free`` (the baseline's name).
+    ``vs_best_<baselines>_*`` and ``best_<baselines>`` (the baseline's name).
     """
+    if baselines not in BASELINE_GROUPS:
+        raise ValueError(f"baselines must be one of {BASELINE_GROUPS}, got {baselines!r}")
     if isinstance(records, pd.DataFrame):
         records = records.to_dict("records")
     by_target: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
@@ -276,11 +301,14 @@ def target_table(
     rows = []
     for target, methods in sorted(by_target.items()):
         correct: dict[str, np.ndarray] = {}
+        run_seeds: dict[str, list[Any]] = {}
         label_free: dict[str, bool] = {}
         ids = gold = n_options = None
         for method, recs in sorted(methods.items()):
             runs = []
-            for rec in sorted(recs, key=lambda r: (r.get("seed") is None, r.get("seed") or 0)):
+            ordered = sorted(recs, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
+            run_seeds[method] = [r.get("seed") for r in ordered]
+            for rec in ordered:
                 preds = _predictions(rec)
                 order = np.argsort(np.asarray(preds["id"], dtype=str), kind="stable")
                 these = [str(preds["id"][k]) for k in order]
@@ -298,7 +326,8 @@ def target_table(
             label_free[method] = not any(bool(r.get("uses_target_labels")) for r in recs)
         assert ids is not None and gold is not None and n_options is not None
         acc = {m: accuracy_interval(c, n_boot=n_boot, seed=seed) for m, c in correct.items()}
-        candidates = [m for m in correct if label_free[m] and m not in (reference, focus)]
+        wanted = baselines == "label_free"
+        candidates = [m for m in correct if label_free[m] is wanted and m not in (reference, focus)]
         best = max(candidates, key=lambda m: acc[m].estimate) if candidates else None
         chance = chance_rate(n_options) if (n_options > 0).all() else float("nan")
         for method, c in correct.items():
@@ -312,23 +341,27 @@ def target_table(
                 "accuracy": acc[method].estimate,
                 "acc_low": acc[method].low,
                 "acc_high": acc[method].high,
-                "best_label_free": best,
+                f"best_{baselines}": best,
             }
-            for key, other in ((f"vs_{reference}", reference), ("vs_best_label_free", best)):
+            for key, other in ((f"vs_{reference}", reference), (f"vs_best_{baselines}", best)):
                 if other is None or other not in correct or other == method:
                     continue
-                cmp = _compare(c, correct[other], n_boot, seed)
+                cmp = _compare(c, correct[other], n_boot, seed, run_seeds[method], run_seeds[other])
                 row.update({f"{key}_{k}": v for k, v in cmp.items()})
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def conclusions(
-    table: pd.DataFrame, method: str = "cast", reference: str = "zero_shot"
+    table: pd.DataFrame,
+    method: str = "cast",
+    reference: str = "zero_shot",
+    baselines: str = "label_free",
 ) -> list[str]:
-    """One sentence per target of a `target_table`: ``method``'s accuracy and interval, the
-    trivial rates, and its differences to ``reference`` and to the best label-free baseline
-    with interval, McNemar p and verdict."""
+    """One sentence per target of a `target_table` (made with the same ``baselines``):
+    ``method``'s accuracy and interval, the trivial rates, and its differences to
+    ``reference`` and to the best baseline of the group with interval, McNemar p and
+    verdict."""
     lines = []
     for target, rows in table.groupby("target", sort=True):
         first = rows.iloc[0]
@@ -344,7 +377,7 @@ def conclusions(
         text = f"{method} {row['accuracy']:.3f} [{row['acc_low']:.3f}, {row['acc_high']:.3f}]"
         for key, other in (
             (f"vs_{reference}", reference),
-            ("vs_best_label_free", row["best_label_free"]),
+            (f"vs_best_{baselines}", row.get(f"best_{baselines}")),
         ):
             diff = row.get(f"{key}_diff")
             if other is None or diff is None or (isinstance(diff, float) and math.isnan(diff)):

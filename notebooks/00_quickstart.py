@@ -40,7 +40,7 @@
 # %% [markdown]
 # ## Parameters
 # CI-sized defaults (seconds of model time). **Full size** (`papermill_runs/full_cpu.yaml`):
-# `n_test=200`,
+# `n_test=500`,
 # `m=32`, `k=4`, `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None` (five
 # layers over the middle half), `alphas=None` (the method's default grid: 0.25, 0.5, 1, 2 at each
 # layer, plus alpha = 0, the unsteered model, kept when steering does not help).

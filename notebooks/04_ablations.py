@@ -56,7 +56,7 @@
 # %% [markdown]
 # ## Parameters
 # **Full size** (`papermill_runs/full_cpu.yaml`): all five selections, all three contrasts,
-# `layer_windows=[1, 3]`, `norm_preserving=[False, True]`, `seeds=[0, 1, 2]`, `n_test=200`,
+# `layer_windows=[1, 3]`, `norm_preserving=[False, True]`, `seeds=[0, 1, 2]`, `n_test=500`,
 # `k=4`, `m=32`, `n_candidates=256`, `n_queries=64`, `n_tune=16`, `layers=None`,
 # `alphas=None`, `embed_texts=["prompt", "input"]`, `n_dev=32` (`gpu.yaml`: five targets, five
 # pooled sources, `layer_windows=[1, 3, 5]`).

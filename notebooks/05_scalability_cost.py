@@ -44,7 +44,7 @@
 # ## Parameters
 # **Full size** (`papermill_runs/full_cpu.yaml`): `m_grid=[4, 8, 16, 32, 64, 128, 256]`,
 # `context_tokens=2048` on the embedded model (its own window is 32k; a 2k budget keeps CPU
-# runs bounded and shows the bound), `seeds=[0]`, `n_test=200`, `k=4`,
+# runs bounded and shows the bound), `seeds=[0]`, `n_test=500`, `k=4`,
 # `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`, `alphas=None`,
 # `n_prompts=16`, `n_samples=32`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`,
 # `train_steps=None` (`gpu.yaml`: the model's own window,

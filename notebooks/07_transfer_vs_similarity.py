@@ -39,7 +39,7 @@
 # ## Parameters
 # **Full size** (`papermill_runs/full_cpu.yaml`): `sources` = `sst2`, `ag_news`, `mnli`,
 # `commonsense_qa`; `targets` = `financial_phrasebank`, `arc_challenge`, `social_iqa`,
-# `sciq`; `seeds=[0]`, `n_test=200`, `n_examples=32`, `k=4`, `m=32`, `n_candidates=256`,
+# `sciq`; `seeds=[0]`, `n_test=500`, `n_examples=32`, `k=4`, `m=32`, `n_candidates=256`,
 # `n_queries=64`, `n_tune=32`, `layers=None`, `alphas=None` (`gpu.yaml`: 8 sources x 5
 # targets, 3 seeds).
 

@@ -436,7 +436,7 @@ def test_unreachable_reason_and_fetch_task_api(monkeypatch, tmp_path):
 
 def test_cross_task_icl_refuses_sources_smaller_than_k(lm):
     tiny, tgt = make_task("tiny", 2, 2, seed=3), make_task("tgt", 12, 6, seed=2)
-    with pytest.raises(ValueError, match=r"source train pools \{'tiny': 2\} are smaller than k=4"):
+    with pytest.raises(ValueError, match=r"source 'tiny' has 2 rows, fewer than k=4"):
         methods.get("cross_task_icl")(k=4).fit(lm, [tiny], tgt)
     with pytest.raises(ValueError, match=r"n_candidates \(2\) must be >= k \(4\)"):
         methods.get("cross_task_icl")(k=4, n_candidates=2, demo_choice="similar")

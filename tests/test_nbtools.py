@@ -11,8 +11,11 @@ def test_all_expands_every_registered_method_into_its_variants():
     assert len(labels) == len(set(labels))
     bases = {methods.preset(lab).method if methods.preset(lab) else lab for lab in labels}
     assert bases == set(methods.available())
+    steering = {f"{n}_target_dev" for n in ("cast", "task_vector", "icv", "function_vector")}
     for preset in methods.PRESETS.values():
-        assert preset.label in labels and preset.method not in labels
+        assert preset.label in labels
+        # a preset that is the method's default configuration stands for the bare name
+        assert (preset.method in labels) is (preset.label in steering)
     assert {p.label for p in methods.PRESETS.values()} == {
         "cross_task_icl_random",
         "cross_task_icl_similar",
@@ -20,6 +23,7 @@ def test_all_expands_every_registered_method_into_its_variants():
         "lora_target_dev",
         "kasa_source",
         "kasa_target_dev",
+        *steering,
     }
     assert nbtools.expand_methods("cast") == ["cast"]
     assert nbtools.expand_methods(["icv", "cast"]) == ["icv", "cast"]
@@ -35,6 +39,8 @@ def test_all_expands_every_registered_method_into_its_variants():
         ("few_shot", True),
         ("cast", False),
         ("cross_task_icl_similar", False),
+        ("cast_target_dev", True),
+        ("icv_target_dev", True),
     ],
 )
 def test_build_method_applies_variant_and_shared_params(label, labelled):

@@ -192,6 +192,44 @@ def test_target_table_by_hand():
     assert "; vs icv -0.250 [" in line
 
 
+def test_target_table_pools_per_source_runs_and_pairs_them_by_seed():
+    """A method fitted once per source task has several runs per seed: its per-row correctness
+    is the mean over all of them, and McNemar pairs each with the same seed's run."""
+    gold = [0, 0, 0, 1]
+    cast = {0: [0, 0, 0, 1], 1: [0, 0, 1, 1]}  # 4 and 3 right
+    icl = {  # two sources x two seeds
+        (0, "a"): [0, 1, 1, 1],
+        (0, "b"): [0, 0, 1, 0],
+        (1, "a"): [1, 1, 1, 1],
+        (1, "b"): [0, 0, 0, 1],
+    }
+    records = [_record("zero_shot", 0, [1, 1, 1, 1], gold)]
+    records += [_record("cast", s, p, gold) for s, p in cast.items()]
+    records += [_record("cross_task_icl_random", s, p, gold) for (s, _), p in icl.items()]
+    records += [_record("lora_target_dev", 0, [0, 0, 0, 0], gold, labels=True)]
+    records += [_record("cast_target_dev", s, [0, 0, 0, 1], gold, labels=True) for s in (0, 1)]
+    table = target_table(records, n_boot=200).set_index("method")
+    assert table.loc["cross_task_icl_random", "runs"] == 4
+    assert table.loc["cross_task_icl_random", "accuracy"] == pytest.approx((2 + 2 + 1 + 4) / 16)
+    assert (table["best_label_free"] == "cross_task_icl_random").all()
+    # cast seed 0 vs icl (0, a): b=2, c=0; vs (0, b): b=2, c=0; seed 1 vs (1, a): b=0, c=1 ...
+    pairs = [(cast[s], p) for (s, _), p in icl.items()]
+    expected = max(mcnemar_exact(np.equal(a, gold), np.equal(b, gold)).p_value for a, b in pairs)
+    assert table.loc["cast", "vs_best_label_free_p_mcnemar"] == expected
+    # the labelled-target group: cast_target_dev against the best method that reads target labels
+    labelled = target_table(
+        records, focus="cast_target_dev", baselines="target_labels", n_boot=200
+    ).set_index("method")
+    assert (labelled["best_target_labels"] == "lora_target_dev").all()
+    assert labelled.loc["cast_target_dev", "vs_best_target_labels_diff"] == pytest.approx(0.25)
+    lines = stats.conclusions(
+        labelled.reset_index(), method="cast_target_dev", baselines="target_labels"
+    )
+    assert "; vs lora_target_dev +0.250 [" in lines[0]
+    with pytest.raises(ValueError, match="baselines must be one of"):
+        target_table(records, baselines="best")
+
+
 def test_target_table_refuses_unpaired_or_missing_predictions():
     gold = [0, 1]
     good = _record("zero_shot", 0, [0, 1], gold)

@@ -7,7 +7,11 @@
 Registered: cast, zero_shot, few_shot, cross_task_icl, task_vector, icv, function_vector, i2cl,
 and (with the ``adapters`` extra, ``pip install "castlib[adapters]"``) lora and kasa. Each method
 registers itself where it is defined (`castlib.methods.registry.register`), with its presets
-(`register_preset`, e.g. ``lora_target_dev``).
+(`register_preset`, e.g. ``lora_target_dev``). The steering methods' labelled-target protocol
+(CAST_SPEC step 5, ``protocol="target_dev"``: layer and alpha chosen on <= 32 labelled target
+train rows) has one label each, registered here for all four at once (`TARGET_DEV_PRESETS`):
+``cast_target_dev``, ``task_vector_target_dev``, ``icv_target_dev``,
+``function_vector_target_dev``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from .registry import (
 )
 
 __all__ = [
+    "TARGET_DEV_PRESETS",
     "Method",
     "RESULT_FIELDS",
     "REGISTRY",
@@ -53,6 +58,11 @@ __all__ = [
     "preset",
     "load",
 ]
+
+#: Steering methods that also run under ``protocol="target_dev"``, as ``<name>_target_dev``.
+TARGET_DEV_PRESETS = ("cast", "task_vector", "icv", "function_vector")
+for _name in TARGET_DEV_PRESETS:
+    register_preset(f"{_name}_target_dev", _name, protocol="target_dev")
 
 
 def load(folder: str | Path) -> Method:

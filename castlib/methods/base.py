@@ -183,6 +183,9 @@ class Method:
     #: whether fitting reads the source tasks' labelled rows (a target among the sources then
     #: means the target's labels were used)
     uses_sources: ClassVar[bool] = True
+    #: whether a fit takes exactly one source task (a run over several sources fits it once
+    #: per source: `castlib.methods.cross_task_icl`)
+    one_source: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -278,6 +281,12 @@ class Method:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"{self.name}: source tasks {repeated} given more than once")
+        if self.one_source and len(names) != 1:
+            raise ValueError(
+                f"{self.name} takes one source task per fit, got {len(names)} ({names}); fit "
+                f"it once per source and pool the runs (the notebooks report each source and "
+                f"their mean)"
+            )
         if self.uses_sources and tgt.name in names:
             warnings.warn(
                 f"{self.name}: the target {tgt.name!r} is among the sources {names}; its train "
