@@ -57,8 +57,8 @@ from .runs import (
     _write_json,
     execute_run,
     is_complete,
-    load_config,
     run_record_base,
+    runnable_config,
 )
 
 __all__ = ["EXECUTORS", "RayConnectionError", "run_batch_ray", "check_address"]
@@ -256,7 +256,7 @@ def run_batch_ray(
     from tqdm.auto import tqdm
 
     ray = _import_ray()
-    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    cfg = runnable_config(config)
     kernel = kernel_name or cfg.kernel
     runs = _select(cfg.runs, only)
     output_dir = cfg.output_dir

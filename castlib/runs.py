@@ -12,6 +12,7 @@ Run config (YAML)
 
     output_dir: runs_out/cross_domain     # required; relative to the current working directory
     kernel: castlib                       # optional (default: the current interpreter); --kernel overrides it
+    superseded: "by full.yaml; made by commit abc1234"  # optional: kept as an archive's record only
     num_gpus: 1                           # optional (also num_cpus); per run, --executor ray
     defaults:                             # optional; applied to every run
       n_test: 200
@@ -120,6 +121,7 @@ __all__ = [
     "execute_run",
     "is_complete",
     "load_config",
+    "runnable_config",
     "load_predictions",
     "notebook_parameters",
     "parse_config",
@@ -128,7 +130,7 @@ __all__ = [
 ]
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
-TOP_LEVEL_KEYS = ("output_dir", "kernel", "defaults", "runs", *RESOURCE_KEYS)
+TOP_LEVEL_KEYS = ("output_dir", "kernel", "defaults", "runs", "superseded", *RESOURCE_KEYS)
 ENTRY_KEYS = ("notebook", "name", "parameters", "grid", *RESOURCE_KEYS)
 RESERVED_PARAMETERS = frozenset({"output_dir"})
 RUN_FILE = "run.json"
@@ -202,6 +204,10 @@ class RunConfig:
     runs: list[Run]
     kernel: str | None = None
     source: Path | None = None
+    #: set for a config kept only as the record of an archived batch (its text says what
+    #: replaced it and which commit ran it): its parameters are not checked against today's
+    #: notebooks, and `run_batch` refuses to run it
+    superseded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +257,11 @@ def parse_config(
     kernel = data.get("kernel")
     if kernel is not None and not isinstance(kernel, str):
         raise ConfigError(f"{where}: 'kernel' must be a string, got {_kind(kernel)}")
+    superseded = data.get("superseded")
+    if superseded is not None and (not isinstance(superseded, str) or not superseded.strip()):
+        raise ConfigError(
+            f"{where}: 'superseded' must be a non-empty string, got {_kind(superseded)}"
+        )
     defaults = _parameter_mapping(data.get("defaults"), f"{where}: defaults")
     resources = _resources(data, where)
     entries = data.get("runs")
@@ -261,12 +272,17 @@ def parse_config(
     base = Path(base_dir) if base_dir is not None else None
     runs: list[Run] = []
     for i, entry in enumerate(entries):
-        runs.extend(_expand_entry(entry, defaults, base, f"{where}: runs[{i}]", resources))
+        runs.extend(
+            _expand_entry(
+                entry, defaults, base, f"{where}: runs[{i}]", resources, superseded is None
+            )
+        )
     return RunConfig(
         output_dir=output_dir,
         runs=_disambiguate(runs, where),
         kernel=kernel,
         source=Path(source) if source is not None else None,
+        superseded=superseded,
     )
 
 
@@ -276,6 +292,7 @@ def _expand_entry(
     base_dir: Path | None,
     where: str,
     resources: dict[str, float] | None = None,
+    check_declared: bool = True,
 ) -> list[Run]:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: expected a mapping with 'notebook', got {_kind(entry)}")
@@ -297,7 +314,8 @@ def _expand_entry(
     if both:
         raise ConfigError(f"{where}: {both} given both in 'parameters' and 'grid'")
 
-    _check_declared(notebook, [*defaults, *fixed, *grid], where)
+    if check_declared:
+        _check_declared(notebook, [*defaults, *fixed, *grid], where)
     label = Path(label).as_posix()
     runs = []
     for values in itertools.product(*grid.values()):
@@ -737,6 +755,18 @@ def _store_for_kernels(folder: Path) -> Iterator[None]:
             os.environ.pop(STORE_ENV, None)
 
 
+def runnable_config(config: RunConfig | str | Path) -> RunConfig:
+    """The config (loaded from its path if needed), refused with `ConfigError` when it is
+    superseded: such a config is kept only as the record of its archive."""
+    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    if cfg.superseded is not None:
+        raise ConfigError(
+            f"{cfg.source or 'config'} is superseded and kept only as the record of its archive "
+            f"({cfg.superseded.strip()}); run the config that replaced it"
+        )
+    return cfg
+
+
 def run_batch(
     config: RunConfig | str | Path,
     *,
@@ -756,7 +786,7 @@ def run_batch(
     """
     from tqdm.auto import tqdm
 
-    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    cfg = runnable_config(config)
     kernel = kernel_name or cfg.kernel
     runs = _select(cfg.runs, only)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)

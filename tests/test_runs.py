@@ -269,6 +269,29 @@ def test_shipped_configs_are_valid(config: Path, monkeypatch: pytest.MonkeyPatch
     assert cfg.runs and len({r.run_id for r in cfg.runs}) == len(cfg.runs)
 
 
+def test_superseded_config_is_parsed_unchecked_and_refused_to_run(workdir: Path) -> None:
+    """A superseded config keeps naming parameters today's notebook no longer declares (the
+    record of an old archive): it parses, and running it is refused by both executors."""
+    data = {
+        "output_dir": "o",
+        "superseded": "by new.yaml; made by commit abc1234",
+        "runs": [{"notebook": "nbs/good.ipynb", "parameters": {"gone": 1}}],
+    }
+    with pytest.raises(R.ConfigError, match="'gone' is not a parameter"):
+        R.parse_config({k: v for k, v in data.items() if k != "superseded"})
+    cfg = R.parse_config(data)
+    assert cfg.superseded and cfg.runs[0].parameters == {"gone": 1}
+    with pytest.raises(R.ConfigError, match="superseded.*commit abc1234"):
+        R.run_batch(cfg, progress=False)
+    from castlib.executors import run_batch_ray
+
+    with pytest.raises(R.ConfigError, match="superseded"):
+        run_batch_ray(cfg, progress=False)
+    assert not (workdir / "o").exists()
+    with pytest.raises(R.ConfigError, match="non-empty string"):
+        R.parse_config({**data, "superseded": ""})
+
+
 def test_cli_config_error_exit_code(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(workdir / "c.yaml", {"output_dir": "o", "runs": []})
     assert runs_cli.main([str(path)]) == 2
