@@ -1,7 +1,6 @@
 """Issue 20 points 1 and 7: the steering methods under the labelled-target protocol
 (``<name>_target_dev`` labels), and cross-task ICL run one source task per fit."""
 
-import random
 
 import pytest
 
@@ -90,9 +89,11 @@ def test_target_dev_label_runs_records_its_protocol_and_never_tunes_on_test_rows
 
 def test_target_dev_rows_capped_at_32_and_disjoint_from_test(source):
     big = make_task("tgt", n_train=80, n_test=20, seed=5)
-    rows = steering.tuning_set("target_dev", [source], big, 100, set(), random.Random(0))
+    rows = steering.tuning_set("target_dev", [source], big, 32, 0)
     assert len(rows) == MAX_TARGET_DEV == 32
     assert not {ex.id for _, ex in rows} & {ex.id for ex in big.test}
+    with pytest.raises(ValueError, match="32"):  # more is refused, not silently capped
+        steering.tuning_set("target_dev", [source], big, 100, 0)
 
 
 # -- cross-task ICL ---------------------------------------------------------------------------
