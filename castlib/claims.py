@@ -112,6 +112,26 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
+def _role_points(target: str, by: Any, best: str | None, interval: Any) -> list[dict[str, Any]]:
+    """One figure point per role (zero-shot, CAST, best label-free) present in ``by`` (rows
+    indexed by method): ``interval(row)`` gives (accuracy, low, high)."""
+    out = []
+    for role, method in (("zero-shot", REFERENCE), ("CAST", FOCUS), ("best label-free", best)):
+        if method is not None and method in by.index:
+            acc, low, high = interval(by.loc[method])
+            out.append(
+                {
+                    "target": target,
+                    "role": role,
+                    "method": method,
+                    "accuracy": acc,
+                    "low": low,
+                    "high": high,
+                }
+            )
+    return out
+
+
 def notebook_stem(label: Any) -> str:
     """``notebooks/02_cross_domain.ipynb`` -> ``02_cross_domain``."""
     return PurePosixPath(str(label)).stem
@@ -195,19 +215,9 @@ def _paired(records: list[Mapping[str, Any]], n_boot: int) -> MainTable:
             "CAST": cell(FOCUS),
             "best label-free": f"{best}: {cell(best)}" if best else "n/a",
         }
-        for role, method in (("zero-shot", REFERENCE), ("CAST", FOCUS), ("best label-free", best)):
-            if method is not None and method in by.index:
-                r = by.loc[method]
-                long.append(
-                    {
-                        "target": target,
-                        "role": role,
-                        "method": method,
-                        "accuracy": r["accuracy"],
-                        "low": r["acc_low"],
-                        "high": r["acc_high"],
-                    }
-                )
+        long += _role_points(
+            target, by, best, lambda r: (r["accuracy"], r["acc_low"], r["acc_high"])
+        )
         if FOCUS in by.index:
             r = by.loc[FOCUS]
             for key, versus, other in (
@@ -263,19 +273,9 @@ def _by_seeds(rows: pd.DataFrame) -> MainTable:
             "CAST": cell(FOCUS),
             "best label-free": f"{best}: {cell(best)}" if best else "n/a",
         }
-        for role, method in (("zero-shot", REFERENCE), ("CAST", FOCUS), ("best label-free", best)):
-            if method is not None and method in by.index:
-                r = by.loc[method]
-                long.append(
-                    {
-                        "target": target,
-                        "role": role,
-                        "method": method,
-                        "accuracy": r["mean"],
-                        "low": r["mean"] - r["std"],
-                        "high": r["mean"] + r["std"],
-                    }
-                )
+        long += _role_points(
+            target, by, best, lambda r: (r["mean"], r["mean"] - r["std"], r["mean"] + r["std"])
+        )
         for versus, other in (("zero-shot", REFERENCE), ("best label-free", best)):
             if FOCUS not in by.index or other is None or other not in by.index:
                 row[f"CAST - {versus}"] = "n/a"
