@@ -129,7 +129,8 @@ print("Exercise 3.1: correct")
 # for T steps; `I[q, s]` is how much mass candidate s sends to query q
 # (`selection.influence_matrix`). A set S of candidates covers the queries by
 #
-# `F(S) = sum over queries q of max over s in S of I[q, s]`,   with `F(empty set) = 0`.
+# `F(S) = (1 / |Q|) * sum over the |Q| queries q of max over s in S of I[q, s]`,   with
+# `F(empty set) = 0` (the mean over queries, so F means the same for 7 queries as for 2,000).
 #
 # Write `coverage(influence, S)` (`influence` is I) for a list of candidate indices S (a Python float).
 
@@ -142,10 +143,10 @@ print(
 
 # %% tags=["exercise"]
 def coverage(influence, S):
-    """``F(S) = sum_q max_{s in S} influence[q, s]``, 0 for an empty ``S``."""
+    """``F(S) = mean_q max_{s in S} influence[q, s]``, 0 for an empty ``S``."""
     if len(S) == 0:
         return 0.0
-    return float(influence[:, list(S)].max(dim=1).values.sum())
+    return float(influence[:, list(S)].max(dim=1).values.mean())
 
 
 # %%
@@ -154,7 +155,7 @@ for S in ([], [0], [3, 7], list(range(0, n_candidates, 5)), list(range(n_candida
     want = selection.coverage(influence, S)
     assert isinstance(got, float) and abs(got - want) < 1e-9, (
         f"Exercise 3.2: for S = {S} the coverage is {want:.6f}, you returned {got!r}. For each "
-        "query (row) take the largest influence among the selected columns, then sum over "
+        "query (row) take the largest influence among the selected columns, then average over "
         "queries; the empty set covers nothing."
     )
 print("Exercise 3.2: correct")
