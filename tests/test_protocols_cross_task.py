@@ -1,7 +1,6 @@
 """Issue 20 points 1 and 7: the steering methods under the labelled-target protocol
 (``<name>_target_dev`` labels), and cross-task ICL run one source task per fit."""
 
-
 import pytest
 
 import castlib.methods as methods
