@@ -14,7 +14,7 @@ EXTRAS ?=
 comma := ,
 EXTRAS_STAMP := $(if $(EXTRAS),$(VENV)/.castlib-extras-$(subst $(comma),-,$(EXTRAS)))
 
-.PHONY: setup quickstart test test-fast notebooks smoke bench lint report clean
+.PHONY: setup quickstart test test-fast notebooks smoke bench lint report readme-tables clean
 
 setup: $(VENV)/.castlib-installed $(EXTRAS_STAMP)
 
@@ -72,6 +72,9 @@ bench: setup
 # alone: no model is loaded (python -m castlib.report --help)
 report: setup
 	$(PY) -m castlib.report --archive papermill_runs/results --out report
+
+readme-tables: setup
+	$(PY) -m castlib.results_md --archive papermill_runs/results --readme README.md
 
 lint: setup
 	$(PY) -m ruff check castlib tests benchmarks notebooks && $(PY) -m ruff format --check castlib tests benchmarks notebooks

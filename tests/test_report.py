@@ -27,6 +27,7 @@ import pytest
 from castlib import archive as A
 from castlib import claims as C
 from castlib import report as REP
+from castlib import results_md as MD
 from castlib import runs as R
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -437,3 +438,48 @@ def test_ablation_scalability_robustness_similarity_verdicts() -> None:
     assert C.claim_paragraph(_claim("07_transfer_vs_similarity"), pairs.iloc[:0]).startswith(
         "No archived run"
     )
+
+
+# --------------------------------------------------------------------------- README tables
+
+
+def test_readme_tables_from_synthetic_archive(synthetic: dict[str, Path]) -> None:
+    text = MD.main_tables_markdown(synthetic["archive"], root=synthetic["root"], n_boot=500)
+    assert "#### 02_cross_domain: `synth`, tiny" in text
+    assert "| target" in text and "alpha_task" in text and "beta_task" in text
+    # cast is right on ~90% of 60 rows, zero-shot on ~40%: resolved on both targets
+    assert "CAST against zero-shot: better on 2 (alpha_task, beta_task), worse on 0" in text
+    assert "paired-bootstrap" in text
+
+
+def test_readme_tables_skip_superseded_configs(synthetic: dict[str, Path], tmp_path: Path) -> None:
+    archive = tmp_path / "papermill_runs" / "results"
+    shutil.copytree(synthetic["archive"] / "synth", archive / "synth")
+    (tmp_path / "papermill_runs" / "synth.yaml").write_text(
+        "superseded: by other.yaml\noutput_dir: x\nruns: []\n", encoding="utf-8"
+    )
+    text = MD.main_tables_markdown(archive, n_boot=200)
+    assert "####" not in text
+    assert "`synth` (superseded: by other.yaml)" in text
+
+
+def test_readme_block_replacement_and_bad_readme() -> None:
+    text = f"intro\n{MD.BEGIN}\nold\n{MD.END}\ntail\n"
+    new = MD.replace_block(text, "| a |\n")
+    assert new == f"intro\n{MD.BEGIN}\n\n| a |\n\n{MD.END}\ntail\n"
+    assert MD.replace_block(new, "| a |") == new
+    with pytest.raises(ValueError, match="no .* block"):
+        MD.replace_block("no markers here", "x")
+
+
+def test_readme_main_tables_match_the_archive(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = MD.main(
+        [
+            "--check",
+            "--archive",
+            str(ROOT / "papermill_runs" / "results"),
+            "--readme",
+            str(ROOT / "README.md"),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().out + " (make readme-tables rewrites them)"
