@@ -1,7 +1,7 @@
 """Benchmarks: castlib's overheads, CAST vs in-context learning cost, and peer libraries.
 
     python -m benchmarks.bench --json benchmarks/results/bench.json [--quick] [--device cpu|cuda]
-        [--dtype auto] [--n N] [--threads T] [--sections overheads,peers,icl,fitting,length]
+        [--dtype auto] [--n N] [--threads T] [--sections overheads,peers,icl,fitting,length,sweep,castfit]
 
 Every number that matters is a *ratio of two timings taken in the same run, on the same model
 and the same prompts* (financial_phrasebank queries, sst2 demonstrations from the shared data):
@@ -84,7 +84,7 @@ from castlib.record import record_activations
 from castlib.steer import steer
 from castlib.tasks import Example, Task
 
-from .bench_sweep import SWEEP_RATIO_KEYS, bench_sweep
+from .bench_sweep import SWEEP_RATIO_KEYS, bench_cast_fit, bench_sweep
 
 __all__ = [
     "BenchConfig",
@@ -107,7 +107,7 @@ __all__ = [
     "main",
 ]
 
-SECTIONS = ("overheads", "peers", "icl", "fitting", "length", "sweep")
+SECTIONS = ("overheads", "peers", "icl", "fitting", "length", "sweep", "castfit")
 
 #: The headline ratio keys, their goal (None: no goal, reported only) and definition.
 RATIO_KEYS: dict[str, tuple[str | None, str]] = {
@@ -1176,11 +1176,20 @@ def run_bench(
             vector,
             n=cfg.n_sweep,
             batch_size=cfg.batch_size,
-            cast_params=dict(cfg.sweep_cast),
             seed=cfg.seed,
             bf16=cfg.bf16,
         )
-    for name in ("overheads", "icl", "sweep"):
+    if "castfit" in cfg.sections:
+        sections["castfit"] = bench_cast_fit(
+            lm,
+            source,
+            target,
+            n=cfg.n_sweep,
+            batch_size=cfg.batch_size,
+            cast_params=dict(cfg.sweep_cast),
+            seed=cfg.seed,
+        )
+    for name in ("overheads", "icl", "sweep", "castfit"):
         for key in RATIO_KEYS:
             if name in sections and key in sections[name]:
                 result[key] = sections[name][key]

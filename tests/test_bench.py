@@ -25,6 +25,7 @@ HEADLINE = (
     "steered_cached_vs_zero_shot",
     "grid_cached_speedup",
     "cast_fit_eval_speedup",
+    "cast_fit_eval_speedup_cpu",
 )
 
 
@@ -82,6 +83,7 @@ def test_headline_ratios(result):
         "steer_all_overhead",
         "steered_cached_vs_zero_shot",
         "cast_fit_eval_speedup",
+        "cast_fit_eval_speedup_cpu",
     }
     for row in result["goals"].values():
         assert isinstance(row["holds"], bool)
@@ -147,11 +149,18 @@ def test_sweep_section(result):
     sweep = result["sections"]["sweep"]
     assert sweep["n"] == 8 and sweep["configs"] == len(sweep["layers"]) * len(sweep["alphas"])
     assert sweep["cached_vs_full_prediction_agreement"] == 1.0  # exact path: same predictions
-    assert sweep["cast_same_choice"] is True
-    assert sweep["cast_accuracy"]["full"] == sweep["cast_accuracy"]["fast"]
     assert sweep["sweep_peak_memory_mb"] > 0
     assert 0 <= sweep["bf16_prediction_agreement"] <= 1
     assert _finite_positive(sweep["bf16_vs_fp32_time"])
+
+
+def test_castfit_section(result):
+    cast = result["sections"]["castfit"]
+    assert cast["cast_same_choice"] is True
+    assert cast["cast_accuracy"]["full"] == cast["cast_accuracy"]["fast"]
+    for path in ("full", "fast"):
+        parts = cast[f"cast_{path}_fit_cpu_s"] + cast[f"cast_{path}_eval_cpu_s"]
+        assert parts == pytest.approx(cast[f"cast_{path}_path_cpu_s"])
 
 
 def test_format_table(result):
