@@ -56,7 +56,8 @@ that started it, whatever kernel specs the user has installed.
 
 A notebook writes ``results.json`` (a list of flat records, or one record) into ``output_dir``.
 Each run writes ``<run_dir>/run.json`` with its status (``"ok"``/``"failed"``), parameters,
-timestamps, wall seconds and, on failure, the error type, message, traceback and failing cell. A
+the code that ran it (``source``: git commit of the notebook's checkout and whether its tracked
+files differed, `source_state`), timestamps, wall seconds and, on failure, the error type, message, traceback and failing cell. A
 run that finishes without a readable ``results.json`` counts as failed. A failed run does not
 stop the batch. Rerunning resumes: a run whose run.json says ok with the same parameters and whose
 results.json exists is skipped unless ``--force``; failed runs are retried. A forced rerun of a
@@ -608,6 +609,28 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
     }
 
 
+def source_state(folder: str | Path) -> dict[str, Any] | None:
+    """The git commit of the checkout holding ``folder`` and whether its tracked files differ
+    from it (``{"commit": sha, "dirty": bool}``), or None outside git (or without git), so
+    that a record says which code made it."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
 def run_record_base(run: Run) -> dict[str, Any]:
     """The fields every ``run.json`` starts with (status ``failed`` until the run succeeds)."""
     return {
@@ -654,6 +677,7 @@ def execute_run(
         "cwd": str(run.notebook.parent),
         "output_notebook": output_notebook.name,
         "papermill_version": papermill.__version__,
+        "source": source_state(run.notebook.parent),
         "started": _now(),
     }
     error: dict[str, Any] | None = None

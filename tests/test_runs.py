@@ -562,3 +562,22 @@ def test_swap_cut_between_renames_is_repaired(workdir: Path) -> None:
     (old / "run.json").write_text(json.dumps({"status": "ok", "parameters": {"x": 1}}))
     R._recover_swap(run, out)  # the run folder was renamed away and the rerun never landed
     assert R.is_complete(run, out) and not old.exists()
+
+
+def test_source_state_names_the_commit_and_dirty_tree(tmp_path: Path) -> None:
+    import subprocess
+
+    assert R.source_state(tmp_path) is None  # not a git checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("1")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run(
+        [*git[:3], "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert R.source_state(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "untracked.txt").write_text("x")  # untracked files do not count
+    assert R.source_state(tmp_path)["dirty"] is False
+    (tmp_path / "a.txt").write_text("2")
+    assert R.source_state(tmp_path) == {"commit": head, "dirty": True}
