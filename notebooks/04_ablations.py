@@ -181,14 +181,31 @@ embed_keys = {  # the configurations that differ from the default in the embeddi
     tuple(sorted({**base, "embed_text": e}.items())): e for e in embed_texts
 }
 jobs = [(t, s, key) for t in targets for s in seeds for key in configs]
-for target, seed, key in tqdm(jobs, desc="ablations"):
+methods_of = {}
+for target, seed, key in tqdm(jobs, desc="ablations (fits)"):
     method = castlib.methods.get("cast")(**common, **configs[key])
-    method.fit(lm, sources, target_tasks[target], seed=seed)
-    fitted[(target, seed, key)] = method.evaluate(lm, target_tasks[target])
-    if key in embed_keys:  # the same seeded dev rows of the target's train pool for both
-        dev[(target, seed, embed_keys[key])] = method.evaluate(
-            lm, target_tasks[target], split="train", sample=n_dev, sample_seed=0
-        )
+    methods_of[(target, seed, key)] = method.fit(lm, sources, target_tasks[target], seed=seed)
+# every fitted variant of a target scored on its test rows in one sweep: each prompt's prefix
+# runs once, then one token per variant (castlib.methods.evaluate_methods; the same records as
+# method.evaluate one by one)
+for target in targets:
+    jobs_t = [job for job in methods_of if job[0] == target]
+    recs = castlib.methods.evaluate_methods(
+        lm, [methods_of[job] for job in jobs_t], target_tasks[target]
+    )
+    fitted.update(zip(jobs_t, recs, strict=True))
+    embed_jobs = [job for job in jobs_t if job[2] in embed_keys]
+    dev_recs = castlib.methods.evaluate_methods(  # the same seeded dev rows of the train pool
+        lm,
+        [methods_of[job] for job in embed_jobs],
+        target_tasks[target],
+        split="train",
+        sample=n_dev,
+        sample_seed=0,
+    )
+    dev.update(
+        ((t, s, embed_keys[k]), r) for (t, s, k), r in zip(embed_jobs, dev_recs, strict=True)
+    )
 for target in targets:
     zs = castlib.methods.get("zero_shot")(batch_size=batch_size, data_dir=data_dir)
     zero_acc[target] = zs.fit(lm, sources, target_tasks[target]).evaluate(lm, target_tasks[target])[

@@ -164,26 +164,26 @@ for seed in tqdm(seeds, desc="seeds"):
         records.append(
             {**point, "param": param, "value": value, "is_base": False, "accuracy": res.accuracy}
         )
-    for param, grid in refit_grid.items():
-        for value in tqdm([v for v in grid if v != base_params[param]], desc=param, leave=False):
-            params = {
-                **base_params,
-                param: value,
-                "layers": [l_star],
-                "alphas": [a_star],
-                "n_tune": 1,
-            }  # (l*, alpha) held: the tuning step is a no-op
-            params["n_candidates"] = max(params["n_candidates"], params["m"])
-            method = castlib.methods.get("cast")(**params).fit(lm, sources, tgt, seed=seed)
-            records.append(
-                {
-                    **point,
-                    "param": param,
-                    "value": value,
-                    "is_base": False,
-                    "accuracy": method.evaluate(lm, tgt)["accuracy"],
-                }
-            )
+    refits = [(p, v) for p, grid in refit_grid.items() for v in grid if v != base_params[p]]
+    refitted = []
+    for param, value in tqdm(refits, desc="refits", leave=False):
+        params = {
+            **base_params,
+            param: value,
+            "layers": [l_star],
+            "alphas": [a_star],
+            "n_tune": 1,
+        }  # (l*, alpha) held: the tuning step is a no-op
+        params["n_candidates"] = max(params["n_candidates"], params["m"])
+        refitted.append(castlib.methods.get("cast")(**params).fit(lm, sources, tgt, seed=seed))
+    # the refitted vectors scored together: one prefix pass per test prompt, then one token
+    # per vector (castlib.methods.evaluate_methods)
+    for (param, value), rec in zip(
+        refits, castlib.methods.evaluate_methods(lm, refitted, tgt), strict=True
+    ):
+        records.append(
+            {**point, "param": param, "value": value, "is_base": False, "accuracy": rec["accuracy"]}
+        )
 results = pd.DataFrame(records)
 results.insert(0, "model", lm.name)
 results.insert(1, "method", "cast")

@@ -3,6 +3,7 @@
     method = castlib.methods.get("cast")(m=32, k=4)
     method.fit(lm, sources=["sst2"], target="financial_phrasebank", seed=0)
     record = method.evaluate(lm, "financial_phrasebank", limit=200)
+    records = castlib.methods.evaluate_methods(lm, [m1, m2, m3], "financial_phrasebank")
 
 Registered: cast, zero_shot, few_shot, cross_task_icl, task_vector, icv, function_vector, i2cl,
 and (with the ``adapters`` extra, ``pip install "castlib[adapters]"``) lora and kasa. Each method
@@ -42,10 +43,12 @@ from .registry import (
     register,
     register_preset,
 )
+from .shared_eval import evaluate_methods
 
 __all__ = [
     "TARGET_DEV_PRESETS",
     "Method",
+    "evaluate_methods",
     "RESULT_FIELDS",
     "REGISTRY",
     "PRESETS",

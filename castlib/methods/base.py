@@ -305,6 +305,33 @@ class Method:
         self.model_id = lm.name
         return self
 
+    def check_evaluable(self, lm: LanguageModel, target: TaskRef) -> Task:
+        """The resolved target, after checking that the method was fitted for it and for
+        ``lm`` (ValueError/RuntimeError otherwise)."""
+        if not self.fitted:
+            raise RuntimeError(f"{self.name}: call fit(...) before evaluate(...)")
+        tgt = resolve_task(target, self.params.data_dir)
+        if self.target is not None and tgt.name != self.target:
+            raise ValueError(f"{self.name} was fitted for target {self.target!r}, not {tgt.name!r}")
+        if self.model_id is not None and self.model_id != lm.name:
+            raise ValueError(
+                f"{self.name} was fitted on model {self.model_id!r}; it cannot be evaluated on "
+                f"model {lm.name!r} (refit it on that model)"
+            )
+        if self.vector is not None:
+            self.vector.check_compatible(lm)
+        return tgt
+
+    def eval_prompts(self, lm: LanguageModel, target: Task, examples: Sequence[Example]) -> Any:
+        """The evaluation prompts of ``examples`` in the method's ``prompt_format``: a builder
+        or a list of strings (`castlib.evaluate.build_prompts` accepts both)."""
+        prompt = self.prompts(lm, target, examples)
+        if self.params.prompt_format != "plain":
+            prompt = format_prompts(
+                build_prompts(target, examples, prompt), lm.tokenizer, self.params.prompt_format
+            )
+        return prompt
+
     def evaluate(
         self,
         lm: LanguageModel,
@@ -320,25 +347,10 @@ class Method:
         ``limit``: the split's first rows (file order); ``sample``: a seeded uniform sample of
         that many rows (`castlib.evaluate.select_examples`), the same for every method.
         """
-        if not self.fitted:
-            raise RuntimeError(f"{self.name}: call fit(...) before evaluate(...)")
-        tgt = resolve_task(target, self.params.data_dir)
-        if self.target is not None and tgt.name != self.target:
-            raise ValueError(f"{self.name} was fitted for target {self.target!r}, not {tgt.name!r}")
-        if self.model_id is not None and self.model_id != lm.name:
-            raise ValueError(
-                f"{self.name} was fitted on model {self.model_id!r}; it cannot be evaluated on "
-                f"model {lm.name!r} (refit it on that model)"
-            )
-        if self.vector is not None:
-            self.vector.check_compatible(lm)
+        tgt = self.check_evaluable(lm, target)
         examples = select_examples(tgt, split, limit, sample, sample_seed)
         with measure(lm.device) as stats:
-            prompt = self.prompts(lm, tgt, examples)
-            if self.params.prompt_format != "plain":
-                prompt = format_prompts(
-                    build_prompts(tgt, examples, prompt), lm.tokenizer, self.params.prompt_format
-                )
+            prompt = self.eval_prompts(lm, tgt, examples)
             if self.eval_scoring() == SCORING_CACHED:
                 (result,) = evaluate_sweep(
                     lm,
