@@ -202,25 +202,34 @@ jobs = [
     for lab in labels
     for group in nbtools.source_groups(lab, sources)  # cross-task ICL: one run per source
 ]
-for target, seed, label, group in tqdm(jobs, desc="cross-domain"):
+bar = tqdm(total=len(jobs), desc="cross-domain (fits)")
+for target, seed in dict.fromkeys((t, s) for t, s, _, _ in jobs):
     tgt = target_tasks[target]
-    method = nbtools.build_method(label, shared, overrides, data_dir)
-    method.fit(lm, group, tgt, seed=seed)
-    rec = method.evaluate(lm, tgt)
-    records.append(
-        nbtools.flat_record(
-            rec,
-            method=label,
-            registry_method=rec["method"],
-            source="+".join(group),
-            one_source=method.one_source,
-            protocol=rec.get("protocol", rec["params"].get("train_on")),
+    fitted = []
+    for _, _, label, group in [j for j in jobs if j[:2] == (target, seed)]:
+        method = nbtools.build_method(label, shared, overrides, data_dir)
+        fitted.append((label, group, method.fit(lm, group, tgt, seed=seed)))
+        bar.update()
+    # all methods of this (target, seed) on the same test rows; the last-position steering
+    # ones share each prompt's prefix pass (castlib.methods.evaluate_methods: the same records
+    # as method.evaluate one by one)
+    evaluated = castlib.methods.evaluate_methods(lm, [m for _, _, m in fitted], tgt)
+    for (label, group, method), rec in zip(fitted, evaluated, strict=True):
+        records.append(
+            nbtools.flat_record(
+                rec,
+                method=label,
+                registry_method=rec["method"],
+                source="+".join(group),
+                one_source=method.one_source,
+                protocol=rec.get("protocol", rec["params"].get("train_on")),
+            )
         )
-    )
-    tuning += [
-        {"target": target, "seed": seed, "method": label, "source": "+".join(group), **g}
-        for g in rec.get("tuning_grid", [])
-    ]
+        tuning += [
+            {"target": target, "seed": seed, "method": label, "source": "+".join(group), **g}
+            for g in rec.get("tuning_grid", [])
+        ]
+bar.close()
 results = pd.DataFrame(records)
 
 # %% [markdown]

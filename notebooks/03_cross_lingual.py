@@ -212,26 +212,34 @@ pair_table
 records = []
 target_tasks = {}
 jobs = [(s, t, seed, lab) for s, t in pairs for seed in seeds for lab in labels]
-for source, target, seed, label in tqdm(jobs, desc="cross-lingual"):
+bar = tqdm(total=len(jobs), desc="cross-lingual (fits)")
+for source, target, seed in dict.fromkeys(j[:3] for j in jobs):
     if target not in target_tasks:
         target_tasks[target] = nbtools.sample_test(castlib.load_task(target, data_dir), n_test)
     tgt = target_tasks[target]
-    method = nbtools.build_method(label, shared, overrides, data_dir)
-    method.fit(lm, [source], tgt, seed=seed)
-    rec = method.evaluate(lm, tgt)
+    fitted = []
+    for label in [j[3] for j in jobs if j[:3] == (source, target, seed)]:
+        method = nbtools.build_method(label, shared, overrides, data_dir)
+        fitted.append((label, method.fit(lm, [source], tgt, seed=seed)))
+        bar.update()
+    # the last-position steering methods share each test prompt's prefix pass
+    # (castlib.methods.evaluate_methods: the same records as method.evaluate one by one)
+    evaluated = castlib.methods.evaluate_methods(lm, [m for _, m in fitted], tgt)
     info = pair_table[(pair_table.source == source) & (pair_table.target == target)].iloc[0]
-    records.append(
-        nbtools.flat_record(
-            rec,
-            method=label,
-            registry_method=rec["method"],
-            source=source,
-            protocol=rec.get("protocol", rec["params"].get("train_on")),
-            family=info["family"],
-            language=info["language"],
-            resource_level=info["resource_level"],
+    for (label, _), rec in zip(fitted, evaluated, strict=True):
+        records.append(
+            nbtools.flat_record(
+                rec,
+                method=label,
+                registry_method=rec["method"],
+                source=source,
+                protocol=rec.get("protocol", rec["params"].get("train_on")),
+                family=info["family"],
+                language=info["language"],
+                resource_level=info["resource_level"],
+            )
         )
-    )
+bar.close()
 results = pd.DataFrame(records)
 
 # %% [markdown]
