@@ -196,10 +196,10 @@ print(
 # %% [markdown]
 # ## The full-size results, from the archive
 # The numbers above come from this notebook's CI-sized defaults. What a full-size batch
-# measured is kept in the repository under `papermill_runs/results/<config>/`. The 500-row
-# `full_cpu.yaml` is not archived yet, so this reads the newest archive present: today that is
-# `full_cpu_200rows/` (the earlier 200-row version, made by older method code; see the archive's
-# README). This is its main table (notebook 02: every method on five cross-domain targets, mean
+# measured is kept in the repository under `papermill_runs/results/<config>/`. This reads the
+# newest archive that holds notebook 02's records (it prints which): until the 500-row
+# `full_cpu.yaml` batch has run notebook 02, that is `full_cpu_200rows/` (the earlier 200-row
+# version, made by older method code; see the archive's README). This is its main table (notebook 02: every method on five cross-domain targets, mean
 # and standard deviation over seeds), read from the archive's `summary.csv`, not computed here.
 
 # %%
@@ -208,20 +208,21 @@ from pathlib import Path
 ARCHIVES = ("full_cpu", "full_cpu_200rows")  # newest first
 
 
-def find_archive(file: str = "summary.csv") -> Path:
+def find_archive(notebook: str = "02_cross_domain", file: str = "summary.csv") -> Path:
     """``papermill_runs/results/<config>/<file>`` of the first archive in `ARCHIVES` that has
-    it, looked up from the working directory upwards, then from the castlib package's parent
-    (the repository of an editable install)."""
+    it with records of ``notebook``, looked up from the working directory upwards, then from
+    the castlib package's parent (the repository of an editable install)."""
     here = Path.cwd().resolve()
     for config in ARCHIVES:
         name = f"papermill_runs/results/{config}/{file}"
         for folder in [here, *here.parents, Path(castlib.__file__).resolve().parents[1]]:
-            if (folder / name).is_file():
-                return folder / name
+            path = folder / name
+            if path.is_file() and pd.read_csv(path)["notebook"].str.contains(notebook).any():
+                return path
     raise FileNotFoundError(
-        f"no papermill_runs/results/{{{','.join(ARCHIVES)}}}/{file} above {here.name}/ or beside "
-        "the castlib package: run this notebook from a clone of the castlib repository (the "
-        "archive ships with it)"
+        f"no papermill_runs/results/{{{','.join(ARCHIVES)}}}/{file} with {notebook} records "
+        f"above {here.name}/ or beside the castlib package: run this notebook from a clone of "
+        "the castlib repository (the archive ships with it)"
     )
 
 
