@@ -131,31 +131,37 @@ records = []
 for target in tqdm(targets, desc="targets"):
     tgt = target_tasks[target]
     zero = castlib.methods.get("zero_shot")(batch_size=batch_size, data_dir=data_dir)
-    zero_acc = zero.fit(lm, sources, tgt).evaluate(lm, tgt)["accuracy"]
-    for source in tqdm(sources, desc=target, leave=False):
-        for seed in seeds:
-            method = castlib.methods.get("cast")(**cast_params).fit(lm, [source], tgt, seed=seed)
-            rec = method.evaluate(lm, tgt)
-            l_star = rec["layer"]
-            records.append(
-                nbtools.flat_record(
-                    rec,
-                    source=source,
-                    zero_shot_accuracy=zero_acc,
-                    gain=rec["accuracy"] - zero_acc,
-                    similarity_layer=sim_layer,
-                    cosine=float(
-                        torch.cosine_similarity(
-                            enh[source][sim_layer], enh[target][sim_layer], dim=0
-                        )
-                    ),
-                    cosine_at_l_star=float(
-                        torch.cosine_similarity(enh[source][l_star], enh[target][l_star], dim=0)
-                    )
-                    if l_star is not None  # None: tuning kept the unsteered model
-                    else float("nan"),
+    jobs = [(source, seed) for source in sources for seed in seeds]
+    fitted = [
+        castlib.methods.get("cast")(**cast_params).fit(lm, [source], tgt, seed=seed)
+        for source, seed in tqdm(jobs, desc=f"{target}: fits", leave=False)
+    ]
+    # the unsteered model and every fitted source scored on the same test rows in one sweep:
+    # each prompt's prefix runs once, then one token per method (castlib.methods.evaluate_methods;
+    # the same records as method.evaluate one by one)
+    zero_rec, *recs = castlib.methods.evaluate_methods(
+        lm, [zero.fit(lm, sources, tgt), *fitted], tgt
+    )
+    zero_acc = zero_rec["accuracy"]
+    for (source, _seed), rec in zip(jobs, recs, strict=True):
+        l_star = rec["layer"]
+        records.append(
+            nbtools.flat_record(
+                rec,
+                source=source,
+                zero_shot_accuracy=zero_acc,
+                gain=rec["accuracy"] - zero_acc,
+                similarity_layer=sim_layer,
+                cosine=float(
+                    torch.cosine_similarity(enh[source][sim_layer], enh[target][sim_layer], dim=0)
+                ),
+                cosine_at_l_star=float(
+                    torch.cosine_similarity(enh[source][l_star], enh[target][l_star], dim=0)
                 )
+                if l_star is not None  # None: tuning kept the unsteered model
+                else float("nan"),
             )
+        )
 results = pd.DataFrame(records)
 
 # %% [markdown]
