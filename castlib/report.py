@@ -61,6 +61,7 @@ class ArchivedConfig:
     run_dirs: dict[str, Path] = field(default_factory=dict)
     expected: list[str] | None = None
     expected_note: str = ""
+    superseded: str | None = None  # the config's ``superseded`` text (whitespace folded)
 
     @property
     def missing(self) -> list[str]:
@@ -85,14 +86,18 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-def _expected_runs(config: Path, root: Path) -> tuple[list[str] | None, str]:
+def _expected_runs(config: Path, root: Path) -> tuple[list[str] | None, str, str | None]:
+    """The run ids ``config`` expands to, a note when it cannot be read, and its
+    ``superseded`` text (whitespace folded; None when it is current or absent)."""
     if not config.is_file():
-        return None, f"no {config.name} to compare with"
+        return None, f"no {config.name} to compare with", None
     try:
         with _cwd(root):
-            return [r.run_id for r in R.load_config(config).runs], ""
+            cfg = R.load_config(config)
     except (R.ConfigError, ValueError, OSError) as exc:
-        return None, f"{config.name} could not be read: {exc}"
+        return None, f"{config.name} could not be read: {exc}", None
+    superseded = " ".join(cfg.superseded.split()) if cfg.superseded else None
+    return [r.run_id for r in cfg.runs], "", superseded
 
 
 def load_archive(folder: str | Path, root: str | Path | None = None) -> ArchivedConfig:
@@ -118,12 +123,14 @@ def load_archive(folder: str | Path, root: str | Path | None = None) -> Archived
             run_dirs[str(record.get("run_id") or path.parent.relative_to(folder).as_posix())] = (
                 path.parent
             )
-    expected, note = (None, "")
+    expected, note, superseded = (None, "", None)
     if root is not None:
-        expected, note = _expected_runs(
+        expected, note, superseded = _expected_runs(
             Path(root) / "papermill_runs" / f"{folder.name}.yaml", Path(root)
         )
-    return ArchivedConfig(folder.name, folder, summary, predictions, run_dirs, expected, note)
+    return ArchivedConfig(
+        folder.name, folder, summary, predictions, run_dirs, expected, note, superseded
+    )
 
 
 # --------------------------------------------------------------------------- figures

@@ -33,17 +33,6 @@ END = "<!-- main-tables:end -->"
 NOTEBOOKS = ("02_cross_domain", "03_cross_lingual")
 
 
-def _superseded(cfg: ArchivedConfig, root: Path) -> str | None:
-    config = root / "papermill_runs" / f"{cfg.name}.yaml"
-    if not config.is_file():
-        return None
-    import yaml
-
-    data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    value = data.get("superseded")
-    return " ".join(str(value).split()) if value else None
-
-
 def _comparison_line(main: C.MainTable, versus: str) -> str:
     part = (
         main.comparisons[main.comparisons["versus"] == versus]
@@ -61,7 +50,10 @@ def _comparison_line(main: C.MainTable, versus: str) -> str:
     worse = part.loc[part["high"] < 0, "target"].tolist()
     ns = sorted({int(n) for n in part["n"].dropna()})
     rest = len(part) - len(better) - len(worse)
-    names = lambda xs: f" ({', '.join(xs)})" if xs else ""  # noqa: E731
+
+    def names(xs: list[str]) -> str:
+        return f" ({', '.join(xs)})" if xs else ""
+
     return (
         f"- CAST against {versus}: better on {len(better)}{names(better)}, worse on "
         f"{len(worse)}{names(worse)}, not resolved on {rest} of {len(part)} target(s) "
@@ -100,9 +92,8 @@ def main_tables_markdown(
     sections, skipped = [], []
     for folder in folders:
         cfg = load_archive(folder, root)
-        why = _superseded(cfg, root)
-        if why is not None:
-            skipped.append(f"`{cfg.name}` (superseded: {why})")
+        if cfg.superseded is not None:
+            skipped.append(f"`{cfg.name}` (superseded: {cfg.superseded})")
             continue
         s = cfg.summary
         if "notebook" not in s:

@@ -456,8 +456,12 @@ def test_readme_tables_skip_superseded_configs(synthetic: dict[str, Path], tmp_p
     archive = tmp_path / "papermill_runs" / "results"
     shutil.copytree(synthetic["archive"] / "synth", archive / "synth")
     (tmp_path / "papermill_runs" / "synth.yaml").write_text(
-        "superseded: by other.yaml\noutput_dir: x\nruns: []\n", encoding="utf-8"
+        "superseded: by other.yaml\noutput_dir: x\n"
+        "runs:\n  - notebook: notebooks/02_cross_domain.ipynb\n",
+        encoding="utf-8",
     )
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "02_cross_domain.ipynb").write_text("{}", encoding="utf-8")
     text = MD.main_tables_markdown(archive, n_boot=200)
     assert "####" not in text
     assert "`synth` (superseded: by other.yaml)" in text
