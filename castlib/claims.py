@@ -262,6 +262,8 @@ def _by_seeds(rows: pd.DataFrame) -> MainTable:
             if method is None or method not in by.index:
                 return "n/a"
             r = by.loc[method]
+            if int(r["n"]) < 2:  # one seed: no spread to report (mean_std's 0 is not one)
+                return f"{r['mean']:.3f} (1 seed)"
             return f"{r['mean']:.3f} +- {r['std']:.3f}"
 
         row: dict[str, Any] = {

@@ -136,6 +136,9 @@ def load_archive(folder: str | Path, root: str | Path | None = None) -> Archived
 # --------------------------------------------------------------------------- figures
 
 
+MAX_INLINE_RUNS = 2  # runs whose archived figures are shown inline when none is computed
+
+
 def _main_figure(long: pd.DataFrame, title: str, path: Path) -> Path:
     """Grouped bars: accuracy of zero-shot, CAST and the best label-free baseline per target,
     with their interval (or +- std) as error bars."""
@@ -143,7 +146,8 @@ def _main_figure(long: pd.DataFrame, title: str, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     targets = sorted(long["target"].unique())
-    roles = ["zero-shot", "CAST", "best label-free"]
+    present = set(long.loc[long["accuracy"].notna(), "role"])
+    roles = [r for r in ("zero-shot", "CAST", "best label-free") if r in present]
     fig = Figure(figsize=(max(5.0, 1.6 * len(targets) + 2.0), 3.8), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(roles)
@@ -152,7 +156,14 @@ def _main_figure(long: pd.DataFrame, title: str, path: Path) -> Path:
         part = long[long["role"] == role].set_index("target").reindex(targets)
         acc = part["accuracy"].to_numpy(dtype=float)
         err = np.vstack([acc - part["low"].to_numpy(float), part["high"].to_numpy(float) - acc])
-        ax.bar(x + (i - 1) * width, acc, width, yerr=np.nan_to_num(err), capsize=3, label=role)
+        ax.bar(
+            x + (i - (len(roles) - 1) / 2) * width,
+            acc,
+            width,
+            yerr=np.nan_to_num(err),
+            capsize=3,
+            label=role,
+        )
     ax.set_xticks(x, targets, rotation=20 if len(targets) > 3 else 0)
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -383,6 +394,14 @@ def _section_part(
         if ipynb.is_file():
             page = notebook_page(ipynb, dest / f"{grid}.html").relative_to(out).as_posix()
         runs.append({"grid": escape(grid), "page": page, "pngs": pngs})
+    if not figures and len(runs) <= MAX_INLINE_RUNS:
+        # no figure computed from the records (notebooks 04-07): the runs' own archived figures
+        # are this notebook's headline figures
+        for run in runs:
+            for src in run["pngs"]:
+                figures.append(
+                    {"src": src, "alt": f"{Path(src).name}: {stem}, {cfg.name}, {run['grid']}"}
+                )
     return {
         "config": cfg.name,
         "missing": list(missing),

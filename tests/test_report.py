@@ -239,6 +239,8 @@ def test_main_table_without_predictions_is_mean_std() -> None:
     assert main.table.loc[0, "CAST"] == "0.450 +- 0.071"
     assert "not testable" in main.table.loc[0, "CAST - zero-shot"]
     assert C.claim_paragraph(C.CLAIMS[2], rows).startswith("Undecided")
+    one = C.main_table(rows[rows["seed"] == 1], None)  # one seed: no spread to show
+    assert one.table.loc[0, "CAST"] == "0.500 (1 seed)"
     with pytest.raises(ValueError, match="lack the columns"):
         C.main_table(rows.drop(columns="target"))
 
@@ -298,6 +300,10 @@ def test_report_from_the_repository_archive(tmp_path: Path) -> None:
         assert f"<td>{target}</td>" in html
     imgs = re.findall(r'<img[^>]*src="([^"]+)"', html)
     assert imgs and all((out / src).stat().st_size > 0 for src in imgs)
+    # notebooks with no figure computed from the records show their runs' archived figures
+    for run in (ROOT / "papermill_runs" / "results" / "full_cpu").glob("0[4-7]_*/default"):
+        for png in run.glob("*.png"):
+            assert f"full_cpu/{run.parent.name}/default/{png.name}" in imgs, png
 
 
 def test_report_without_archive_is_a_clear_error(tmp_path: Path) -> None:
