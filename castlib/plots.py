@@ -143,6 +143,11 @@ def facet_lines(
             ax.axhline(reference, color="0.4", linestyle=":", linewidth=1)
         ax.set_title(str(panel))
         ax.set_xlabel(str(panel))
+        labels = [str(v) for v in part[x].unique()]
+        if not pd.api.types.is_numeric_dtype(part[x]) and sum(map(len, labels)) > 24:
+            ax.tick_params(axis="x", labelrotation=30)  # category names would overlap
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     if title:
