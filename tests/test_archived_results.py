@@ -47,7 +47,6 @@ PENDING_FULL_CPU = [
     "03_cross_lingual/pairs=sib200_eng_sib200_yor",
     "03_cross_lingual/pairs=nusax_senti_eng_nusax_senti_jav",
     "03_cross_lingual/pairs=tweeteval_senti_eng_afrisenti_hau",
-    "07_transfer_vs_similarity/default",
 ]
 
 #: Runs of a config known to be missing from its archive: (config, run id). full_cpu: 03 swh and
