@@ -31,7 +31,7 @@ and, where the runs kept them, its per-example prediction lines (`castlib.runs
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -192,6 +192,12 @@ def _records_with_predictions(
     return lines
 
 
+def _n_seeds(seeds: Iterable[Any]) -> int:
+    """How many distinct seeds (a method fitted once per source task has several records per
+    seed: they are runs, not seeds); records without a seed count as one."""
+    return max(1, len({s for s in seeds if s is not None and not pd.isna(s)}))
+
+
 def _paired(records: list[Mapping[str, Any]], n_boot: int) -> MainTable:
     full = stats.target_table(records, reference=REFERENCE, focus=FOCUS, n_boot=n_boot)
     rows, long, comps = [], [], []
@@ -209,7 +215,7 @@ def _paired(records: list[Mapping[str, Any]], n_boot: int) -> MainTable:
         row: dict[str, Any] = {
             "target": target,
             "n": int(by["n"].iloc[0]),
-            "seeds": int(by["runs"].max()),
+            "seeds": _n_seeds(r.get("seed") for r in records if r["target"] == target),
             "majority": f"{by['majority_rate'].iloc[0]:.3f}",
             "zero-shot": cell(REFERENCE),
             "CAST": cell(FOCUS),
@@ -269,7 +275,7 @@ def _by_seeds(rows: pd.DataFrame) -> MainTable:
         row: dict[str, Any] = {
             "target": target,
             "n": int(rows.loc[rows["target"] == target, "n"].max()) if "n" in rows else None,
-            "seeds": int(by["n"].max()),
+            "seeds": _n_seeds(rows.loc[rows["target"] == target].get("seed", pd.Series())),
             "majority": "n/a",
             "zero-shot": cell(REFERENCE),
             "CAST": cell(FOCUS),

@@ -210,6 +210,7 @@ def test_main_table_paired_and_verdicts() -> None:
     rows = pd.DataFrame([{**r, "accuracy": float(np.mean(np.equal(*_pg(r))))} for r in better])
     main = C.main_table(rows, better, n_boot=500)
     assert main.paired
+    assert main.table.loc[0, "seeds"] == 1
     assert main.table.loc[0, "best label-free"].startswith("icv: 0.350 [")
     assert "resolved" in main.table.loc[0, "CAST - best label-free"]
     claim = C.CLAIMS[2]
@@ -224,6 +225,19 @@ def test_main_table_paired_and_verdicts() -> None:
     rows_same = rows.assign(run_id="nb/seed=0")
     text = C.claim_paragraph(claim, rows_same, same, n_boot=500)
     assert text.startswith("Not supported")  # icv (always right) beats CAST (half right)
+
+
+def test_main_table_counts_seeds_not_per_source_runs() -> None:
+    """A method fitted once per source task (cross-task ICL) has several records per seed."""
+    recs = []
+    for seed in (0, 1):
+        recs += _records({"zero_shot": [1] * 10 + [0] * 10, "cast": [1] * 12 + [0] * 8}, seed=seed)
+        for source in ("a", "b", "c"):
+            (icl,) = _records({"cross_task_icl": [1] * 9 + [0] * 11}, seed=seed)
+            recs.append({**icl, "source": source})
+    rows = pd.DataFrame([{**r, "accuracy": float(np.mean(np.equal(*_pg(r))))} for r in recs])
+    assert C.main_table(rows, recs, n_boot=200).table.loc[0, "seeds"] == 2
+    assert C.main_table(rows, None).table.loc[0, "seeds"] == 2
 
 
 def test_main_table_without_predictions_is_mean_std() -> None:
