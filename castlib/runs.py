@@ -56,8 +56,8 @@ that started it, whatever kernel specs the user has installed.
 
 A notebook writes ``results.json`` (a list of flat records, or one record) into ``output_dir``.
 Each run writes ``<run_dir>/run.json`` with its status (``"ok"``/``"failed"``), parameters,
-the code that ran it (``source``: git commit of the notebook's checkout and whether its tracked
-files differed, `source_state`), timestamps, wall seconds and, on failure, the error type, message, traceback and failing cell. A
+the code that ran it (``source``: git commit of the notebook's checkout, whether its tracked
+files differed and which, `source_state`), timestamps, wall seconds and, on failure, the error type, message, traceback and failing cell. A
 run that finishes without a readable ``results.json`` counts as failed. A failed run does not
 stop the batch. Rerunning resumes: a run whose run.json says ok with the same parameters and whose
 results.json exists is skipped unless ``--force``; failed runs are retried. A forced rerun of a
@@ -609,10 +609,12 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
     }
 
 
-def source_state(folder: str | Path) -> dict[str, Any] | None:
-    """The git commit of the checkout holding ``folder`` and whether its tracked files differ
-    from it (``{"commit": sha, "dirty": bool}``), or None outside git (or without git), so
-    that a record says which code made it."""
+def source_state(folder: str | Path, max_changed: int = 20) -> dict[str, Any] | None:
+    """The git commit of the checkout holding ``folder``, whether its tracked files differ from
+    it, and which (``{"commit": sha, "dirty": bool, "changed": [paths]}``, at most
+    ``max_changed`` paths, relative to the repository root; e.g. only an archive that
+    ``archive.sh`` just wrote), or None outside git (or without git), so that a record says
+    which code made it."""
     import subprocess
 
     def git(*args: str) -> str | None:
@@ -627,8 +629,11 @@ def source_state(folder: str | Path) -> dict[str, Any] | None:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+    status = git("-c", "core.quotepath=off", "status", "--porcelain", "--untracked-files=no")
+    if status is None:
+        return {"commit": commit.strip(), "dirty": None, "changed": []}
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": commit.strip(), "dirty": bool(changed), "changed": changed[:max_changed]}
 
 
 def run_record_base(run: Run) -> dict[str, Any]:

@@ -576,8 +576,8 @@ def test_source_state_names_the_commit_and_dirty_tree(tmp_path: Path) -> None:
     head = subprocess.run(
         [*git[:3], "rev-parse", "HEAD"], check=True, capture_output=True, text=True
     ).stdout.strip()
-    assert R.source_state(tmp_path) == {"commit": head, "dirty": False}
+    assert R.source_state(tmp_path) == {"commit": head, "dirty": False, "changed": []}
     (tmp_path / "untracked.txt").write_text("x")  # untracked files do not count
     assert R.source_state(tmp_path)["dirty"] is False
     (tmp_path / "a.txt").write_text("2")
-    assert R.source_state(tmp_path) == {"commit": head, "dirty": True}
+    assert R.source_state(tmp_path) == {"commit": head, "dirty": True, "changed": ["a.txt"]}
