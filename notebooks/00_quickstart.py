@@ -197,9 +197,10 @@ print(
 # ## The full-size results, from the archive
 # The numbers above come from this notebook's CI-sized defaults. What a full-size batch
 # measured is kept in the repository under `papermill_runs/results/<config>/`. This reads the
-# newest archive that holds notebook 02's records (it prints which): until the 500-row
-# `full_cpu.yaml` batch has run notebook 02, that is `full_cpu_200rows/` (the earlier 200-row
-# version, made by older method code; see the archive's README). This is its main table (notebook 02: every method on five cross-domain targets, mean
+# newest archive that holds all of its config's notebook-02 runs (it prints which): until the
+# 500-row `full_cpu.yaml` batch has archived all 15, that is `full_cpu_200rows/` (the earlier
+# 200-row version, made by older method code; see the archive's README). This is its main
+# table (notebook 02: every method on five cross-domain targets, mean
 # and standard deviation over seeds), read from the archive's `summary.csv`, not computed here.
 
 # %%
@@ -209,18 +210,25 @@ ARCHIVES = ("full_cpu", "full_cpu_200rows")  # newest first
 
 
 def find_archive(notebook: str = "02_cross_domain", file: str = "summary.csv") -> Path:
-    """``papermill_runs/results/<config>/<file>`` of the first archive in `ARCHIVES` that has
-    it with records of ``notebook``, looked up from the working directory upwards, then from
-    the castlib package's parent (the repository of an editable install)."""
+    """``papermill_runs/results/<config>/<file>`` of the first archive in `ARCHIVES` that holds
+    every run of ``notebook`` its config expands to (`castlib.report.load_archive`), looked up
+    from the working directory upwards, then from the castlib package's parent (the repository
+    of an editable install)."""
+    from castlib.report import load_archive
+
     here = Path.cwd().resolve()
     for config in ARCHIVES:
         name = f"papermill_runs/results/{config}/{file}"
         for folder in [here, *here.parents, Path(castlib.__file__).resolve().parents[1]]:
             path = folder / name
-            if path.is_file() and pd.read_csv(path)["notebook"].str.contains(notebook).any():
+            if not path.is_file():
+                continue
+            held = load_archive(path.parent, folder)
+            ours = [r for r in held.run_dirs if r.split("/")[0] == notebook]
+            if ours and not any(r.split("/")[0] == notebook for r in held.missing):
                 return path
     raise FileNotFoundError(
-        f"no papermill_runs/results/{{{','.join(ARCHIVES)}}}/{file} with {notebook} records "
+        f"no papermill_runs/results/{{{','.join(ARCHIVES)}}}/{file} with all {notebook} runs "
         f"above {here.name}/ or beside the castlib package: run this notebook from a clone of "
         "the castlib repository (the archive ships with it)"
     )
