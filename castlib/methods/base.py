@@ -25,6 +25,7 @@ import torch
 
 from .._version import __version__
 from ..evaluate import build_prompts, evaluate, evaluate_sweep, select_examples
+from ..fit_store import fit_store_for
 from ..last_token import SCORING_CACHED
 from ..models import LanguageModel
 from ..profiling import profile
@@ -186,6 +187,10 @@ class Method:
     #: whether a fit takes exactly one source task (a run over several sources fits it once
     #: per source: `castlib.methods.cross_task_icl`)
     one_source: ClassVar[bool] = False
+    #: whether ``_fit`` reads the target task at all; a fit that reads only the source tasks
+    #: (their definition and train split), the model and the seed is the same for every
+    #: target, and a batch with an on-disk store fits it once (`castlib.fit_store`)
+    fit_reads_target: ClassVar[bool] = True
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -295,15 +300,33 @@ class Method:
             )
         self.info = {}
         torch.manual_seed(seed)
-        with measure(lm.device) as stats:
-            self._fit(lm, src, tgt, seed)
-        self.fit_stats = stats
+        store = None if self.fit_reads_target else fit_store_for(lm)
+        key = store.key(self, lm, src, seed) if store is not None else None
+        reused = store.load(key, type(self)) if store is not None and key is not None else None
+        if reused is not None and reused.model_id == lm.name and reused.seed == seed:
+            self._adopt(reused)
+            self.info["fit_reused_from"] = reused.target
+        else:
+            with measure(lm.device) as stats:
+                self._fit(lm, src, tgt, seed)
+            self.fit_stats = stats
         self.fitted = True
         self.seed = seed
         self.sources = [t.name for t in src]
         self.target = tgt.name
         self.model_id = lm.name
+        if store is not None and key is not None and reused is None:
+            store.save(key, self)
         return self
+
+    def _adopt(self, other: Method) -> None:
+        """Take ``other``'s fitted state (a reloaded fit of the same method, parameters,
+        sources, seed and model: `castlib.fit_store`); the parameters stay this method's."""
+        params = self.params
+        self.__dict__.update(other.__dict__)
+        self.params = params
+        self.info = dict(other.info)
+        self.fit_stats = dict(other.fit_stats)
 
     def check_evaluable(self, lm: LanguageModel, target: TaskRef) -> Task:
         """The resolved target, after checking that the method was fitted for it and for

@@ -33,7 +33,9 @@ as the paper and the authors' code (github.com/LzVv123456/I2CL, ``configs/config
    cross-entropy of the gold answer's first token at the last position. While calibrating,
    Gaussian noise ``noise_scale * ||o|| * N(0, I)`` (0.001) is added to every injected output
    ``o`` (the paper's noise injection for robustness); none at evaluation. No target label and
-   no target row is read.
+   no target row is read: the fit is the same for every target, and a batch with an on-disk
+   store fits it once per (sources, seed) and reloads it for the other targets
+   (`castlib.fit_store`; the record then says ``fit_reused_from``).
 
 The record (``info``) carries the learned coefficients (``coefficients``: per site, the
 context and query coefficient of every layer), the initial values, the demonstration ids, the
@@ -62,7 +64,7 @@ import dataclasses
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -207,6 +209,9 @@ class I2CL(Method):
     """I2CL (see the module docstring)."""
 
     name = "i2cl"
+    #: the fit reads the source tasks only, so a batch fits it once per (sources, seed) and
+    #: reuses it for every target (`castlib.fit_store`)
+    fit_reads_target: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True)
     class Params(Method.Params):
