@@ -254,10 +254,20 @@ def _paired(records: list[Mapping[str, Any]], n_boot: int) -> MainTable:
     return MainTable(pd.DataFrame(rows), pd.DataFrame(long), True, pd.DataFrame(comps))
 
 
+def _per_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """One accuracy per (target, method, seed): a method fitted once per source task has a
+    record per source within a seed, pooled here by their mean (as the notebooks pool them),
+    so that the spread below is over seeds, not over sources."""
+    if "seed" not in rows:
+        return rows
+    keys = ["target", "method", rows["seed"].fillna(-1).rename("seed")]
+    return rows.groupby(keys, sort=False)["accuracy"].mean().reset_index()
+
+
 def _by_seeds(rows: pd.DataFrame) -> MainTable:
     flags = rows["uses_target_labels"] if "uses_target_labels" in rows else None
     labelled = set(rows.loc[_truthy(flags), "method"]) if flags is not None else set()
-    ms = nbtools.mean_std(rows, ["target", "method"], decimals=6)
+    ms = nbtools.mean_std(_per_seed(rows), ["target", "method"], decimals=6)
     out, long, comps = [], [], []
     for target, part in ms.groupby(level="target", sort=True):
         by = part.droplevel("target")

@@ -255,6 +255,27 @@ def test_main_table_without_predictions_is_mean_std() -> None:
     assert C.claim_paragraph(C.CLAIMS[2], rows).startswith("Undecided")
     one = C.main_table(rows[rows["seed"] == 1], None)  # one seed: no spread to show
     assert one.table.loc[0, "CAST"] == "0.500 (1 seed)"
+    # a per-source method: its sources within a seed are pooled first, so one seed with three
+    # sources is "(1 seed)" (not a std over sources), and two seeds give the std of the pools
+    per_source = pd.DataFrame(
+        [
+            {
+                "run_id": f"r{s}",
+                "target": "t",
+                "method": "icl",
+                "seed": s,
+                "source": src,
+                "n": 10,
+                "accuracy": a + 0.1 * s,
+            }
+            for s in (0, 1)
+            for src, a in (("a", 0.3), ("b", 0.6), ("c", 0.9))
+        ]
+    )
+    table = C.main_table(pd.concat([rows, per_source]), None).table  # pools 0.6 and 0.7
+    assert table.loc[0, "best label-free"] == "icl: 0.650 +- 0.071"
+    seed1 = pd.concat([rows[rows["seed"] == 1], per_source[per_source["seed"] == 1]])
+    assert C.main_table(seed1, None).table.loc[0, "best label-free"] == "icl: 0.700 (1 seed)"
     with pytest.raises(ValueError, match="lack the columns"):
         C.main_table(rows.drop(columns="target"))
 
