@@ -21,6 +21,10 @@ A batch's fit store is the ``fits/`` folder of its on-disk activation store (`fi
 with a memory-only store, or none, never reuses a fit. The record of a reused fit says so
 (``fit_reused_from``: the target it was fitted with) and keeps the original ``fit_seconds``,
 the cost of the fit, not of reading it back.
+
+A stored fit that is long may checkpoint while it runs (`FitStore.scratch`: I2CL saves its
+calibration state after every epoch) and resume from the last checkpoint when it is run again
+after an interruption, with the result it would have had uninterrupted (tested bit for bit).
 """
 
 from __future__ import annotations
@@ -148,9 +152,15 @@ class FitStore:
             warnings.warn(f"fit store: {path} unreadable ({err}); fitting again", stacklevel=2)
             return None
 
+    def scratch(self, key: str) -> Path:
+        """The folder where the fit of ``key`` may keep checkpoints while it runs (created
+        by whoever writes there; removed by `save`)."""
+        return self.folder / f"{key}.partial"
+
     def save(self, key: str, method: Method) -> Path:
         """Save ``method`` under ``key`` (into a temporary folder renamed into place, so a
-        concurrent reader never sees half a save; an existing save is replaced)."""
+        concurrent reader never sees half a save; an existing save is replaced) and remove the
+        fit's checkpoints."""
         path = self._path(key)
         tmp = path.with_name(f"{key}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -160,6 +170,7 @@ class FitStore:
             os.replace(tmp, path)
         except OSError:  # another process saved the same fit meanwhile: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.scratch(key), ignore_errors=True)
         return path
 
     def __repr__(self) -> str:

@@ -22,7 +22,8 @@ TARGET_B = make_task("tgt_b", n_train=8, n_test=6, seed=3)
 
 
 def _i2cl(**extra) -> I2CL:
-    return I2CL(batch_size=8, demos_per_class=2, epochs=2, lr=0.05, progress=False, **extra)
+    params = {"batch_size": 8, "demos_per_class": 2, "epochs": 2, "lr": 0.05, **extra}
+    return I2CL(progress=False, **params)
 
 
 def _forwards(lm):
@@ -127,3 +128,37 @@ def test_an_unreadable_save_is_a_miss_and_is_replaced(stored_lm):
 def test_code_fingerprint_covers_the_method_module_and_its_castlib_imports():
     assert code_fingerprint(I2CL) != code_fingerprint(TaskVector)
     assert code_fingerprint(I2CL) == code_fingerprint(I2CL)
+
+
+def test_an_interrupted_calibration_resumes_where_it_stopped(tokenizer, tmp_path):
+    ref = _i2cl(epochs=4).fit(tiny_model("llama", tokenizer=tokenizer), [SOURCE], TARGET_A)
+    lm = tiny_model("llama", tokenizer=tokenizer)
+    lm.activation_store = ActivationStore(tmp_path / "store")
+    # 4 demonstrations, 2 per step: 2 steps an epoch, 8 in all; forward 1 is the context
+    # vectors' pass, forward 2 + s is step s: the 7th forward is step 5, in epoch 3
+    calls = {"n": 0}
+
+    def stop_at_step_5(module, args, kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt  # what a session's end does to a batch
+
+    handle = lm.base.register_forward_pre_hook(stop_at_step_5, with_kwargs=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _i2cl(epochs=4).fit(lm, [SOURCE], TARGET_A)
+    finally:
+        handle.remove()
+    (partial,) = (lm.activation_store.folder / FITS_FOLDER).iterdir()
+    assert partial.name.endswith(".partial") and any(partial.iterdir())
+    calls, handle = _forwards(lm)
+    try:
+        resumed = _i2cl(epochs=4).fit(lm, [SOURCE], TARGET_A)
+    finally:
+        handle.remove()
+    assert resumed.info["calib_resumed_at_step"] == 4  # the start of epoch 3
+    assert calls["n"] == 1 + 4  # the context vectors again, then steps 4..7 only
+    assert torch.equal(resumed.coef, ref.coef)  # bit for bit the uninterrupted calibration
+    assert resumed.info["calib_epoch_losses"] == ref.info["calib_epoch_losses"]
+    assert not partial.exists() and len(_saved(lm)) == 1  # saved, checkpoints removed
+    assert "resumed_seconds" not in resumed.info and resumed.fit_stats["seconds"] > 0

@@ -191,6 +191,9 @@ class Method:
     #: (their definition and train split), the model and the seed is the same for every
     #: target, and a batch with an on-disk store fits it once (`castlib.fit_store`)
     fit_reads_target: ClassVar[bool] = True
+    #: while a stored fit runs, a folder of its own where ``_fit`` may keep checkpoints (None
+    #: otherwise); removed once the fit is saved
+    fit_scratch: Path | None = None
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -307,8 +310,16 @@ class Method:
             self._adopt(reused)
             self.info["fit_reused_from"] = reused.target
         else:
-            with measure(lm.device) as stats:
-                self._fit(lm, src, tgt, seed)
+            # a long fit may checkpoint its progress here, and resume from it after an
+            # interruption (a batch stopped with its session): `castlib.fit_store`
+            self.fit_scratch = store.scratch(key) if store is not None and key else None
+            try:
+                with measure(lm.device) as stats:
+                    self._fit(lm, src, tgt, seed)
+            finally:
+                self.fit_scratch = None
+            # a fit resumed from a checkpoint: its cost includes the interrupted runs'
+            stats["seconds"] += float(self.info.pop("resumed_seconds", 0.0))
             self.fit_stats = stats
         self.fitted = True
         self.seed = seed

@@ -35,7 +35,10 @@ as the paper and the authors' code (github.com/LzVv123456/I2CL, ``configs/config
    ``o`` (the paper's noise injection for robustness); none at evaluation. No target label and
    no target row is read: the fit is the same for every target, and a batch with an on-disk
    store fits it once per (sources, seed) and reloads it for the other targets
-   (`castlib.fit_store`; the record then says ``fit_reused_from``).
+   (`castlib.fit_store`; the record then says ``fit_reused_from``). There the calibration
+   also checkpoints its state after every epoch, and a fit run again after an interruption
+   goes on from the last checkpoint with the uninterrupted result (``calib_resumed_at_step``
+   in the record; ``fit_seconds`` counts the interrupted runs too).
 
 The record (``info``) carries the learned coefficients (``coefficients``: per site, the
 context and query coefficient of every layer), the initial values, the demonstration ids, the
@@ -62,7 +65,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
+import time
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -196,6 +202,66 @@ class I2CLInjection:
         self.remove()
 
 
+class _Checkpoint:
+    """The calibration's state at an epoch boundary, in a fit's scratch folder
+    (`castlib.fit_store.FitStore.scratch`; none without one): the coefficients, the optimiser
+    and schedule, both generators, the current order and the losses so far. Restoring it and
+    going on gives what an uninterrupted calibration gives, bit for bit."""
+
+    FILE = "i2cl_calibration.pt"
+
+    def __init__(self, folder: Path | None, total: int, n_prompts: int) -> None:
+        self.path = None if folder is None else Path(folder) / self.FILE
+        self.shape = {"total": total, "n_prompts": n_prompts}
+        self.seconds_before = 0.0
+        self._started = time.perf_counter()
+
+    def save(self, step: int, coef, opt, sched, order_gen, noise_gen, losses, order) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            **self.shape,
+            "step": step,
+            "coef": coef.detach().cpu().clone(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "order_gen": order_gen.get_state(),
+            "noise_gen": noise_gen.get_state(),
+            "losses": [list(e) for e in losses],
+            "order": list(order),
+            "seconds": self.seconds_before + time.perf_counter() - self._started,
+        }
+        tmp = self.path.with_name(f"{self.FILE}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def restore(self, coef, opt, sched, order_gen, noise_gen, losses, order) -> int:
+        """Load the checkpoint into the given objects; the step to go on from (0: none, or
+        one of another calibration, which is ignored)."""
+        if self.path is None or not self.path.is_file():
+            return 0
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a torn checkpoint: start again
+            warnings.warn(
+                f"i2cl: checkpoint {self.path} unreadable ({err}); starting again", stacklevel=2
+            )
+            return 0
+        if any(state.get(k) != v for k, v in self.shape.items()):
+            return 0
+        with torch.no_grad():
+            coef.copy_(state["coef"].to(coef.device))
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        order_gen.set_state(state["order_gen"])
+        noise_gen.set_state(state["noise_gen"])
+        losses[:] = [list(e) for e in state["losses"]]
+        order[:] = list(state["order"])
+        self.seconds_before = float(state["seconds"])
+        return int(state["step"])
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """The authors' schedule: linear warm-up over ``warmup`` steps, then cosine decay
     ``(1 + cos(pi * step / total)) / 2`` over the whole run."""
@@ -322,14 +388,29 @@ class I2CL(Method):
         order_gen = torch.Generator().manual_seed(seed)
         noise_gen = torch.Generator(device=lm.device).manual_seed(seed)
         losses: list[list[float]] = []
+        order: list[int] = []
         quiet = None if p.progress is None else not p.progress
+        checkpoint = _Checkpoint(self.fit_scratch, total, len(prompts))
+        start = checkpoint.restore(coef, opt, sched, order_gen, noise_gen, losses, order)
+        if start:
+            self.info["calib_resumed_at_step"] = start
+            self.info["resumed_seconds"] = checkpoint.seconds_before
         with (
             I2CLInjection(lm, coef, self.context, p.noise_scale, noise_gen),
             torch.enable_grad(),
         ):
-            for step in tqdm(range(total), desc=self.name, disable=quiet, leave=False):
+            for step in tqdm(
+                range(start, total),
+                desc=self.name,
+                disable=quiet,
+                leave=False,
+                initial=start,
+                total=total,
+            ):
                 if step % per_epoch == 0:
-                    order = torch.randperm(len(prompts), generator=order_gen).tolist()
+                    if step > start:  # an epoch ended: keep where calibration stands
+                        checkpoint.save(step, coef, opt, sched, order_gen, noise_gen, losses, order)
+                    order[:] = torch.randperm(len(prompts), generator=order_gen).tolist()
                     losses.append([])
                 idx = order[(step % per_epoch) * bs : (step % per_epoch + 1) * bs]
                 ids, mask = pad([prompts[i] for i in idx], lm.tokenizer.pad_token_id, "left")
