@@ -269,6 +269,33 @@ def test_shipped_configs_are_valid(config: Path, monkeypatch: pytest.MonkeyPatch
     assert cfg.runs and len({r.run_id for r in cfg.runs}) == len(cfg.runs)
 
 
+def test_method_groups_cover_every_label_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config that splits a target's labels into method groups (one run each, to fit a
+    session: qwen_cpu.yaml) runs every label that full_cpu.yaml runs, but the adapters, exactly
+    once per target, so the archive pairs every method with every other."""
+    from castlib import nbtools
+
+    root = Path(__file__).parents[1]
+    monkeypatch.chdir(root)
+    full = R.load_config(root / "papermill_runs" / "full_cpu.yaml")
+    qwen = R.load_config(root / "papermill_runs" / "qwen_cpu.yaml")
+    adapters = {"lora_source", "kasa_source", "lora_target_dev", "kasa_target_dev"}
+    for notebook in ("02_cross_domain", "03_cross_lingual"):
+        (labels,) = {
+            frozenset(nbtools.expand_methods(run.parameters["methods"])) - adapters
+            for run in full.runs
+            if run.run_id.startswith(notebook)
+        }
+        groups: dict[str, list[str]] = {}
+        for run in qwen.runs:
+            if run.run_id.startswith(notebook):
+                unit = run.run_id.split("__methods=")[0]
+                groups.setdefault(unit, []).extend(run.parameters["methods"])
+        assert groups, notebook
+        for unit, methods in groups.items():
+            assert sorted(methods) == sorted(labels), unit
+
+
 def test_superseded_config_is_parsed_unchecked_and_refused_to_run(workdir: Path) -> None:
     """A superseded config keeps naming parameters today's notebook no longer declares (the
     record of an old archive): it parses, and running it is refused by both executors."""
