@@ -37,7 +37,6 @@ PENDING_FULL_CPU = [
     "02_cross_domain/targets=medmcqa__seeds=2",
     "02_cross_domain/targets=sciq__seeds=1",
     "02_cross_domain/targets=sciq__seeds=2",
-    "02_cross_domain/targets=social_iqa__seeds=0",
     "02_cross_domain/targets=social_iqa__seeds=1",
     "02_cross_domain/targets=social_iqa__seeds=2",
     "03_cross_lingual/pairs=sib200_eng_sib200_swh",
