@@ -305,14 +305,16 @@ class Method:
         torch.manual_seed(seed)
         store = None if self.fit_reads_target else fit_store_for(lm)
         key = store.key(self, lm, src, seed) if store is not None else None
-        reused = store.load(key, type(self)) if store is not None and key is not None else None
+        if key is None:  # no disk store, or weights that cannot be read: no reuse
+            store = None
+        reused = store.load(key, type(self)) if store is not None else None
         if reused is not None and reused.model_id == lm.name and reused.seed == seed:
             self._adopt(reused)
             self.info["fit_reused_from"] = reused.target
         else:
             # a long fit may checkpoint its progress here, and resume from it after an
             # interruption (a batch stopped with its session): `castlib.fit_store`
-            self.fit_scratch = store.scratch(key) if store is not None and key else None
+            self.fit_scratch = store.scratch(key) if store is not None else None
             try:
                 with measure(lm.device) as stats:
                     self._fit(lm, src, tgt, seed)
@@ -326,7 +328,7 @@ class Method:
         self.sources = [t.name for t in src]
         self.target = tgt.name
         self.model_id = lm.name
-        if store is not None and key is not None and reused is None:
+        if store is not None and reused is None:
             store.save(key, self)
         return self
 
@@ -336,8 +338,6 @@ class Method:
         params = self.params
         self.__dict__.update(other.__dict__)
         self.params = params
-        self.info = dict(other.info)
-        self.fit_stats = dict(other.fit_stats)
 
     def check_evaluable(self, lm: LanguageModel, target: TaskRef) -> Task:
         """The resolved target, after checking that the method was fitted for it and for
