@@ -25,7 +25,14 @@ from typing import Any
 
 import torch
 
-from .last_token import SCORING_CACHED, Config, sweep_scores
+from .last_token import (
+    SCORING_CACHED,
+    Config,
+    entered,
+    single_token_answers,
+    sweep_scores,
+    unsteered_hooks,
+)
 from .logprobs import (  # noqa: F401 - answer_token_ids, continuation_log_probs re-exported
     answer_token_ids,
     checked_inputs,
@@ -317,18 +324,30 @@ def evaluate_sweep(
     or None for the unsteered model. ``seconds`` of each result is its share of the sweep.
     ``batch_size`` prompts per prefix pass, ``pass_size`` per one-token pass (see
     `castlib.last_token.sweep_scores`).
+
+    A single configuration with one-token answers is scored on the plain path instead (one
+    full pass per prompt, which costs less than a prefix pass plus a one-token pass); the
+    result's ``scoring`` says which path ran, and the configuration is checked the same way.
     """
     task = _task(task)
     examples = _examples(task, split, limit, sample, sample_seed, examples)
     start = time.perf_counter()
     prompts = build_prompts(task, examples, prompt)
-    all_scores, n_tokens = sweep_scores(
-        lm, prompts, task.labels, configs, batch_size, progress, pass_size
-    )
+    scoring = SCORING_CACHED
+    if len(configs) == 1 and single_token_answers(answer_token_ids(lm.tokenizer, task.labels)):
+        # One configuration, one-token answers: a single full pass per prompt reads the
+        # weights once, a prefix pass plus a one-token pass twice (exact on either path).
+        with entered(lm, configs[0], unsteered_hooks(lm)):
+            scores, n_tokens = score_prompts(lm, prompts, task.labels, batch_size, progress)
+        all_scores, scoring = [scores], "full"
+    else:
+        all_scores, n_tokens = sweep_scores(
+            lm, prompts, task.labels, configs, batch_size, progress, pass_size
+        )
     for scores in all_scores:
         _check_finite(lm, task, split, examples, scores)
     seconds = (time.perf_counter() - start) / len(configs)
     return [
-        result_from_scores(task, split, examples, scores, n_tokens, seconds, SCORING_CACHED)
+        result_from_scores(task, split, examples, scores, n_tokens, seconds, scoring)
         for scores in all_scores
     ]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -55,6 +55,9 @@ __all__ = [
     "fork_cache",
     "merge_caches",
     "cacheable_prompts",
+    "entered",
+    "single_token_answers",
+    "unsteered_hooks",
     "SCORING_CACHED",
 ]
 
@@ -144,6 +147,41 @@ def _foreign_hooks(lm: LanguageModel) -> int:
     (run without it) disagree with the full path."""
     total = sum(len(block._forward_hooks) for block in lm.blocks)
     return total - len(active_steer_hooks(lm))
+
+
+def unsteered_hooks(lm: LanguageModel) -> int:
+    """The number of non-castlib hooks on the blocks before any configuration is entered
+    (`entered` compares against it); refuses a model with castlib steering already active."""
+    if active_steer_hooks(lm):
+        raise RuntimeError(
+            "a steering sweep runs its own steering configurations; leave the outer steer context"
+        )
+    return _foreign_hooks(lm)
+
+
+@contextmanager
+def entered(lm: LanguageModel, config: Config, baseline_hooks: int) -> Iterator[None]:
+    """Enter one configuration (None: the unsteered model) and check that it installs only
+    castlib ``positions="last"`` steering, the kind whose prefix is the unsteered model's."""
+    with config() if config is not None else nullcontext():
+        if any(h.positions != "last" for h in active_steer_hooks(lm)):
+            raise ValueError(
+                "cached last-token scoring is exact only for positions='last' "
+                "steering; this configuration steers every position"
+            )
+        if _foreign_hooks(lm) != baseline_hooks:
+            raise ValueError(
+                "this configuration installs hooks other than castlib's "
+                "last-position steering; cached scoring cannot be shown exact for it"
+            )
+        yield
+
+
+def single_token_answers(answer_ids: Sequence[Sequence[int]]) -> bool:
+    """Whether every answer is one token and no two answers share it: then one position's
+    logits score them all (`castlib.scoring`)."""
+    firsts = [row[0] for row in answer_ids]
+    return all(len(r) == 1 for r in answer_ids) and len(set(firsts)) == len(firsts)
 
 
 def _forward_new_tokens(
@@ -242,11 +280,7 @@ def sweep_scores(
     """
     if not configs:
         raise ValueError("configs must not be empty")
-    if active_steer_hooks(lm):
-        raise RuntimeError(
-            "sweep_scores runs its own steering configurations; leave the outer steer context"
-        )
-    baseline_hooks = _foreign_hooks(lm)
+    baseline_hooks = unsteered_hooks(lm)
     batch_size = check_positive_int(batch_size, "batch_size")
     pass_size = check_positive_int(pass_size, "pass_size")
     _, answers, prompt_ids, answer_ids = checked_inputs(lm, prompts, answers)
@@ -256,7 +290,7 @@ def sweep_scores(
             f"prompt {short[0]} has a single token: nothing to cache before the last token"
         )
     firsts = [row[0] for row in answer_ids]
-    single = all(len(r) == 1 for r in answer_ids) and len(set(firsts)) == len(firsts)
+    single = single_token_answers(answer_ids)
     n, k = len(prompt_ids), len(answer_ids)
     outs = [torch.empty((n, k), dtype=torch.float32) for _ in configs]
     show = progress if progress is not None else -(-n // batch_size) > 4
@@ -265,17 +299,7 @@ def sweep_scores(
     with torch.inference_mode(), bar:
         for rows, prefix, prefix_mask, last in _passes(lm, prompt_ids, batch_size, pass_size):
             for out, config in zip(outs, configs, strict=True):
-                with config() if config is not None else nullcontext():
-                    if any(h.positions != "last" for h in active_steer_hooks(lm)):
-                        raise ValueError(
-                            "cached last-token scoring is exact only for positions='last' "
-                            "steering; this configuration steers every position"
-                        )
-                    if _foreign_hooks(lm) != baseline_hooks:
-                        raise ValueError(
-                            "this configuration installs hooks other than castlib's "
-                            "last-position steering; cached scoring cannot be shown exact for it"
-                        )
+                with entered(lm, config, baseline_hooks):
                     if single:
                         logits = _forward_new_tokens(lm, prefix, prefix_mask, last, 1)
                         logp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()

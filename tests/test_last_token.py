@@ -206,8 +206,11 @@ def test_steering_method_record_says_which_path_ran(lm):
     for scoring in ("auto", "full"):
         tv = methods.get("task_vector")(**grid, scoring=scoring).fit(lm, [source], target, seed=0)
         records[scoring] = tv.evaluate(lm, target, limit=6)
-    assert records["auto"]["scoring"] == "last_token_cached"
-    assert records["full"]["scoring"] == "full"
+    assert records["auto"]["tuning_scoring"] == "last_token_cached"
+    assert records["full"]["tuning_scoring"] == "full"
+    # one configuration, one-token answers: the plain pass is cheaper and ran
+    assert records["auto"]["scoring"] == records["full"]["scoring"] == "full"
+    assert records["auto"]["predictions"] == records["full"]["predictions"]
     assert records["auto"]["accuracy"] == records["full"]["accuracy"]
     zs = methods.get("zero_shot")().fit(lm, [source], target).evaluate(lm, target, limit=6)
     assert zs["scoring"] == "full"
@@ -225,3 +228,31 @@ def test_evaluate_sweep_accepts_a_task_name_and_refuses_other_types(lm, monkeypa
     assert res.n == 5 and res.task == "tgt"
     with pytest.raises(TypeError, match="task must be a Task or a task name"):
         E.evaluate_sweep(lm, 3, [None])
+
+
+def test_one_configuration_takes_the_cheaper_exact_path(lm):
+    """`evaluate_sweep` with one configuration: the plain pass for one-token answers, the
+    cached path for multi-token ones (a prefix pass then one pass per answer beats one full
+    pass per answer); equal scores either way, and the same refusals on both paths."""
+    import dataclasses
+
+    from castlib.evaluate import evaluate, evaluate_sweep
+    from tests.conftest import make_task
+
+    v = torch.randn(lm.n_layers, lm.hidden_size, generator=torch.Generator().manual_seed(4))
+    config = lambda: steer(lm, v, alpha=3.0, layers=[1])  # noqa: E731
+    single = make_task("tgt", n_train=4, n_test=9, seed=3)
+    multi = dataclasses.replace(single, labels=("very bad", "not bad at all"))
+    for task, path in ((single, "full"), (multi, "last_token_cached")):
+        (got,) = evaluate_sweep(lm, task, [config], batch_size=4)
+        with config():
+            want = evaluate(lm, task, batch_size=4)
+        assert got.scoring == path, task.labels
+        assert [p["pred"] for p in got.predictions] == [p["pred"] for p in want.predictions]
+        for a, b in zip(got.predictions, want.predictions, strict=True):
+            assert a["log_probs"] == pytest.approx(b["log_probs"], abs=1e-4)
+        with pytest.raises(ValueError, match="exact only for positions='last'"):
+            evaluate_sweep(lm, task, [lambda: steer(lm, v, layers=[1], positions="all")])
+        with steer(lm, v, layers=[1]), pytest.raises(RuntimeError, match="outer steer context"):
+            evaluate_sweep(lm, task, [config])
+        assert not lm.interventions

@@ -7,8 +7,9 @@ unsteered model computes it. Methods of that kind that evaluate the same prompts
 each prompt's prefix only once: `evaluate_methods` scores them together in one
 `castlib.evaluate.evaluate_sweep` (one prefix pass per prompt, then one one-token pass per
 method), which gives each method the record `Method.evaluate` gives it, up to float rounding of
-the scores (same predictions). Every other method is evaluated on its own, as by
-`Method.evaluate`. Ablation and sensitivity grids (notebooks 04 and 06), which fit many
+the scores (same predictions; ``scoring`` says which path ran: evaluated alone, one
+configuration with one-token answers takes the plain pass, see `castlib.evaluate.evaluate_sweep`).
+Every other method is evaluated on its own, as by `Method.evaluate`. Ablation and sensitivity grids (notebooks 04 and 06), which fit many
 variants of CAST and score each on the same test split, cost one test pass plus one token per
 variant this way instead of one test pass per variant.
 """

@@ -46,8 +46,10 @@ Scoring the grid (``scoring``): with ``positions="last"`` every grid point is sc
 one cached prefix per tuning prompt (`castlib.last_token.sweep_scores`: one prefix pass, then
 one token per prompt and grid point), which gives the same predictions as scoring every grid
 point in full (``scoring="full"``); ``positions="all"`` always scores in full. The test
-evaluation takes the same path. The paths that ran are in the record: ``tuning_scoring`` and
-``scoring``.
+evaluation scores one configuration: alone and with one-token answers it takes the plain pass
+(cheaper than a prefix pass plus a one-token pass), shared with other methods
+(`castlib.methods.evaluate_methods`) or with multi-token answers the cached path. The paths
+that ran are in the record: ``tuning_scoring`` and ``scoring``.
 """
 
 from __future__ import annotations
