@@ -202,11 +202,24 @@ class I2CLInjection:
         self.remove()
 
 
+@dataclasses.dataclass
+class _Calibration:
+    """Everything a calibration step changes: the coefficients, the optimiser and its schedule,
+    both generators, the current epoch's order and the losses so far."""
+
+    coef: torch.Tensor
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    order_gen: torch.Generator
+    noise_gen: torch.Generator
+    losses: list[list[float]] = dataclasses.field(default_factory=list)
+    order: list[int] = dataclasses.field(default_factory=list)
+
+
 class _Checkpoint:
-    """The calibration's state at an epoch boundary, in a fit's scratch folder
-    (`castlib.fit_store.FitStore.scratch`; none without one): the coefficients, the optimiser
-    and schedule, both generators, the current order and the losses so far. Restoring it and
-    going on gives what an uninterrupted calibration gives, bit for bit."""
+    """A `_Calibration` at an epoch boundary, in a fit's scratch folder
+    (`castlib.fit_store.FitStore.scratch`; none without one). Restoring it and going on gives
+    what an uninterrupted calibration gives, bit for bit."""
 
     FILE = "i2cl_calibration.pt"
 
@@ -216,29 +229,29 @@ class _Checkpoint:
         self.seconds_before = 0.0
         self._started = time.perf_counter()
 
-    def save(self, step: int, coef, opt, sched, order_gen, noise_gen, losses, order) -> None:
+    def save(self, step: int, cal: _Calibration) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             **self.shape,
             "step": step,
-            "coef": coef.detach().cpu().clone(),
-            "opt": opt.state_dict(),
-            "sched": sched.state_dict(),
-            "order_gen": order_gen.get_state(),
-            "noise_gen": noise_gen.get_state(),
-            "losses": [list(e) for e in losses],
-            "order": list(order),
+            "coef": cal.coef.detach().cpu().clone(),
+            "opt": cal.opt.state_dict(),
+            "sched": cal.sched.state_dict(),
+            "order_gen": cal.order_gen.get_state(),
+            "noise_gen": cal.noise_gen.get_state(),
+            "losses": [list(e) for e in cal.losses],
+            "order": list(cal.order),
             "seconds": self.seconds_before + time.perf_counter() - self._started,
         }
         tmp = self.path.with_name(f"{self.FILE}.{os.getpid()}.tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
 
-    def restore(self, coef, opt, sched, order_gen, noise_gen, losses, order) -> int:
-        """Load the checkpoint into the given objects; the step to go on from (0: none, or
-        one of another calibration, which is ignored)."""
+    def restore(self, cal: _Calibration) -> int:
+        """Load the checkpoint into ``cal``; the step to go on from (0: none, or one of
+        another calibration, which is ignored)."""
         if self.path is None or not self.path.is_file():
             return 0
         try:
@@ -251,13 +264,13 @@ class _Checkpoint:
         if any(state.get(k) != v for k, v in self.shape.items()):
             return 0
         with torch.no_grad():
-            coef.copy_(state["coef"].to(coef.device))
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        order_gen.set_state(state["order_gen"])
-        noise_gen.set_state(state["noise_gen"])
-        losses[:] = [list(e) for e in state["losses"]]
-        order[:] = list(state["order"])
+            cal.coef.copy_(state["coef"].to(cal.coef.device))
+        cal.opt.load_state_dict(state["opt"])
+        cal.sched.load_state_dict(state["sched"])
+        cal.order_gen.set_state(state["order_gen"])
+        cal.noise_gen.set_state(state["noise_gen"])
+        cal.losses[:] = [list(e) for e in state["losses"]]
+        cal.order[:] = list(state["order"])
         self.seconds_before = float(state["seconds"])
         return int(state["step"])
 
@@ -384,19 +397,22 @@ class I2CL(Method):
         total = p.epochs * per_epoch if p.steps is None else min(p.steps, p.epochs * per_epoch)
         warmup = int(p.warmup * total)
         opt = torch.optim.AdamW([coef], lr=p.lr, weight_decay=p.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
-        order_gen = torch.Generator().manual_seed(seed)
-        noise_gen = torch.Generator(device=lm.device).manual_seed(seed)
-        losses: list[list[float]] = []
-        order: list[int] = []
+        cal = _Calibration(
+            coef=coef,
+            opt=opt,
+            sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup)),
+            order_gen=torch.Generator().manual_seed(seed),
+            noise_gen=torch.Generator(device=lm.device).manual_seed(seed),
+        )
+        losses, order = cal.losses, cal.order
         quiet = None if p.progress is None else not p.progress
         checkpoint = _Checkpoint(self.fit_scratch, total, len(prompts))
-        start = checkpoint.restore(coef, opt, sched, order_gen, noise_gen, losses, order)
+        start = checkpoint.restore(cal)
         if start:
             self.info["calib_resumed_at_step"] = start
             self.info["resumed_seconds"] = checkpoint.seconds_before
         with (
-            I2CLInjection(lm, coef, self.context, p.noise_scale, noise_gen),
+            I2CLInjection(lm, coef, self.context, p.noise_scale, cal.noise_gen),
             torch.enable_grad(),
         ):
             for step in tqdm(
@@ -409,8 +425,8 @@ class I2CL(Method):
             ):
                 if step % per_epoch == 0:
                     if step > start:  # an epoch ended: keep where calibration stands
-                        checkpoint.save(step, coef, opt, sched, order_gen, noise_gen, losses, order)
-                    order[:] = torch.randperm(len(prompts), generator=order_gen).tolist()
+                        checkpoint.save(step, cal)
+                    order[:] = torch.randperm(len(prompts), generator=cal.order_gen).tolist()
                     losses.append([])
                 idx = order[(step % per_epoch) * bs : (step % per_epoch + 1) * bs]
                 ids, mask = pad([prompts[i] for i in idx], lm.tokenizer.pad_token_id, "left")
@@ -427,7 +443,7 @@ class I2CL(Method):
                 (grad,) = torch.autograd.grad(loss, [coef])  # the model's weights get no grad
                 coef.grad = grad
                 opt.step()
-                sched.step()
+                cal.sched.step()
                 coef.grad = None
                 losses[-1].append(float(loss.detach()))
         return coef.detach().float().cpu(), total, [sum(e) / len(e) for e in losses]
