@@ -30,7 +30,6 @@ BATCHES = sorted(p.name for p in ARCHIVE.iterdir() if p.is_dir())
 PENDING_FULL_CPU = [
     "02_cross_domain/targets=arc_challenge__seeds=2",
     "02_cross_domain/targets=financial_phrasebank__seeds=2",
-    "02_cross_domain/targets=medmcqa__seeds=1",
     "02_cross_domain/targets=medmcqa__seeds=2",
     "02_cross_domain/targets=sciq__seeds=1",
     "02_cross_domain/targets=sciq__seeds=2",
