@@ -66,11 +66,13 @@ def test_multi_token_scoring_steers_prompt_last_and_answer_tokens(lm, toy_task):
     with steer(lm, v, alpha=1.0, layers=[1]):
         scores, _ = score_prompts(lm, [prompt], [answer])
         # reference: feed the prompt, then each answer token with the KV cache (decode steps)
+        from castlib.prefix_cache import cache_kwargs, returned_cache
+
         p = lm.tokenizer(prompt, return_tensors="pt")
         a = lm.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             out = lm.model(**p, use_cache=True)
-            total, past, mask = 0.0, out.past_key_values, p["attention_mask"]
+            total, past, mask = 0.0, returned_cache(out), p["attention_mask"]
             logits = out.logits[0, -1]
             for tok in a:
                 total += float(torch.log_softmax(logits.float(), -1)[tok])
@@ -78,10 +80,10 @@ def test_multi_token_scoring_steers_prompt_last_and_answer_tokens(lm, toy_task):
                 out = lm.model(
                     input_ids=torch.tensor([[tok]]),
                     attention_mask=mask,
-                    past_key_values=past,
+                    **cache_kwargs(lm, past),  # `cache` where transformers takes it
                     use_cache=True,
                 )
-                past, logits = out.past_key_values, out.logits[0, -1]
+                past, logits = returned_cache(out), out.logits[0, -1]
     assert abs(float(scores[0, 0]) - total) < 1e-4
 
 
