@@ -26,6 +26,7 @@ HEADLINE = (
     "grid_cached_speedup",
     "cast_fit_eval_speedup",
     "cast_fit_eval_speedup_cpu",
+    "cast_fit_eval_speedup_warm_store",
 )
 
 
@@ -157,8 +158,10 @@ def test_sweep_section(result):
 def test_castfit_section(result):
     cast = result["sections"]["castfit"]
     assert cast["cast_same_choice"] is True
+    # the store changes what is computed, not the results
     assert cast["cast_accuracy"]["full"] == cast["cast_accuracy"]["fast"]
-    for path in ("full", "fast"):
+    assert cast["cast_accuracy"]["warm"] == cast["cast_accuracy"]["fast"]
+    for path in ("full", "fast", "warm"):
         parts = cast[f"cast_{path}_fit_cpu_s"] + cast[f"cast_{path}_eval_cpu_s"]
         assert parts == pytest.approx(cast[f"cast_{path}_path_cpu_s"])
 
