@@ -166,13 +166,14 @@ def entered(lm: LanguageModel, config: Config, baseline_hooks: int) -> Iterator[
     with config() if config is not None else nullcontext():
         if any(h.positions != "last" for h in active_steer_hooks(lm)):
             raise ValueError(
-                "cached last-token scoring is exact only for positions='last' "
-                "steering; this configuration steers every position"
+                "a steering sweep takes only positions='last' steering (whose prompt prefix "
+                "is the unsteered model's, so cached scoring is exact); this configuration "
+                "steers every position"
             )
         if _foreign_hooks(lm) != baseline_hooks:
             raise ValueError(
                 "this configuration installs hooks other than castlib's "
-                "last-position steering; cached scoring cannot be shown exact for it"
+                "last-position steering; a steering sweep cannot show its cached scoring exact"
             )
         yield
 

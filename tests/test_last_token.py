@@ -251,7 +251,7 @@ def test_one_configuration_takes_the_cheaper_exact_path(lm):
         assert [p["pred"] for p in got.predictions] == [p["pred"] for p in want.predictions]
         for a, b in zip(got.predictions, want.predictions, strict=True):
             assert a["log_probs"] == pytest.approx(b["log_probs"], abs=1e-4)
-        with pytest.raises(ValueError, match="exact only for positions='last'"):
+        with pytest.raises(ValueError, match="takes only positions='last'"):
             evaluate_sweep(lm, task, [lambda: steer(lm, v, layers=[1], positions="all")])
         with steer(lm, v, layers=[1]), pytest.raises(RuntimeError, match="outer steer context"):
             evaluate_sweep(lm, task, [config])
