@@ -17,8 +17,11 @@ versions. A stored fit is reloaded only when every part matches; a folder that c
 counts as a miss and is replaced.
 
 A batch's fit store is the ``fits/`` folder of its on-disk activation store (`fit_store_for`:
-``castlib.runs`` points every kernel at one through ``$CASTLIB_ACTIVATION_STORE``); a model
-with a memory-only store, or none, never reuses a fit. The record of a reused fit says so
+``castlib.runs`` points every kernel at one through ``$CASTLIB_ACTIVATION_STORE``), or the
+folder ``$CASTLIB_FIT_STORE`` names (a run config's ``fit_store`` key: a folder that outlives
+the batch's output, e.g. one kept in git, so that a long fit and its checkpoints carry over to a
+machine that continues the batch); a model with a memory-only store, or none, and no
+``$CASTLIB_FIT_STORE``, never reuses a fit. The record of a reused fit says so
 (``fit_reused_from``: the target it was fitted with) and keeps the original ``fit_seconds``,
 the cost of the fit, not of reading it back.
 
@@ -52,10 +55,19 @@ if TYPE_CHECKING:
     from .methods.base import Method
     from .models import LanguageModel
 
-__all__ = ["FitStore", "fit_store_for", "task_fingerprint", "code_fingerprint", "FITS_FOLDER"]
+__all__ = [
+    "FitStore",
+    "fit_store_for",
+    "task_fingerprint",
+    "code_fingerprint",
+    "FITS_FOLDER",
+    "FIT_STORE_ENV",
+]
 
 #: The sub-folder of an on-disk activation store that holds a batch's fits.
 FITS_FOLDER = "fits"
+#: Names a fit store folder that takes the place of ``<activation store>/fits``.
+FIT_STORE_ENV = "CASTLIB_FIT_STORE"
 #: Parameters that change nothing in a fit's result (progress bars).
 IGNORED_PARAMS = ("progress", "data_dir")
 
@@ -178,7 +190,11 @@ class FitStore:
 
 
 def fit_store_for(lm: LanguageModel) -> FitStore | None:
-    """The fit store of ``lm``'s on-disk activation store (``<folder>/fits``), or None."""
+    """The fit store named by ``$CASTLIB_FIT_STORE``, else that of ``lm``'s on-disk activation
+    store (``<folder>/fits``), else None."""
+    named = os.environ.get(FIT_STORE_ENV)
+    if named:
+        return FitStore(Path(named).expanduser())
     store: Any = getattr(lm, "activation_store", None)
     folder = getattr(store, "folder", None)
     if folder is None:

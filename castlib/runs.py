@@ -13,6 +13,7 @@ Run config (YAML)
     output_dir: runs_out/cross_domain     # required; relative to the current working directory
     kernel: castlib                       # optional (default: the current interpreter); --kernel overrides it
     superseded: "by full.yaml; made by commit abc1234"  # optional: kept as an archive's record only
+    fit_store: papermill_runs/fits/full_cpu  # optional; relative to the current working directory
     num_gpus: 1                           # optional (also num_cpus); per run, --executor ray
     defaults:                             # optional; applied to every run
       n_test: 200
@@ -65,6 +66,13 @@ finished run is written beside it (under ``<output_dir>/.castlib-staging/``, whi
 skips) and swapped in only when it succeeds: an interrupted or failed rerun keeps the earlier
 result (the rerun's own notebook then names the staging folder as its ``output_dir``).
 
+Every kernel of a (sequential) batch shares one on-disk activation store,
+``<output_dir>/.activation_store`` (`castlib.activation_store`), whose ``fits/`` folder keeps the
+fits that read no target row (`castlib.fit_store`: I2CL is fitted once per source tasks and
+seed). ``fit_store`` moves those fits elsewhere: a folder kept in git lets a long fit, and the
+checkpoints it writes while running, carry over to the next machine or session that continues the
+batch (the activation store itself is large and stays in the output folder).
+
 ``--executor ray [--address ADDR]`` runs each run as a Ray task instead, with the config's
 ``num_cpus``/``num_gpus`` per run, into the same layout (see castlib.executors); the sequential
 executor ignores those two keys.
@@ -110,6 +118,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from .activation_store import STORE_ENV
+from .fit_store import FIT_STORE_ENV
 from .kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
 
 __all__ = [
@@ -131,7 +140,15 @@ __all__ = [
 ]
 
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
-TOP_LEVEL_KEYS = ("output_dir", "kernel", "defaults", "runs", "superseded", *RESOURCE_KEYS)
+TOP_LEVEL_KEYS = (
+    "output_dir",
+    "kernel",
+    "defaults",
+    "runs",
+    "superseded",
+    "fit_store",
+    *RESOURCE_KEYS,
+)
 ENTRY_KEYS = ("notebook", "name", "parameters", "grid", *RESOURCE_KEYS)
 RESERVED_PARAMETERS = frozenset({"output_dir"})
 RUN_FILE = "run.json"
@@ -209,6 +226,9 @@ class RunConfig:
     #: replaced it and which commit ran it): its parameters are not checked against today's
     #: notebooks, and `run_batch` refuses to run it
     superseded: str | None = None
+    #: where the batch keeps fits that read no target row (`castlib.fit_store`); None: the
+    #: ``fits/`` folder of the batch's activation store
+    fit_store: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +283,9 @@ def parse_config(
         raise ConfigError(
             f"{where}: 'superseded' must be a non-empty string, got {_kind(superseded)}"
         )
+    fit_store = data.get("fit_store")
+    if fit_store is not None and (not isinstance(fit_store, str) or not fit_store.strip()):
+        raise ConfigError(f"{where}: 'fit_store' must be a folder path, got {_kind(fit_store)}")
     defaults = _parameter_mapping(data.get("defaults"), f"{where}: defaults")
     resources = _resources(data, where)
     entries = data.get("runs")
@@ -284,6 +307,7 @@ def parse_config(
         kernel=kernel,
         source=Path(source) if source is not None else None,
         superseded=superseded,
+        fit_store=Path(fit_store).expanduser().resolve() if fit_store else None,
     )
 
 
@@ -771,17 +795,21 @@ STORE_FOLDER = ".activation_store"
 
 
 @contextlib.contextmanager
-def _store_for_kernels(folder: Path) -> Iterator[None]:
-    """Point the kernels started inside at one on-disk activation store (unless the user set
-    ``$CASTLIB_ACTIVATION_STORE`` already); the variable is restored on exit."""
-    before = os.environ.get(STORE_ENV)
-    if before is None:
-        os.environ[STORE_ENV] = str(folder.resolve())
+def _store_for_kernels(folder: Path, fit_store: Path | None = None) -> Iterator[None]:
+    """Point the kernels started inside at one on-disk activation store, and at ``fit_store``
+    when given (each unless the user set the variable already: ``$CASTLIB_ACTIVATION_STORE``,
+    ``$CASTLIB_FIT_STORE``); the variables are restored on exit."""
+    wanted = {STORE_ENV: folder}
+    if fit_store is not None:
+        wanted[FIT_STORE_ENV] = fit_store
+    ours = [name for name in wanted if os.environ.get(name) is None]
+    for name in ours:
+        os.environ[name] = str(wanted[name].resolve())
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(STORE_ENV, None)
+        for name in ours:
+            os.environ.pop(name, None)
 
 
 def runnable_config(config: RunConfig | str | Path) -> RunConfig:
@@ -821,7 +849,7 @@ def run_batch(
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
     with (
-        _store_for_kernels(cfg.output_dir / STORE_FOLDER),
+        _store_for_kernels(cfg.output_dir / STORE_FOLDER, cfg.fit_store),
         tqdm(runs, desc="runs", unit="run", disable=not progress) as bar,
     ):
         for run in bar:

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from castlib.activation_store import ActivationStore
-from castlib.fit_store import FITS_FOLDER, FitStore, code_fingerprint, task_fingerprint
+from castlib.fit_store import (
+    FIT_STORE_ENV,
+    FITS_FOLDER,
+    FitStore,
+    code_fingerprint,
+    fit_store_for,
+    task_fingerprint,
+)
 from castlib.methods.i2cl import I2CL
 from castlib.methods.task_vector import TaskVector
 from castlib.testing import tiny_model
@@ -33,6 +40,11 @@ def _forwards(lm):
         calls["n"] += 1
 
     return calls, lm.base.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_named_fit_store(monkeypatch):
+    monkeypatch.delenv(FIT_STORE_ENV, raising=False)
 
 
 @pytest.fixture()
@@ -109,6 +121,24 @@ def test_no_disk_store_no_reuse(tokenizer):
     _i2cl().fit(lm, [SOURCE], TARGET_A, seed=0)
     again = _i2cl().fit(lm, [SOURCE], TARGET_B, seed=0)
     assert "fit_reused_from" not in again.info
+
+
+def test_a_named_fit_store_takes_the_place_of_the_activation_stores(
+    tokenizer, tmp_path, monkeypatch
+):
+    """$CASTLIB_FIT_STORE (a batch's fit_store key) holds the fits, with or without an on-disk
+    activation store: a second process (here: a second model object) reloads from it."""
+    monkeypatch.setenv(FIT_STORE_ENV, str(tmp_path / "kept"))
+    lm = tiny_model("llama", tokenizer=tokenizer)
+    lm.activation_store = ActivationStore()  # memory only: no fits/ folder of its own
+    assert fit_store_for(lm).folder == tmp_path / "kept"
+    first = _i2cl().fit(lm, [SOURCE], TARGET_A, seed=0)
+    assert len(list((tmp_path / "kept").iterdir())) == 1
+    other = tiny_model("llama", tokenizer=tokenizer)
+    other.activation_store = ActivationStore(tmp_path / "store")
+    again = _i2cl().fit(other, [SOURCE], TARGET_B, seed=0)
+    assert again.info["fit_reused_from"] == "tgt_a" and torch.equal(again.coef, first.coef)
+    assert not (tmp_path / "store" / FITS_FOLDER).exists()
 
 
 def test_an_unreadable_save_is_a_miss_and_is_replaced(stored_lm):

@@ -511,14 +511,17 @@ def test_default_kernel_is_the_running_interpreter_whatever_the_user_has(
     )
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(user_dir))
     monkeypatch.delenv("CASTLIB_ACTIVATION_STORE", raising=False)
+    monkeypatch.delenv("CASTLIB_FIT_STORE", raising=False)
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell('output_dir = "."', metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(
             "import json, os, pathlib, sys\n"
             'store = os.environ.get("CASTLIB_ACTIVATION_STORE")\n'
+            'fits = os.environ.get("CASTLIB_FIT_STORE")\n'
             'pathlib.Path(output_dir, "results.json").write_text(json.dumps('
-            '[{"method": "a", "accuracy": 1.0, "python": sys.executable, "store": store}]))'
+            '[{"method": "a", "accuracy": 1.0, "python": sys.executable, "store": store,'
+            ' "fits": fits}]))'
         ),
     ]
     nb.metadata["kernelspec"] = {
@@ -535,7 +538,19 @@ def test_default_kernel_is_the_running_interpreter_whatever_the_user_has(
     assert result["python"] == sys.executable
     # every kernel of a batch shares one activation store, and the runner's env is restored
     assert result["store"] == str((workdir / "out" / R.STORE_FOLDER).resolve())
+    assert result["fits"] is None  # no fit_store key: the store's own fits/ folder
     assert "CASTLIB_ACTIVATION_STORE" not in __import__("os").environ
+    # a fit_store key points the kernels at that folder (kept apart from the output folder)
+    cfg = R.parse_config(
+        {"output_dir": "out2", "fit_store": "kept/fits", "runs": [{"notebook": "nbs/env.ipynb"}]}
+    )
+    (outcome,) = R.run_batch(cfg, progress=False)
+    assert outcome.status == "ok", outcome.error
+    (result,) = json.loads((workdir / "out2" / "env" / "default" / "results.json").read_text())
+    assert result["fits"] == str((workdir / "kept" / "fits").resolve())
+    assert "CASTLIB_FIT_STORE" not in __import__("os").environ
+    with pytest.raises(R.ConfigError, match="'fit_store' must be a folder path"):
+        R.parse_config({"output_dir": "o", "fit_store": 3, "runs": [{"notebook": "nbs/env.ipynb"}]})
     record = json.loads((run_dir / "run.json").read_text())
     assert record["kernel"] == "current-env" and record["python"] == sys.executable
 
