@@ -1136,7 +1136,22 @@ def run_bench(
     source: Task | None = None,
     target: Task | None = None,
 ) -> dict[str, Any]:
-    """Run the sections of ``cfg`` and return the JSON-ready result (see the module doc)."""
+    """Run the sections of ``cfg`` and return the JSON-ready result (see the module doc).
+
+    The model's activation store is switched off while the sections run (and restored after):
+    the timings repeat the same prompts, which a store would answer from memory, so recording
+    and fitting would be timed as lookups. The ``castfit`` section sets its own stores."""
+    saved_store = lm.activation_store
+    lm.activation_store = None
+    try:
+        return _run_sections(lm, cfg, source, target)
+    finally:
+        lm.activation_store = saved_store
+
+
+def _run_sections(
+    lm: LanguageModel, cfg: BenchConfig, source: Task | None, target: Task | None
+) -> dict[str, Any]:
     from castlib.tasks import load_task
 
     source = source if source is not None else load_task(cfg.source)

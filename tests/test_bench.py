@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks import bench
+from castlib.activation_store import ActivationStore
 from castlib.testing import tiny_model
 
 from .conftest import make_task
@@ -67,9 +68,14 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="module")
 def result(tokenizer):
     lm = tiny_model("llama", tokenizer=tokenizer)
+    store = lm.activation_store = ActivationStore()
     source = make_task("src", n_train=60, n_test=6, seed=1)
     target = make_task("tgt", n_train=6, n_test=10, seed=2)
-    return bench.run_bench(lm, tiny_config(), source=source, target=target)
+    out = bench.run_bench(lm, tiny_config(), source=source, target=target)
+    # the timings never read a store (repeated prompts would be timed as lookups); the
+    # model's own store is back afterwards, untouched
+    assert lm.activation_store is store and store.hits == store.misses == 0
+    return out
 
 
 def test_headline_ratios(result):
