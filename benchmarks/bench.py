@@ -1343,7 +1343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threads > 0:
         torch.set_num_threads(threads)
     result = run_bench(lm, cfg)
-    result["meta"]["argv"] = list(sys.argv if argv is None else argv)
+    # the command as run from the repository root (no machine path in a result kept in git)
+    args_given = list(sys.argv[1:] if argv is None else argv)
+    result["meta"]["argv"] = ["python", "-m", "benchmarks.bench", *args_given]
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1, default=str))
