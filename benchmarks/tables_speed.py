@@ -42,6 +42,8 @@ from typing import Any
 
 import yaml
 
+from castlib import runs as R
+
 ROOT = Path(__file__).resolve().parent.parent
 OLD_COMMIT = "577608b"
 #: every method of tables_cpu.yaml but the adapters (their cost is training, not inference)
@@ -71,7 +73,7 @@ def batch_config(side: str) -> dict[str, Any]:
         params = run["parameters"]
         if "methods" in params:
             params["methods"] = list(METHODS)
-        if "cost_methods" in run["parameters"] or run["name"] == "05_scalability_cost":
+        if run["name"] == "05_scalability_cost":
             params["cost_methods"] = list(COST_METHODS)
     return config
 
@@ -109,25 +111,9 @@ def _old_data() -> Path:
     return out
 
 
-def _runs_module() -> Any:
-    sys.path.insert(0, str(ROOT))
-    from castlib import runs
-
-    return runs
-
-
 def unit_ids() -> list[str]:
     """The run ids of the batch (the same on both sides)."""
-    runs = _runs_module()
-    path = OUTPUTS / "config-new.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(batch_config("new"), sort_keys=False))
-    before = Path.cwd()
-    os.chdir(ROOT)
-    try:
-        return [run.run_id for run in runs.load_config(path).runs]
-    finally:
-        os.chdir(before)
+    return [run.run_id for run in R.parse_config(batch_config("new"), base_dir=ROOT).runs]
 
 
 def _summary_path(side: str, run_id: str) -> Path:
