@@ -16,7 +16,12 @@ executes one unit on both sides back to back and writes a small summary of each 
 
     python -m benchmarks.tables_speed units                 # the units and which are done
     python -m benchmarks.tables_speed run "targets=financial_phrasebank"
-    python -m benchmarks.tables_speed report [--json out.json]
+    python -m benchmarks.tables_speed report [--json out.json] [--exclude i2cl]
+
+The new side keeps its activation store from unit to unit, as one whole batch does, so units run
+in the batch's order cost what they cost inside the batch (the first 02 unit pays the I2CL fit,
+the next ones reload it); ``run --fresh-store`` measures a unit alone. Each summary records the
+store's size before its run, and ``report`` says per unit whether the new side started empty.
 
 Only the ratios of two sides of the same unit, run back to back, mean anything across machines.
 The methods are not identical across the commits (issue 20 gave every steering method the same
@@ -127,9 +132,21 @@ def _load_average() -> list[float]:
         return []
 
 
-def run_side(side: str, unit: str, commit: str = OLD_COMMIT) -> list[Path]:
+def _store_size(folder: Path) -> dict[str, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+
+def run_side(
+    side: str, unit: str, commit: str = OLD_COMMIT, *, fresh_store: bool = False
+) -> list[Path]:
     """Run the batch's runs whose id contains ``unit`` with the ``side`` code; returns the
-    summaries written (one per run)."""
+    summaries written (one per run).
+
+    The new side keeps its activation store (and the fits in it) from one unit to the next, as
+    one whole batch run does (``castlib.runs`` gives every notebook of a batch one store), unless
+    ``fresh_store``; each summary records the store's size before the run. The old code has no
+    store."""
     config = batch_config(side)
     env = dict(os.environ)
     cwd = ROOT
@@ -141,9 +158,10 @@ def run_side(side: str, unit: str, commit: str = OLD_COMMIT) -> list[Path]:
         env.setdefault("CASTLIB_DATA", str(_old_data()))
         # the old code's own model cache: its cache layout may differ from today's
         env.setdefault("CASTLIB_CACHE", str(OUTPUTS / f"cache-{commit}"))
-    # every unit starts from an empty activation store (conservative for the new side: in one
-    # whole batch the store, and the I2CL fit in it, would also be shared across units)
-    shutil.rmtree(OUTPUTS / side / ".activation_store", ignore_errors=True)
+    store = OUTPUTS / side / R.STORE_FOLDER
+    if fresh_store:
+        shutil.rmtree(store, ignore_errors=True)
+    store_before = _store_size(store)
     path = OUTPUTS / f"config-{side}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -188,6 +206,8 @@ def run_side(side: str, unit: str, commit: str = OLD_COMMIT) -> list[Path]:
             "run_id": run_id,
             "wall_s": record.get("seconds"),
             "methods": methods,
+            "fresh_store": fresh_store,
+            "store_before": store_before,
             "load_average_before": load_before,
             "load_average_after": _load_average(),
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor()},
@@ -212,12 +232,14 @@ def _head() -> str:
     return out.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def report(units: Sequence[str]) -> dict[str, Any]:
+def report(units: Sequence[str], exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Per method, per side: summed fit+eval seconds over the units done on both sides; the
-    runs' wall seconds; the ratios old / new."""
+    runs' wall seconds; the ratios old / new. ``exclude``: methods left out of every sum (the
+    runs' wall seconds then count only the remaining methods' seconds)."""
     done = []
     per_method: dict[str, dict[str, float]] = {}
     walls = {side: 0.0 for side in SIDES}
+    per_unit: dict[str, dict[str, Any]] = {}
     for run_id in units:
         sums = {s: _summary_path(s, run_id) for s in SIDES}
         if not all(p.is_file() for p in sums.values()):
@@ -225,8 +247,18 @@ def report(units: Sequence[str]) -> dict[str, Any]:
         done.append(run_id)
         for side, path in sums.items():
             summary = json.loads(path.read_text())
-            walls[side] += float(summary["wall_s"] or 0.0)
+            left_out = sum(
+                m["fit_s"] + m["eval_s"] for k, m in summary["methods"].items() if k in exclude
+            )
+            walls[side] += float(summary["wall_s"] or 0.0) - left_out
+            unit = per_unit.setdefault(run_id, {})
+            unit[f"{side}_wall_s"] = float(summary["wall_s"] or 0.0) - left_out
+            if side == "new":
+                # summaries written before the field existed all started from an empty store
+                unit["new_fresh_store"] = summary.get("fresh_store", True)
             for method, m in summary["methods"].items():
+                if method in exclude:
+                    continue
                 row = per_method.setdefault(method, {f"{s}_s": 0.0 for s in SIDES})
                 row[f"{side}_s"] += m["fit_s"] + m["eval_s"]
     for row in per_method.values():
@@ -235,6 +267,8 @@ def report(units: Sequence[str]) -> dict[str, Any]:
     return {
         "units_done": done,
         "units_missing": [u for u in units if u not in done],
+        "excluded_methods": list(exclude),
+        "units": per_unit,
         "methods": per_method,
         "method_seconds": total,
         "method_speedup": total["old"] / total["new"] if total["new"] else None,
@@ -252,8 +286,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("unit", help="substring of the run ids (castlib.runs --only)")
     p_run.add_argument("--sides", default="old,new", help="comma-separated: old,new")
     p_run.add_argument("--commit", default=OLD_COMMIT)
+    p_run.add_argument(
+        "--fresh-store",
+        action="store_true",
+        help="empty the new side's activation store first (default: kept, as in one batch)",
+    )
     p_rep = sub.add_parser("report", help="aggregate the summaries present")
     p_rep.add_argument("--json", type=Path, default=None)
+    p_rep.add_argument(
+        "--exclude", default="", help="comma-separated methods to leave out of the sums"
+    )
     args = parser.parse_args(argv)
     if args.cmd == "units":
         for run_id in unit_ids():
@@ -264,10 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for side in args.sides.split(","):
             if side not in SIDES:
                 parser.error(f"unknown side {side!r}; expected one of {SIDES}")
-            for path in run_side(side, args.unit, args.commit):
+            for path in run_side(side, args.unit, args.commit, fresh_store=args.fresh_store):
                 print(f"wrote {path.relative_to(ROOT)}")
         return 0
-    result = report(unit_ids())
+    result = report(unit_ids(), exclude=[m for m in args.exclude.split(",") if m])
     text = json.dumps(result, indent=1)
     if args.json:
         args.json.write_text(text + "\n")

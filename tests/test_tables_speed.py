@@ -39,3 +39,40 @@ def test_report_sums_units_done_on_both_sides(tmp_path, monkeypatch):
     assert out["method_seconds"] == {"old": 80.0, "new": 25.0}
     assert out["method_speedup"] == pytest.approx(80.0 / 25.0)
     assert out["wall_speedup"] == pytest.approx(100.0 / 40.0)
+
+
+def test_report_can_leave_methods_out_and_says_which_units_were_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(ts, "SUMMARIES", tmp_path)
+    _write(tmp_path, "old", "02/a", 100.0, {"cast": (30.0, 30.0), "i2cl": (10.0, 10.0)})
+    _write(tmp_path, "new", "02/a", 90.0, {"cast": (10.0, 5.0), "i2cl": (50.0, 5.0)})
+    out = ts.report(["02/a"], exclude=["i2cl"])
+    assert set(out["methods"]) == {"cast"}
+    assert out["method_seconds"] == {"old": 60.0, "new": 15.0}
+    # the runs' wall seconds lose the left-out method's seconds too
+    assert out["wall_seconds"] == {"old": 80.0, "new": 35.0}
+    assert out["units"]["02/a"] == {"old_wall_s": 80.0, "new_wall_s": 35.0, "new_fresh_store": True}
+    # a summary that records a kept store says so
+    path = tmp_path / "new" / "02__a.json"
+    summary = json.loads(path.read_text())
+    path.write_text(json.dumps({**summary, "fresh_store": False}))
+    assert ts.report(["02/a"])["units"]["02/a"]["new_fresh_store"] is False
+
+
+def test_the_new_side_keeps_its_store_unless_asked(tmp_path, monkeypatch):
+    """run_side empties the store only with fresh_store (the batch itself is not run here)."""
+    monkeypatch.setattr(ts, "OUTPUTS", tmp_path)
+    store = tmp_path / "new" / ts.R.STORE_FOLDER
+    store.mkdir(parents=True)
+    (store / "entry.bin").write_bytes(b"x" * 10)
+    calls = []
+
+    class _Done:
+        returncode = 0
+
+    monkeypatch.setattr(ts.subprocess, "run", lambda *a, **k: calls.append(a) or _Done())
+    assert ts.run_side("new", "02/a") == []  # no run.json under tmp_path: nothing summarised
+    assert (store / "entry.bin").is_file()
+    assert ts._store_size(store) == {"files": 1, "bytes": 10}
+    ts.run_side("new", "02/a", fresh_store=True)
+    assert not store.exists()
+    assert len(calls) == 2
