@@ -76,3 +76,20 @@ def test_the_new_side_keeps_its_store_unless_asked(tmp_path, monkeypatch):
     ts.run_side("new", "02/a", fresh_store=True)
     assert not store.exists()
     assert len(calls) == 2
+
+
+def test_a_reloaded_fit_costs_nothing_in_the_sums():
+    records = [
+        {"method": "i2cl", "fit_seconds": 600.0, "eval_seconds": 20.0, "fit_reused_from": "sciq"},
+        {"method": "cast", "fit_seconds": 40.0, "eval_seconds": 10.0, "accuracy": 0.5},
+        {"method": "cast", "fit_seconds": 30.0, "eval_seconds": 10.0, "accuracy": 0.25},
+    ]
+    out = ts.method_seconds(records)
+    assert out["i2cl"]["fit_s"] == 0.0 and out["i2cl"]["fits_reused"] == 1
+    assert out["i2cl"]["eval_s"] == 20.0
+    assert (out["cast"]["fit_s"], out["cast"]["eval_s"], out["cast"]["n_records"]) == (
+        70.0,
+        20.0,
+        2,
+    )
+    assert out["cast"]["accuracy"] == [0.5, 0.25] and out["cast"]["fits_reused"] == 0
