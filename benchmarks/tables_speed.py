@@ -292,6 +292,26 @@ def report(units: Sequence[str], exclude: Sequence[str] = ()) -> dict[str, Any]:
     }
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """`report`'s result as a Markdown table: one row per method, then the totals."""
+    lines = [
+        f"| method | {OLD_COMMIT} (s) | now (s) | old / new |",
+        "|---|---|---|---|",
+    ]
+    for method, row in result["methods"].items():
+        lines.append(
+            f"| {method} | {row['old_s']:.0f} | {row['new_s']:.0f} | {row['speedup']:.2f} |"
+        )
+    secs, walls = result["method_seconds"], result["wall_seconds"]
+    lines.append(
+        f"| all methods | {secs['old']:.0f} | {secs['new']:.0f} | **{result['method_speedup']:.2f}** |"
+    )
+    lines.append(
+        f"| the runs' wall time | {walls['old']:.0f} | {walls['new']:.0f} | {result['wall_speedup']:.2f} |"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -307,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_rep = sub.add_parser("report", help="aggregate the summaries present")
     p_rep.add_argument("--json", type=Path, default=None)
+    p_rep.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p_rep.add_argument(
         "--exclude", default="", help="comma-separated methods to leave out of the sums"
     )
@@ -327,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(result, indent=1)
     if args.json:
         args.json.write_text(text + "\n")
-    print(text)
+    print(markdown(result) if args.markdown else text)
     return 0
 
 

@@ -93,3 +93,14 @@ def test_a_reloaded_fit_costs_nothing_in_the_sums():
         2,
     )
     assert out["cast"]["accuracy"] == [0.5, 0.25] and out["cast"]["fits_reused"] == 0
+
+
+def test_markdown_table_has_a_row_per_method_and_the_totals(tmp_path, monkeypatch):
+    monkeypatch.setattr(ts, "SUMMARIES", tmp_path)
+    _write(tmp_path, "old", "02/a", 100.0, {"cast": (30.0, 30.0), "icv": (10.0, 10.0)})
+    _write(tmp_path, "new", "02/a", 40.0, {"cast": (10.0, 5.0), "icv": (5.0, 5.0)})
+    lines = ts.markdown(ts.report(["02/a"])).splitlines()
+    assert lines[2] == "| cast | 60 | 15 | 4.00 |"
+    assert lines[3] == "| icv | 20 | 10 | 2.00 |"
+    assert lines[4] == "| all methods | 80 | 25 | **3.20** |"
+    assert lines[5] == "| the runs' wall time | 100 | 40 | 2.50 |"
