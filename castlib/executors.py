@@ -14,6 +14,14 @@ What every node needs: the same Python environment with castlib importable, and 
 (and the data they read) at the same absolute paths as on the driver, e.g. the repository
 checked out at one path on a shared or replicated disk. Only the results travel.
 
+Stores: each task points its kernel at the batch's activation store
+(``<output_dir>/.activation_store``) and, when the config names one, at its ``fit_store``
+folder, as the sequential executor does (`castlib.runs.run_batch`; a variable the worker's
+environment sets already wins). Both are the driver's absolute paths: on a shared disk every
+node reads and adds to the same stores (their writes are atomic renames, so concurrent tasks
+never leave a torn entry; two tasks that need the same missing fit may both compute it); on
+replicated disks each node keeps its own copy, and fits made on a node stay there.
+
 Failures: a notebook error is recorded by `execute_run` in the task; a task that dies (its
 worker or node killed, out of memory) is recorded as failed by the driver with Ray's error.
 Tasks are not retried (``max_retries=0``): rerunning the batch retries failed runs. A run that
@@ -47,6 +55,7 @@ from typing import Any
 from .runs import (
     RESULTS_FILE,
     RUN_FILE,
+    STORE_FOLDER,
     Run,
     RunConfig,
     RunOutcome,
@@ -54,6 +63,7 @@ from .runs import (
     _jsonable,
     _now,
     _select,
+    _store_for_kernels,
     _write_json,
     execute_run,
     is_complete,
@@ -137,8 +147,11 @@ def check_address(
         )
 
 
-def _execute_remote(run: Run, kernel: str | None) -> dict[str, Any]:
-    """Body of the Ray task: run into a private folder, return its files."""
+def _execute_remote(
+    run: Run, kernel: str | None, store: str, fit_store: str | None = None
+) -> dict[str, Any]:
+    """Body of the Ray task: run into a private folder, with the batch's activation store and
+    fit store (see the module docstring), and return the folder's files."""
     import tempfile
 
     try:
@@ -147,7 +160,10 @@ def _execute_remote(run: Run, kernel: str | None) -> dict[str, Any]:
         node = ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001 - the node name is informative only
         node = socket.gethostname()
-    with tempfile.TemporaryDirectory(prefix="castlib-ray-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="castlib-ray-") as tmp,
+        _store_for_kernels(Path(store), Path(fit_store) if fit_store else None),
+    ):
         outcome = execute_run(run, tmp, kernel_name=kernel, force=True)
         run_dir = run.run_dir(tmp)
         files = {
@@ -261,6 +277,8 @@ def run_batch_ray(
     runs = _select(cfg.runs, only)
     output_dir = cfg.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
+    store = str((output_dir / STORE_FOLDER).resolve())
+    fit_store = str(cfg.fit_store) if cfg.fit_store is not None else None
 
     outcomes: dict[str, RunOutcome] = {}
     todo = []
@@ -289,7 +307,9 @@ def run_batch_ray(
             if why is not None:
                 outcomes[run.run_id] = _record_failure(run, output_dir, None, why)
                 continue
-            ref = remote.options(**_ask(run), name=f"castlib:{run.run_id}").remote(run, kernel)
+            ref = remote.options(**_ask(run), name=f"castlib:{run.run_id}").remote(
+                run, kernel, store, fit_store
+            )
             pending[ref] = run
         t0 = time.perf_counter()
         with tqdm(total=len(todo), desc="runs (ray)", unit="run", disable=not progress) as bar:

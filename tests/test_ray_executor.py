@@ -36,8 +36,10 @@ if mode == "fail":
 if mode == "kill":
     os.kill(os.getppid(), 9)  # the papermill kernel's parent is the Ray worker
     os._exit(1)
+names = ("CASTLIB_ACTIVATION_STORE", "CASTLIB_FIT_STORE")
+stores = {name: os.environ.get(name) for name in names} if mode == "env" else {}
 with open(os.path.join(output_dir, "results.json"), "w") as f:
-    json.dump([{"value": value, "square": value * value, "mode": mode}], f)
+    json.dump([{"value": value, "square": value * value, "mode": mode, **stores}], f)
 with open(os.path.join(output_dir, "note.txt"), "w") as f:
     f.write(f"value {value}")
 """
@@ -158,6 +160,28 @@ def test_ray_matches_sequential_records_failures_and_resumes(cluster, tmp_path):
     code = main([str(ray_cfg), "--executor", "ray", "--address", cluster[0], "--no-progress"])
     assert code == 1  # the broken and killed runs fail again
     assert (out / "grid/value=1/run.json").read_text() == before
+
+
+def test_tasks_see_the_batch_activation_store_and_fit_store(cluster, tmp_path):
+    """As under the sequential executor, a task's kernel gets the batch's on-disk activation
+    store and the config's fit_store (the cluster's workers share this disk)."""
+    for name in ("CASTLIB_ACTIVATION_STORE", "CASTLIB_FIT_STORE"):
+        if os.environ.get(name) is not None:
+            pytest.skip(f"${name} is set here; it would win over the batch's folder")
+    nb = _notebook(tmp_path / "tiny.ipynb")
+    entry = {"notebook": str(nb), "name": "env", "parameters": {"mode": "env"}}
+    with_fits = _config(tmp_path, "fits", [entry], fit_store=str(tmp_path / "kept_fits"))
+    without = _config(tmp_path, "plain", [entry])
+    assert [o.status for o in run_batch_ray(with_fits, address=cluster[0], progress=False)] == [
+        "ok"
+    ]
+    assert [o.status for o in run_batch_ray(without, address=cluster[0], progress=False)] == ["ok"]
+    got = json.loads((tmp_path / "fits/env/default/results.json").read_text())[0]
+    assert got["CASTLIB_ACTIVATION_STORE"] == str((tmp_path / "fits/.activation_store").resolve())
+    assert got["CASTLIB_FIT_STORE"] == str((tmp_path / "kept_fits").resolve())
+    got = json.loads((tmp_path / "plain/env/default/results.json").read_text())[0]
+    assert got["CASTLIB_ACTIVATION_STORE"] == str((tmp_path / "plain/.activation_store").resolve())
+    assert got["CASTLIB_FIT_STORE"] is None
 
 
 def test_gpu_run_on_a_cluster_without_gpu_is_unschedulable(cluster, tmp_path):
