@@ -16,7 +16,7 @@ executes one unit on both sides back to back and writes a small summary of each 
 
     python -m benchmarks.tables_speed units                 # the units and which are done
     python -m benchmarks.tables_speed run "targets=financial_phrasebank"
-    python -m benchmarks.tables_speed report [--json out.json] [--exclude i2cl]
+    python -m benchmarks.tables_speed report [--json out.json | --markdown] [--exclude i2cl]
 
 The new side keeps its activation store from unit to unit, as one whole batch does, so units run
 in the batch's order cost what they cost inside the batch (the first 02 unit pays the I2CL fit,
@@ -264,9 +264,10 @@ def report(units: Sequence[str], exclude: Sequence[str] = ()) -> dict[str, Any]:
             left_out = sum(
                 m["fit_s"] + m["eval_s"] for k, m in summary["methods"].items() if k in exclude
             )
-            walls[side] += float(summary["wall_s"] or 0.0) - left_out
+            wall = float(summary["wall_s"] or 0.0) - left_out
+            walls[side] += wall
             unit = per_unit.setdefault(run_id, {})
-            unit[f"{side}_wall_s"] = float(summary["wall_s"] or 0.0) - left_out
+            unit[f"{side}_wall_s"] = wall
             if side == "new":
                 # summaries written before the field existed all started from an empty store
                 unit["new_fresh_store"] = summary.get("fresh_store", True)

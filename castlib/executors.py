@@ -148,7 +148,7 @@ def check_address(
 
 
 def _execute_remote(
-    run: Run, kernel: str | None, store: str, fit_store: str | None = None
+    run: Run, kernel: str | None, store: Path, fit_store: Path | None = None
 ) -> dict[str, Any]:
     """Body of the Ray task: run into a private folder, with the batch's activation store and
     fit store (see the module docstring), and return the folder's files."""
@@ -162,7 +162,7 @@ def _execute_remote(
         node = socket.gethostname()
     with (
         tempfile.TemporaryDirectory(prefix="castlib-ray-") as tmp,
-        _store_for_kernels(Path(store), Path(fit_store) if fit_store else None),
+        _store_for_kernels(store, fit_store),
     ):
         outcome = execute_run(run, tmp, kernel_name=kernel, force=True)
         run_dir = run.run_dir(tmp)
@@ -277,8 +277,7 @@ def run_batch_ray(
     runs = _select(cfg.runs, only)
     output_dir = cfg.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
-    store = str((output_dir / STORE_FOLDER).resolve())
-    fit_store = str(cfg.fit_store) if cfg.fit_store is not None else None
+    store = (output_dir / STORE_FOLDER).resolve()
 
     outcomes: dict[str, RunOutcome] = {}
     todo = []
@@ -308,7 +307,7 @@ def run_batch_ray(
                 outcomes[run.run_id] = _record_failure(run, output_dir, None, why)
                 continue
             ref = remote.options(**_ask(run), name=f"castlib:{run.run_id}").remote(
-                run, kernel, store, fit_store
+                run, kernel, store, cfg.fit_store
             )
             pending[ref] = run
         t0 = time.perf_counter()
