@@ -48,8 +48,8 @@
 
 # %% [markdown]
 # ## Parameters
-# **Full size** (`papermill_runs/full_cpu.yaml`, one run per pair): SIB-200 eng -> swh and
-# -> yor, NusaX eng -> jav, TweetEval eng -> AfriSenti hau; `seeds=[0, 1, 2]`, `n_test=500`,
+# **Full size** (`papermill_runs/full_cpu.yaml`, one run per pair and seed): SIB-200 eng -> swh
+# and -> yor, NusaX eng -> jav, TweetEval eng -> AfriSenti hau; seeds 0, 1, 2, `n_test=500`,
 # `k=4`, `icl_k=1`, `m=32`, `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`,
 # `cast_alphas=None`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`,
 # `train_steps=None` (`gpu.yaml`: `pairs="auto"`, every family member, `methods="all"`).

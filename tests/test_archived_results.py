@@ -33,10 +33,18 @@ PENDING_FULL_CPU = [
     "02_cross_domain/targets=medmcqa__seeds=2",
     "02_cross_domain/targets=sciq__seeds=2",
     "02_cross_domain/targets=social_iqa__seeds=2",
-    "03_cross_lingual/pairs=sib200_eng_sib200_swh",
-    "03_cross_lingual/pairs=sib200_eng_sib200_yor",
-    "03_cross_lingual/pairs=nusax_senti_eng_nusax_senti_jav",
-    "03_cross_lingual/pairs=tweeteval_senti_eng_afrisenti_hau",
+    "03_cross_lingual/pairs=sib200_eng_sib200_swh__seeds=0",
+    "03_cross_lingual/pairs=sib200_eng_sib200_swh__seeds=1",
+    "03_cross_lingual/pairs=sib200_eng_sib200_swh__seeds=2",
+    "03_cross_lingual/pairs=sib200_eng_sib200_yor__seeds=0",
+    "03_cross_lingual/pairs=sib200_eng_sib200_yor__seeds=1",
+    "03_cross_lingual/pairs=sib200_eng_sib200_yor__seeds=2",
+    "03_cross_lingual/pairs=nusax_senti_eng_nusax_senti_jav__seeds=0",
+    "03_cross_lingual/pairs=nusax_senti_eng_nusax_senti_jav__seeds=1",
+    "03_cross_lingual/pairs=nusax_senti_eng_nusax_senti_jav__seeds=2",
+    "03_cross_lingual/pairs=tweeteval_senti_eng_afrisenti_hau__seeds=0",
+    "03_cross_lingual/pairs=tweeteval_senti_eng_afrisenti_hau__seeds=1",
+    "03_cross_lingual/pairs=tweeteval_senti_eng_afrisenti_hau__seeds=2",
 ]
 
 #: qwen_cpu (issue 19; the 1.5B model): not yet run; a run leaves this list when its archive is
