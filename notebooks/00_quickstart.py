@@ -197,9 +197,10 @@ print(
 # ## The full-size results, from the archive
 # The numbers above come from this notebook's CI-sized defaults. What a full-size batch
 # measured is kept in the repository under `papermill_runs/results/<config>/`. This reads the
-# newest archive that holds all of its config's notebook-02 runs (it prints which): until the
-# 500-row `full_cpu.yaml` batch has archived all 15, that is `full_cpu_200rows/` (the earlier
-# 200-row version, made by older method code; see the archive's README). This is its main
+# newest archive that holds all of its config's notebook-02 runs (it prints which): the
+# 500-row `full_cpu.yaml` batch, whose 15 runs (five targets x three seeds) are archived; in a
+# copy without them it falls back to `full_cpu_200rows/` (the earlier 200-row version, made by
+# older method code; see the archive's README). This is its main
 # table (notebook 02: every method on five cross-domain targets, mean
 # and standard deviation over seeds), read from the archive's `summary.csv`, not computed here.
 

@@ -28,11 +28,6 @@ BATCHES = sorted(p.name for p in ARCHIVE.iterdir() if p.is_dir())
 #: full_cpu (500 test rows): its batch runs unit by unit over several sessions; a run leaves this
 #: list when its archive is committed.
 PENDING_FULL_CPU = [
-    "02_cross_domain/targets=arc_challenge__seeds=2",
-    "02_cross_domain/targets=financial_phrasebank__seeds=2",
-    "02_cross_domain/targets=medmcqa__seeds=2",
-    "02_cross_domain/targets=sciq__seeds=2",
-    "02_cross_domain/targets=social_iqa__seeds=2",
     "03_cross_lingual/pairs=sib200_eng_sib200_swh__seeds=0",
     "03_cross_lingual/pairs=sib200_eng_sib200_swh__seeds=1",
     "03_cross_lingual/pairs=sib200_eng_sib200_swh__seeds=2",
