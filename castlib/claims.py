@@ -171,7 +171,8 @@ class MainTable:
         if self.paired:
             return (
                 "accuracy with a 95% paired-bootstrap interval over test rows (seeds pooled); "
-                "differences with their paired interval and exact McNemar p (castlib.stats)"
+                "differences with their paired interval and exact McNemar p (the largest over "
+                "pairs of seeds; castlib.stats)"
             )
         return (
             "mean +- std over seeds (these records keep no per-example predictions, so no "

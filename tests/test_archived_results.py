@@ -28,7 +28,6 @@ BATCHES = sorted(p.name for p in ARCHIVE.iterdir() if p.is_dir())
 #: full_cpu (500 test rows): its batch runs unit by unit over several sessions; a run leaves this
 #: list when its archive is committed.
 PENDING_FULL_CPU = [
-    "03_cross_lingual/pairs=tweeteval_senti_eng_afrisenti_hau__seeds=2",
 ]
 
 #: qwen_cpu (issue 19; the 1.5B model): not yet run; a run leaves this list when its archive is
