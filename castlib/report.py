@@ -3,7 +3,8 @@
 ``python -m castlib.report [--archive papermill_runs/results] [--out report]`` (``make report``)
 writes, without loading a model:
 
-* ``report/index.html``: the archives (which runs of each config are archived, which are not),
+* ``report/index.html``: the archives (which runs of each config are archived, which are not,
+  and their measured wall time: `wall_time`; ``--wall-time`` prints it and builds nothing),
   one verdict paragraph per claim of the paper (`castlib.claims`), and one section per
   notebook whose HTML id is the notebook stem (``index.html#02_cross_domain``) with the main
   tables of every config and model (`castlib.claims.main_table`), the headline figures
@@ -42,7 +43,14 @@ from . import runs as R
 from .archive import DROPPED_IMAGE_NOTE
 from .stats import N_BOOT
 
-__all__ = ["ArchivedConfig", "build_report", "load_archive", "notebook_page"]
+__all__ = [
+    "ArchivedConfig",
+    "build_report",
+    "load_archive",
+    "notebook_page",
+    "wall_time",
+    "wall_time_text",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 INDEX_TEMPLATE = "report_index.html.j2"
@@ -62,6 +70,7 @@ class ArchivedConfig:
     expected: list[str] | None = None
     expected_note: str = ""
     superseded: str | None = None  # the config's ``superseded`` text (whitespace folded)
+    seconds: dict[str, float] = field(default_factory=dict)  # run id -> wall seconds (run.json)
 
     @property
     def missing(self) -> list[str]:
@@ -116,20 +125,65 @@ def load_archive(folder: str | Path, root: str | Path | None = None) -> Archived
         predictions: list[dict[str, Any]] | None = R.load_predictions(folder)
     except FileNotFoundError:
         predictions = None
-    run_dirs = {}
+    run_dirs, seconds = {}, {}
     for path in sorted(folder.rglob(R.RUN_FILE)):
         record = json.loads(path.read_text(encoding="utf-8"))
         if record.get("status") == "ok":
-            run_dirs[str(record.get("run_id") or path.parent.relative_to(folder).as_posix())] = (
-                path.parent
-            )
+            run_id = str(record.get("run_id") or path.parent.relative_to(folder).as_posix())
+            run_dirs[run_id] = path.parent
+            if isinstance(record.get("seconds"), (int, float)):
+                seconds[run_id] = float(record["seconds"])
     expected, note, superseded = (None, "", None)
     if root is not None:
         expected, note, superseded = _expected_runs(
             Path(root) / "papermill_runs" / f"{folder.name}.yaml", Path(root)
         )
     return ArchivedConfig(
-        folder.name, folder, summary, predictions, run_dirs, expected, note, superseded
+        folder.name, folder, summary, predictions, run_dirs, expected, note, superseded, seconds
+    )
+
+
+def wall_time(cfg: ArchivedConfig) -> pd.DataFrame:
+    """The measured cost of ``cfg``'s archived runs: one row per notebook stem and a last row
+    ``all``, with ``runs`` (archived ok runs with a wall time), ``seconds`` (their sum), ``min``
+    and ``max`` (one run's), ``hours`` (the sum in hours). Each run's wall time is the
+    ``seconds`` of its ``run.json`` (`castlib.runs`: papermill's execution of the notebook,
+    model loading included), so the rows are what the batch took on the machine that ran it."""
+    if not cfg.seconds:
+        return pd.DataFrame(columns=["notebook", "runs", "seconds", "min", "max", "hours"])
+    runs = pd.DataFrame(
+        {"notebook": [r.split("/")[0] for r in cfg.seconds], "seconds": list(cfg.seconds.values())}
+    )
+    per = runs.groupby("notebook", sort=True)["seconds"].agg(["count", "sum", "min", "max"])
+    per.loc["all"] = [
+        len(runs),
+        runs["seconds"].sum(),
+        runs["seconds"].min(),
+        runs["seconds"].max(),
+    ]
+    per = per.rename(columns={"count": "runs", "sum": "seconds"}).reset_index()
+    per["runs"] = per["runs"].astype(int)
+    per["hours"] = per["seconds"] / 3600
+    return per
+
+
+def wall_time_text(cfg: ArchivedConfig) -> str:
+    """`wall_time` in one line, e.g. ``"17.7 h over 33 runs (63,635 s): 00_quickstart 274 s;
+    02_cross_domain 40,023 s over 15 runs (1,841-3,969 s each)"``; ``""`` without wall times."""
+    table = wall_time(cfg)
+    if table.empty:
+        return ""
+    total = table.iloc[-1]
+    parts = []
+    for row in table.iloc[:-1].itertuples():
+        text = f"{row.notebook} {row.seconds:,.0f} s"
+        if row.runs > 1:
+            text += f" over {row.runs} runs ({row.min:,.0f}-{row.max:,.0f} s each)"
+        parts.append(text)
+    n = int(total["runs"])
+    return (
+        f"{total['hours']:.1f} h over {n} run{'s' if n != 1 else ''} "
+        f"({total['seconds']:,.0f} s): " + "; ".join(parts)
     )
 
 
@@ -313,6 +367,7 @@ def build_report(
                 "n_expected": None if c.expected is None else len(c.expected),
                 "missing": c.missing,
                 "expected_note": c.expected_note or "unknown",
+                "wall_time": wall_time_text(c) or "not recorded",
             }
             for c in configs
         ],
@@ -411,8 +466,24 @@ def _section_part(
     }
 
 
+def _print_wall_time(archive: Path) -> int:
+    folders = (
+        sorted(p for p in archive.iterdir() if (p / R.SUMMARY_FILE).is_file())
+        if archive.is_dir()
+        else []
+    )
+    if not folders:
+        raise FileNotFoundError(f"no archive under {archive} (no <config>/{R.SUMMARY_FILE})")
+    for folder in folders:
+        table = wall_time(load_archive(folder))
+        print(f"{folder.name}:")
+        print(table.to_string(index=False, float_format=lambda x: f"{x:,.1f}") + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m castlib.report [--archive DIR] [--out DIR] [--n-boot N]``."""
+    """Command line: ``python -m castlib.report [--archive DIR] [--out DIR] [--n-boot N]
+    [--wall-time]``."""
     parser = argparse.ArgumentParser(
         prog="python -m castlib.report",
         description="Build the static HTML report from the archived batch records (no model).",
@@ -420,8 +491,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--archive", type=Path, default=Path("papermill_runs/results"))
     parser.add_argument("--out", type=Path, default=Path("report"))
     parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
+    parser.add_argument(
+        "--wall-time",
+        action="store_true",
+        help="print each archived config's measured wall time per notebook and build nothing",
+    )
     args = parser.parse_args(argv)
     try:
+        if args.wall_time:
+            return _print_wall_time(args.archive)
         index = build_report(args.archive, args.out, n_boot=args.n_boot)
     except FileNotFoundError as exc:
         parser.error(str(exc))

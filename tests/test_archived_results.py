@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 
 from castlib import runs as R
+from castlib.report import load_archive, wall_time
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT / "papermill_runs" / "results"
@@ -130,6 +132,39 @@ def test_kept_aggregate_matches_the_records(batch: str, tmp_path: Path) -> None:
     for name in (R.SUMMARY_FILE, R.RUNS_TABLE_FILE):
         assert (kept / name).is_file(), f"rebuild {batch}/{name} with --aggregate-only"
         pd.testing.assert_frame_equal(pd.read_csv(kept / name), pd.read_csv(copy / name))
+
+
+def _header(config: Path) -> str:
+    """The config's leading comment block, its lines joined by spaces."""
+    lines = []
+    for line in config.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_measured_budget_in_the_header_matches_the_archive(batch: str) -> None:
+    """Where a config's header states its measured budget ("in all N s (H h) over M runs", and
+    per notebook "NN S s [for R runs]"), the numbers are the archived runs' wall times."""
+    header = _header(ROOT / "papermill_runs" / f"{batch}.yaml")
+    total = re.search(r"in all ([\d,]+) s \(([\d.]+) h\) over (\d+) runs", header)
+    if total is None:
+        pytest.skip(f"{batch}.yaml states no measured total")
+    table = wall_time(load_archive(ARCHIVE / batch)).set_index("notebook")
+    seconds, hours, runs = total.groups()
+    assert int(seconds.replace(",", "")) == round(table.loc["all", "seconds"])
+    assert hours == f"{table.loc['all', 'hours']:.1f}"
+    assert int(runs) == table.loc["all", "runs"]
+    budget = header[header.index("Budget") : total.start()]
+    per = re.findall(r"\b(\d\d) ([\d,]+) s(?: for (\d+) runs)?", budget)
+    assert per, "the header names no per-notebook wall time"
+    stems = {stem[:2]: stem for stem in table.index if stem != "all"}
+    assert {nn for nn, _, _ in per} == set(stems), "the header skips an archived notebook"
+    for nn, s, n in per:
+        assert int(s.replace(",", "")) == round(table.loc[stems[nn], "seconds"]), nn
+        assert int(n or 1) == table.loc[stems[nn], "runs"], nn
 
 
 def test_every_archive_has_its_config() -> None:

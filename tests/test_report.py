@@ -311,6 +311,7 @@ def test_report_from_synthetic_archive(synthetic_report: Path) -> None:
         assert f'id="{claim.notebook}"' in index
     assert "paired-bootstrap interval" in index
     assert "alpha_task" in index and "beta_task" in index
+    assert re.search(r"<td>[\d.]+ h over 1 run \([\d,]+ s\): 02_cross_domain [\d,]+ s</td>", index)
     for seed in (0,):
         page = synthetic_report / "synth" / "02_cross_domain" / f"seed={seed}.html"
         html = page.read_text()
@@ -528,3 +529,41 @@ def test_readme_main_tables_match_the_archive(capsys: pytest.CaptureFixture[str]
         ]
     )
     assert rc == 0, capsys.readouterr().out + " (make readme-tables rewrites them)"
+
+
+def test_wall_time_sums_run_seconds_per_notebook(synthetic: dict[str, Path]) -> None:
+    cfg = REP.ArchivedConfig(
+        "c",
+        Path("c"),
+        pd.DataFrame(),
+        None,
+        seconds={"02_x/a": 100.0, "02_x/b": 300.5, "03_y/a": 7200.0},
+    )
+    table = REP.wall_time(cfg).set_index("notebook")
+    assert table.loc["02_x", ["runs", "seconds", "min", "max"]].tolist() == [2, 400.5, 100.0, 300.5]
+    assert table.loc["03_y", "runs"] == 1 and table.loc["03_y", "seconds"] == 7200.0
+    assert table.loc["all", ["runs", "seconds"]].tolist() == [3, 7600.5]
+    assert table.loc["all", "hours"] == pytest.approx(7600.5 / 3600)
+    assert REP.wall_time_text(cfg) == (
+        "2.1 h over 3 runs (7,600 s): 02_x 400 s over 2 runs (100-300 s each); 03_y 7,200 s"
+    )
+    empty = REP.ArchivedConfig("e", Path("e"), pd.DataFrame(), None)
+    assert REP.wall_time(empty).empty and REP.wall_time_text(empty) == ""
+    # from an archive: the run.json's seconds
+    archived = REP.load_archive(synthetic["archive"] / "synth")
+    record = json.loads(
+        (synthetic["archive"] / "synth" / "02_cross_domain" / "seed=0" / "run.json").read_text()
+    )
+    assert archived.seconds == {"02_cross_domain/seed=0": record["seconds"]}
+    assert REP.wall_time(archived).iloc[-1]["seconds"] == record["seconds"]
+
+
+def test_wall_time_command_line(
+    synthetic: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert REP.main(["--archive", str(synthetic["archive"]), "--wall-time"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("synth:") and "02_cross_domain" in out and "all" in out
+    with pytest.raises(SystemExit):
+        REP.main(["--archive", str(tmp_path / "none"), "--wall-time"])
+    assert "no archive under" in capsys.readouterr().err
