@@ -45,6 +45,7 @@ from .stats import N_BOOT
 
 __all__ = [
     "ArchivedConfig",
+    "archive_configs",
     "build_report",
     "load_archive",
     "notebook_page",
@@ -107,6 +108,15 @@ def _expected_runs(config: Path, root: Path) -> tuple[list[str] | None, str, str
         return None, f"{config.name} could not be read: {exc}", None
     superseded = " ".join(cfg.superseded.split()) if cfg.superseded else None
     return [r.run_id for r in cfg.runs], "", superseded
+
+
+def archive_configs(archive: str | Path) -> list[Path]:
+    """The config folders of an archive (``<archive>/<config>/summary.csv`` present), sorted by
+    name; empty when ``archive`` is not a folder or holds none."""
+    archive = Path(archive)
+    if not archive.is_dir():
+        return []
+    return sorted(p for p in archive.iterdir() if (p / R.SUMMARY_FILE).is_file())
 
 
 def load_archive(folder: str | Path, root: str | Path | None = None) -> ArchivedConfig:
@@ -319,10 +329,7 @@ def build_report(
         raise FileNotFoundError(f"archive folder not found: {archive}")
     if root is None and archive.resolve().parent.name == "papermill_runs":
         root = archive.resolve().parents[1]
-    configs = [
-        load_archive(folder, root)
-        for folder in sorted(p for p in archive.iterdir() if (p / R.SUMMARY_FILE).is_file())
-    ]
+    configs = [load_archive(folder, root) for folder in archive_configs(archive)]
     if not configs:
         raise FileNotFoundError(f"no archive under {archive} (no <config>/{R.SUMMARY_FILE})")
     if out.exists():
@@ -467,11 +474,7 @@ def _section_part(
 
 
 def _print_wall_time(archive: Path) -> int:
-    folders = (
-        sorted(p for p in archive.iterdir() if (p / R.SUMMARY_FILE).is_file())
-        if archive.is_dir()
-        else []
-    )
+    folders = archive_configs(archive)
     if not folders:
         raise FileNotFoundError(f"no archive under {archive} (no <config>/{R.SUMMARY_FILE})")
     for folder in folders:

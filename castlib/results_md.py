@@ -22,8 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import claims as C
-from . import runs as R
-from .report import ArchivedConfig, load_archive
+from .report import ArchivedConfig, archive_configs, load_archive
 from .stats import N_BOOT
 
 __all__ = ["BEGIN", "END", "main_tables_markdown", "replace_block"]
@@ -87,8 +86,10 @@ def main_tables_markdown(
     """The README block's content (without the markers): see the module docstring.
     ``root``: the repository (default: ``archive``'s grandparent)."""
     archive = Path(archive)
+    if not archive.is_dir():
+        raise FileNotFoundError(f"archive folder not found: {archive}")
     root = Path(root) if root is not None else archive.resolve().parents[1]
-    folders = sorted(p for p in archive.iterdir() if (p / R.SUMMARY_FILE).is_file())
+    folders = archive_configs(archive)
     sections, skipped = [], []
     for folder in folders:
         cfg = load_archive(folder, root)

@@ -567,3 +567,19 @@ def test_wall_time_command_line(
     with pytest.raises(SystemExit):
         REP.main(["--archive", str(tmp_path / "none"), "--wall-time"])
     assert "no archive under" in capsys.readouterr().err
+
+
+def test_archive_configs_lists_config_folders_with_a_summary(tmp_path: Path) -> None:
+    assert REP.archive_configs(tmp_path / "none") == []
+    for name in ("b", "a", "no_summary"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "b" / R.SUMMARY_FILE).write_text("x\n")
+    (tmp_path / "a" / R.SUMMARY_FILE).write_text("x\n")
+    (tmp_path / R.SUMMARY_FILE).write_text("a file, not a config folder\n")
+    assert REP.archive_configs(tmp_path) == [tmp_path / "a", tmp_path / "b"]
+    # the README's tables refuse a missing archive instead of saying "nothing archived yet"
+    with pytest.raises(FileNotFoundError, match="archive folder not found"):
+        MD.main_tables_markdown(tmp_path / "none")
+    assert MD.main_tables_markdown(tmp_path / "no_summary", root=tmp_path) == (
+        "No archived run of notebooks 02 or 03 yet."
+    )
