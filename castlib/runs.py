@@ -1015,9 +1015,14 @@ def plot_summary(
 ) -> list[Path]:
     """Draw seaborn bar plots of ``metric`` when the columns allow; returns the files written.
 
-    Draws ``metric`` by ``target`` (hue ``method``) or by ``method``, and by each column named in
-    ``parameters`` that takes 2-20 distinct values. Draws nothing when ``metric`` is missing or not
-    numeric. Uses matplotlib's Agg canvas through ``Figure`` without touching pyplot state.
+    One set of figures per notebook (a batch's notebooks measure different things, so their rows
+    are never pooled; file names start with the notebook's stem when the summary holds more than
+    one): ``metric`` by ``target`` (hue ``method``) or by ``method``, and by each column named in
+    ``parameters`` that takes 2-20 distinct values and is not determined by ``target`` or
+    ``method`` (a grid column that only groups methods or targets into runs shows nothing those
+    plots do not). Bars are means, error bars the standard deviation over rows; the legend sits
+    beside the axes. Draws nothing when ``metric`` is missing or not numeric. Uses matplotlib's
+    Agg canvas through ``Figure`` without touching pyplot state.
     """
     if metric not in summary or not pd.api.types.is_numeric_dtype(summary[metric]):
         return []
@@ -1025,6 +1030,28 @@ def plot_summary(
     if data.empty:
         return []
     figures_dir = Path(figures_dir)
+    notebooks = sorted(data["notebook"].dropna().astype(str).unique()) if "notebook" in data else []
+    if len(notebooks) <= 1:
+        return _plot_notebook(data, figures_dir, "", parameters, metric)
+    written = []
+    for notebook in notebooks:
+        part = data[data["notebook"].astype(str) == notebook]
+        prefix = _safe(Path(notebook).stem) + "_"
+        written += _plot_notebook(part, figures_dir, prefix, parameters, metric)
+    return written
+
+
+def _determined_by(data: pd.DataFrame, col: str, by: str) -> bool:
+    """Whether every value of ``by`` comes with one value of ``col`` in ``data``."""
+    if by not in data:
+        return False
+    pairs = data[[by, col]].astype(str)
+    return bool((pairs.groupby(by)[col].nunique() <= 1).all())
+
+
+def _plot_notebook(
+    data: pd.DataFrame, figures_dir: Path, prefix: str, parameters: Iterable[str], metric: str
+) -> list[Path]:
     hue = "method" if "method" in data else None
     plots: list[tuple[str, str, str | None]] = []
     if "target" in data:
@@ -1032,14 +1059,20 @@ def plot_summary(
     elif hue:
         plots.append((f"{metric}_by_method", "method", None))
     for col in parameters:
-        if col in data and col not in {"method", "target"} and 2 <= data[col].nunique() <= 20:
+        if (
+            col in data
+            and col not in {"method", "target"}
+            and 2 <= data[col].nunique() <= 20
+            and not any(_determined_by(data, col, by) for by in ("method", "target"))
+        ):
             plots.append((f"{metric}_by_{_safe(col)}", col, hue))
     written = []
     for name, x, plot_hue in plots[:12]:
         try:
-            written.append(_barplot(data, x, metric, plot_hue, figures_dir / f"{name}.png"))
+            path = figures_dir / f"{prefix}{name}.png"
+            written.append(_barplot(data, x, metric, plot_hue, path))
         except Exception as exc:  # noqa: BLE001 - a figure must never lose the tables
-            warnings.warn(f"could not draw {name}: {exc}", stacklevel=2)
+            warnings.warn(f"could not draw {prefix}{name}: {exc}", stacklevel=2)
     return written
 
 
@@ -1049,17 +1082,20 @@ def _barplot(data: pd.DataFrame, x: str, y: str, hue: str | None, path: Path) ->
 
     n_x = data[x].nunique()
     n_hue = data[hue].nunique() if hue else 1
-    fig = Figure(
-        figsize=(min(24.0, max(4.0, 0.5 * n_x * max(1.0, n_hue / 2))), 3.8), layout="constrained"
-    )
+    legend = 2.6 if hue else 0.0
+    fig = Figure(figsize=(min(30.0, max(4.0, 0.14 * n_x * n_hue + 0.5 * n_x) + legend), 4.2))
     ax = fig.add_subplot()
     order = sorted(data[x].dropna().unique(), key=_sort_key)
     sns.barplot(data=data, x=x, y=y, hue=hue, order=order, errorbar="sd", ax=ax)
-    ax.set_title(f"{y} by {x}" + (f" and {hue}" if hue else ""))
-    if n_x > 6:
+    ax.set_title(f"{y} by {x}" + (f" and {hue}" if hue else "") + " (mean, sd over rows)")
+    if hue and ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if n_x > 6 or max((len(str(v)) for v in order), default=0) > 14:
         ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 

@@ -393,8 +393,12 @@ def test_batch_failure_resume_force_aggregate(
     assert row["error_cell"] == failed["error"]["cell"]["index"]
     assert "error_cell,x" in (out / "runs.csv").read_text().splitlines()[0]
     assert ",2,2\n" in (out / "runs.csv").read_text()  # cell index written as an integer
-    assert (out / "figures" / "accuracy_by_method.png").is_file()
-    assert (out / "figures" / "accuracy_by_x.png").is_file()
+    # one set of figures per notebook, never pooled; x varies only within "good"
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "bad_accuracy_by_method.png",
+        "good_accuracy_by_method.png",
+        "good_accuracy_by_x.png",
+    ]
 
     # resume: finished runs are skipped (run.json untouched)
     good = sorted((out / "good").rglob("run.json"))
@@ -475,6 +479,22 @@ def test_aggregate_without_metric_skips_figures(tmp_path: Path) -> None:
     df = R.aggregate(out)
     assert df[["run_id", "loss"]].values.tolist() == [["nb/default", 1.0]]
     assert not (out / "figures").exists()
+
+
+def test_plot_summary_skips_grid_columns_that_only_group_methods(tmp_path: Path) -> None:
+    rows = [
+        {"notebook": "nb.ipynb", "target": t, "method": m, "methods": g, "n_tune": n, "accuracy": a}
+        for t in ("t1", "t2")
+        for (m, g) in (("cast", '["cast", "zero"]'), ("zero", '["cast", "zero"]'), ("i2cl", "i"))
+        for n, a in ((16, 0.25), (32, 0.5))
+    ]
+    written = R.plot_summary(pd.DataFrame(rows), tmp_path / "f", parameters=["methods", "n_tune"])
+    # "methods" is a function of "method" (a run group): no plot by it; n_tune is a real axis
+    assert [p.name for p in written] == [
+        "accuracy_by_target_method.png",
+        "accuracy_by_n_tune.png",
+    ]
+    assert all(p.stat().st_size > 0 for p in written)
 
 
 def test_aggregate_missing_dir(tmp_path: Path) -> None:
