@@ -225,32 +225,31 @@ def _paired(records: list[Mapping[str, Any]], n_boot: int) -> MainTable:
         long += _role_points(
             target, by, best, lambda r: (r["accuracy"], r["acc_low"], r["acc_high"])
         )
-        if FOCUS in by.index:
-            r = by.loc[FOCUS]
-            for key, versus, other in (
-                (f"vs_{REFERENCE}", "zero-shot", REFERENCE),
-                ("vs_best_label_free", "best label-free", best),
-            ):
-                diff = r.get(f"{key}_diff")
-                if other is None or diff is None or pd.isna(diff):
-                    row[f"CAST - {versus}"] = "n/a"
-                    continue
-                row[f"CAST - {versus}"] = (
-                    f"{diff:+.3f} [{r[f'{key}_low']:+.3f}, {r[f'{key}_high']:+.3f}], "
-                    f"p = {r[f'{key}_p_mcnemar']:.3g}: {r[f'{key}_verdict']}"
-                )
-                comps.append(
-                    {
-                        "target": target,
-                        "versus": versus,
-                        "other": other,
-                        "diff": diff,
-                        "low": r[f"{key}_low"],
-                        "high": r[f"{key}_high"],
-                        "p_mcnemar": r[f"{key}_p_mcnemar"],
-                        "n": row["n"],
-                    }
-                )
+        r = by.loc[FOCUS] if FOCUS in by.index else pd.Series(dtype=object)
+        for key, versus, other in (
+            (f"vs_{REFERENCE}", "zero-shot", REFERENCE),
+            ("vs_best_label_free", "best label-free", best),
+        ):
+            diff = r.get(f"{key}_diff")
+            if other is None or diff is None or pd.isna(diff):
+                row[f"CAST - {versus}"] = "n/a"
+                continue
+            row[f"CAST - {versus}"] = (
+                f"{diff:+.3f} [{r[f'{key}_low']:+.3f}, {r[f'{key}_high']:+.3f}], "
+                f"p = {r[f'{key}_p_mcnemar']:.3g}: {r[f'{key}_verdict']}"
+            )
+            comps.append(
+                {
+                    "target": target,
+                    "versus": versus,
+                    "other": other,
+                    "diff": diff,
+                    "low": r[f"{key}_low"],
+                    "high": r[f"{key}_high"],
+                    "p_mcnemar": r[f"{key}_p_mcnemar"],
+                    "n": row["n"],
+                }
+            )
         rows.append(row)
     return MainTable(pd.DataFrame(rows), pd.DataFrame(long), True, pd.DataFrame(comps))
 

@@ -227,6 +227,19 @@ def test_main_table_paired_and_verdicts() -> None:
     assert text.startswith("Not supported")  # icv (always right) beats CAST (half right)
 
 
+def test_main_table_marks_missing_comparisons_na_not_nan() -> None:
+    """A target whose records lack CAST (a batch archived in part) shows "n/a" in the CAST
+    difference cells, beside a target that has them, never a NaN."""
+    recs = _records({"zero_shot": [1] * 12 + [0] * 8, "cast": [1] * 14 + [0] * 6}, target="a")
+    recs += _records({"icv": [1] * 9 + [0] * 11}, target="b")
+    rows = pd.DataFrame([{**r, "accuracy": float(np.mean(np.equal(*_pg(r))))} for r in recs])
+    table = C.main_table(rows, recs, n_boot=200).table.set_index("target")
+    assert "p = " in table.loc["a", "CAST - zero-shot"]
+    assert table.loc["b", "CAST - zero-shot"] == "n/a"
+    assert table.loc["b", "CAST - best label-free"] == "n/a"
+    assert not table.isna().any().any()
+
+
 def test_main_table_counts_seeds_not_per_source_runs() -> None:
     """A method fitted once per source task (cross-task ICL) has several records per seed."""
     recs = []
