@@ -43,7 +43,6 @@ PENDING_QWEN_CPU = [
     "02_cross_domain/targets=social_iqa__methods=cross_task_icl_similar",
     "03_cross_lingual/pairs=sib200_eng_sib200_swh__methods=zero_shot_cast_cast_target_dev_fu__754103d5",
     "03_cross_lingual/pairs=sib200_eng_sib200_yor__methods=zero_shot_cast_cast_target_dev_fu__1b16839c",
-    "03_cross_lingual/pairs=sib200_eng_sib200_yor__methods=i2cl",
 ]
 
 #: Runs of a config known to be missing from its archive: (config, run id). full_cpu: 03 swh and
