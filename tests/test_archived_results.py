@@ -40,7 +40,6 @@ PENDING_QWEN_CPU = [
     "02_cross_domain/targets=social_iqa__methods=zero_shot_cast_cast_target_dev_few_shot_ta__cc6ed5a7",
     "02_cross_domain/targets=social_iqa__methods=icv_icv_target_dev_cross_task_icl_random",
     "02_cross_domain/targets=social_iqa__methods=cross_task_icl_similar",
-    "03_cross_lingual/pairs=sib200_eng_sib200_yor__methods=zero_shot_cast_cast_target_dev_fu__1b16839c",
 ]
 
 #: Runs of a config known to be missing from its archive: (config, run id). full_cpu: 03 swh and
