@@ -35,7 +35,6 @@ PENDING_FULL_CPU: list[str] = []
 #: committed (run ids as castlib.runs names them: long method groups end in a hash).
 PENDING_QWEN_CPU = [
     "01_activation_patterns/default",
-    "02_cross_domain/targets=social_iqa__methods=icv_icv_target_dev_cross_task_icl_random",
     "02_cross_domain/targets=social_iqa__methods=cross_task_icl_similar",
 ]
 
