@@ -35,7 +35,6 @@ PENDING_FULL_CPU: list[str] = []
 #: committed (run ids as castlib.runs names them: long method groups end in a hash).
 PENDING_QWEN_CPU = [
     "01_activation_patterns/default",
-    "02_cross_domain/targets=social_iqa__methods=cross_task_icl_similar",
 ]
 
 #: Runs of a config known to be missing from its archive: (config, run id). full_cpu: 03 swh and
