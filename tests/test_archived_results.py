@@ -33,9 +33,7 @@ PENDING_FULL_CPU: list[str] = []
 
 #: qwen_cpu (issue 19; the 1.5B model): not yet run; a run leaves this list when its archive is
 #: committed (run ids as castlib.runs names them: long method groups end in a hash).
-PENDING_QWEN_CPU = [
-    "01_activation_patterns/default",
-]
+PENDING_QWEN_CPU: list[str] = []
 
 #: Runs of a config known to be missing from its archive: (config, run id). full_cpu: 03 swh and
 #: yor and 04-07 ran on a development disk that was lost before the archive existed.
