@@ -31,8 +31,8 @@ BATCHES = sorted(p.name for p in ARCHIVE.iterdir() if p.is_dir())
 #: list when its archive was committed, and all are archived now.
 PENDING_FULL_CPU: list[str] = []
 
-#: qwen_cpu (issue 19; the 1.5B model): not yet run; a run leaves this list when its archive is
-#: committed (run ids as castlib.runs names them: long method groups end in a hash).
+#: qwen_cpu (issue 19; the 1.5B model): runs not yet archived; all 17 are (a run of a rerun or
+#: an extended config goes here until its archive is committed; long method groups' ids end in a hash).
 PENDING_QWEN_CPU: list[str] = []
 
 #: Runs of a config known to be missing from its archive: (config, run id). full_cpu: 03 swh and
