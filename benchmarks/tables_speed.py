@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from castlib import runs as R
+from castlib.repro import runs as R
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_COMMIT = "577608b"
@@ -144,7 +144,7 @@ def run_side(
     summaries written (one per run).
 
     The new side keeps its activation store (and the fits in it) from one unit to the next, as
-    one whole batch run does (``castlib.runs`` gives every notebook of a batch one store), unless
+    one whole batch run does (``castlib.repro.runs`` gives every notebook of a batch one store), unless
     ``fresh_store``; each summary records the store's size before the run. The old code has no
     store."""
     config = batch_config(side)
@@ -171,7 +171,7 @@ def run_side(
         [
             sys.executable,
             "-m",
-            "castlib.runs",
+            "castlib.repro.runs",
             str(path),
             "--only",
             unit,
@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("units", help="list the units and which sides are done")
     p_run = sub.add_parser("run", help="run one unit: the old side, then the new side")
-    p_run.add_argument("unit", help="substring of the run ids (castlib.runs --only)")
+    p_run.add_argument("unit", help="substring of the run ids (castlib.repro.runs --only)")
     p_run.add_argument("--sides", default="old,new", help="comma-separated: old,new")
     p_run.add_argument("--commit", default=OLD_COMMIT)
     p_run.add_argument(

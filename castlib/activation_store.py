@@ -7,7 +7,7 @@ the zero-shot states of source examples, the candidate embeddings of CAST's sele
     sha256(model fingerprint | layers | prompt)
 
 in memory (least-recently-used, bounded in bytes) and, when given a folder, on disk as one
-safetensors file per row, so that the notebooks of one batch run (`castlib.runs` points every
+safetensors file per row, so that the notebooks of one batch run (`castlib.repro.runs` points every
 kernel at one folder through ``$CASTLIB_ACTIVATION_STORE``) share it.
 
 `model_fingerprint` hashes the model's class, config, dtype and, for every parameter, its name,
@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 __all__ = ["ActivationStore", "model_fingerprint", "STORE_ENV", "store_from_env"]
 
-#: The environment variable naming an on-disk store folder (set by `castlib.runs`).
+#: The environment variable naming an on-disk store folder (set by `castlib.repro.runs`).
 STORE_ENV = "CASTLIB_ACTIVATION_STORE"
 
 _SAMPLE = 4096

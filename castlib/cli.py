@@ -3,7 +3,7 @@
 castlib data fetch [TASK ...] --data-dir DIR     download tasks from the Hugging Face hub
 castlib data list [--data-dir DIR]               list the tasks in the data directory
 castlib quickstart [...]                         the README's main job
-castlib run CONFIG.yaml [...]                    run a papermill batch (castlib.runs)
+castlib run CONFIG.yaml [...]                    run a papermill batch (castlib.repro.runs)
 
 The benchmark suite is research infrastructure, not part of the package: run
 ``python -m benchmarks.bench --json PATH`` from the repository root.
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "data":
         if rest[:1] == ["fetch"]:
-            from .fetch import main as fetch_main
+            from .repro.fetch import main as fetch_main
 
             return fetch_main(rest[1:])
         if rest[:1] == ["list"]:
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return quickstart_main(rest)
     if command == "run":
-        from .runs_cli import main as runs_main
+        from .repro.runs_cli import main as runs_main
 
         return runs_main(rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)

@@ -75,7 +75,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import castlib
-from castlib import nbtools, plots
+from castlib.repro import nbtools, plots
 
 lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
@@ -212,10 +212,10 @@ ARCHIVES = ("full_cpu", "full_cpu_200rows")  # newest first
 
 def find_archive(notebook: str = "02_cross_domain", file: str = "summary.csv") -> Path:
     """``papermill_runs/results/<config>/<file>`` of the first archive in `ARCHIVES` that holds
-    every run of ``notebook`` its config expands to (`castlib.report.load_archive`), looked up
+    every run of ``notebook`` its config expands to (`castlib.repro.report.load_archive`), looked up
     from the working directory upwards, then from the castlib package's parent (the repository
     of an editable install)."""
-    from castlib.report import load_archive
+    from castlib.repro.report import load_archive
 
     here = Path.cwd().resolve()
     for config in ARCHIVES:

@@ -77,7 +77,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from castlib import analysis, nbtools, plots
+from castlib import analysis
+from castlib.repro import nbtools, plots
 
 lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)

@@ -101,7 +101,8 @@ from IPython.display import display
 from tqdm.auto import tqdm
 
 import castlib
-from castlib import nbtools, plots, stats
+from castlib import stats
+from castlib.repro import nbtools, plots
 
 lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)

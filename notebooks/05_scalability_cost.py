@@ -93,8 +93,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import castlib
-from castlib import nbtools, plots
 from castlib.methods.base import measure
+from castlib.repro import nbtools, plots
 
 lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)

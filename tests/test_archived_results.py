@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from castlib import runs as R
-from castlib.report import load_archive, wall_time
+from castlib.repro import runs as R
+from castlib.repro.report import load_archive, wall_time
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT / "papermill_runs" / "results"
@@ -55,7 +55,7 @@ ARCHIVED_CONFIGS = ("full_cpu", "qwen_cpu")
 
 def _expected_runs() -> list[tuple[str, str]]:
     """(config, run id) of every run that a config with an archive folder, or one of
-    `ARCHIVED_CONFIGS`, expands to (castlib.runs' own expansion of
+    `ARCHIVED_CONFIGS`, expands to (castlib.repro.runs' own expansion of
     papermill_runs/<config>.yaml)."""
     import os
 

@@ -385,7 +385,7 @@ def test_unknown_model_fails_fast_saying_the_hub_is_unreachable(env):
 @pytest.mark.parametrize("env", OFFLINE_ENVS, ids=["HF_HUB_OFFLINE", "closed-port"])
 def test_data_fetch_fails_fast_saying_the_hub_is_unreachable(env, tmp_path):
     body = (
-        "from castlib.fetch import main\n"
+        "from castlib.repro.fetch import main\n"
         f"print('RC', main(['sst2', 'boolq', '--data-dir', {str(tmp_path)!r}]))\n"
     )
     out = _run(body, **env)
@@ -399,8 +399,8 @@ def test_unreachable_hub_means_cache_only_loading_and_no_download(monkeypatch, t
     (local_files_only=True, no retries), and data fetch never starts a download."""
     import transformers
 
-    from castlib import fetch
     from castlib.models import load_model
+    from castlib.repro import fetch
 
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -423,7 +423,7 @@ def test_unreachable_hub_means_cache_only_loading_and_no_download(monkeypatch, t
 
 
 def test_unreachable_reason_and_fetch_task_api(monkeypatch, tmp_path):
-    from castlib import fetch
+    from castlib.repro import fetch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "HF_HUB_OFFLINE=1" in unreachable_reason()

@@ -10,9 +10,9 @@ import castlib.methods as methods
 import castlib.methods.cast as cast_module
 from castlib.analysis import first_principal_direction
 from castlib.methods.cast import CAST, input_text
-from castlib.nbtools import flat_record
 from castlib.prompts import k_shot, zero_shot
 from castlib.record import record_activations
+from castlib.repro.nbtools import flat_record
 from castlib.tasks import Example, Task
 from tests.conftest import make_task
 

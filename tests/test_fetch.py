@@ -1,4 +1,4 @@
-"""Offline tests for castlib.fetch: pure row conversion, validation and a fake-hub fetch."""
+"""Offline tests for castlib.repro.fetch: pure row conversion, validation and a fake-hub fetch."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from castlib import fetch
-from castlib.fetch import (
+from castlib.repro import fetch
+from castlib.repro.fetch import (
     REGISTRY,
     ConversionError,
     LabelError,

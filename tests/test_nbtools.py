@@ -3,7 +3,7 @@
 import pytest
 
 import castlib.methods as methods
-from castlib import nbtools
+from castlib.repro import nbtools
 
 
 def test_all_expands_every_registered_method_into_its_variants():
@@ -58,7 +58,7 @@ def test_build_method_applies_variant_and_shared_params(label, labelled):
 
 
 def test_shared_parameters_a_method_does_not_use_are_skipped():
-    from castlib import nbtools
+    from castlib.repro import nbtools
 
     icv = nbtools.build_method("icv", {"layers": [1, 2], "k": 1}, {}, None)
     assert icv.params.layers is None and icv.params.k == 1  # ICV steers every layer

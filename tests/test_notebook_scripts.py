@@ -1,6 +1,6 @@
 """The notebooks' jupytext pairing: each ``notebooks/NN_name.py`` percent script and its
 ``NN_name.ipynb`` hold the same cells (types, sources, tags), so the notebook that papermill
-runs and nbval checks is the script that ruff lints; and `castlib.nbtools.setup`, their common
+runs and nbval checks is the script that ruff lints; and `castlib.repro.nbtools.setup`, their common
 setup."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from castlib import nbtools
+from castlib.repro import nbtools
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"

@@ -1,5 +1,5 @@
 """The reproduction notebooks: structure (fast) and a papermill smoke run of every notebook
-through `castlib.runs` (``papermill_runs/smoke.yaml``, real model), checked on the aggregated
+through `castlib.repro.runs` (``papermill_runs/smoke.yaml``, real model), checked on the aggregated
 summary.csv -- structured results, never printed text."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from castlib import runs as R
+from castlib.repro import runs as R
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"

@@ -1,4 +1,4 @@
-"""castlib.plots: the figures the notebooks draw (structure, not pixels)."""
+"""castlib.repro.plots: the figures the notebooks draw (structure, not pixels)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from castlib import plots  # noqa: E402
+from castlib.repro import plots  # noqa: E402
 
 
 def _frame() -> pd.DataFrame:

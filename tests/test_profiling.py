@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from castlib import nbtools
 from castlib.methods.base import measure
 from castlib.profiling import profile
+from castlib.repro import nbtools
 
 
 def test_profile_sees_a_held_cpu_allocation():

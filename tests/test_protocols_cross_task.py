@@ -4,10 +4,10 @@
 import pytest
 
 import castlib.methods as methods
-from castlib import nbtools
 from castlib.methods import steering
 from castlib.methods.steering import MAX_TARGET_DEV
 from castlib.prompts import cross_task, demonstration, zero_shot
+from castlib.repro import nbtools
 from tests.conftest import make_task
 from tests.test_methods import guarded
 

@@ -23,9 +23,9 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the kill test u
 import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from castlib.executors import RayConnectionError, check_address, run_batch_ray  # noqa: E402
-from castlib.runs import aggregate, load_config, run_batch  # noqa: E402
-from castlib.runs_cli import main  # noqa: E402
+from castlib.repro.executors import RayConnectionError, check_address, run_batch_ray  # noqa: E402
+from castlib.repro.runs import aggregate, load_config, run_batch  # noqa: E402
+from castlib.repro.runs_cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -236,7 +236,7 @@ def test_address_that_does_not_answer_fails_fast(tmp_path, capsys):
 
 
 def test_config_resources_are_validated(tmp_path):
-    from castlib.runs import ConfigError
+    from castlib.repro.runs import ConfigError
 
     nb = _notebook(tmp_path / "tiny.ipynb")
     with pytest.raises(ConfigError, match="'num_gpus' must be a non-negative number"):

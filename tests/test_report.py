@@ -1,9 +1,9 @@
-"""castlib.archive, castlib.claims and castlib.report on a small synthetic batch and on the
+"""castlib.repro.archive, castlib.repro.claims and castlib.repro.report on a small synthetic batch and on the
 repository's archive; the report rendered in headless Chromium.
 
 The synthetic batch runs a tiny notebook named ``02_cross_domain.ipynb`` (no model: it writes
 made-up records with per-example predictions, saves a PNG and shows it inline, and prints its
-absolute output folder) through `castlib.runs.run_batch`, so the archive holds real executed
+absolute output folder) through `castlib.repro.runs.run_batch`, so the archive holds real executed
 notebooks with machine paths to clean.
 """
 
@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from castlib import archive as A
-from castlib import claims as C
-from castlib import report as REP
-from castlib import results_md as MD
-from castlib import runs as R
+from castlib.repro import archive as A
+from castlib.repro import claims as C
+from castlib.repro import report as REP
+from castlib.repro import results_md as MD
+from castlib.repro import runs as R
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -1,4 +1,4 @@
-"""Tests for castlib.runs: config expansion, validation, papermill batch, resume and aggregation."""
+"""Tests for castlib.repro.runs: config expansion, validation, papermill batch, resume and aggregation."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from castlib import runs as R
-from castlib import runs_cli
+from castlib.repro import runs as R
+from castlib.repro import runs_cli
 
 
 def make_notebook(path: Path, *, fail_on: int | None = None) -> Path:
@@ -273,7 +273,7 @@ def test_method_groups_cover_every_label_once(monkeypatch: pytest.MonkeyPatch) -
     """A config that splits a target's labels into method groups (one run each, to fit a
     session: qwen_cpu.yaml) runs every label that full_cpu.yaml runs, but the adapters, exactly
     once per target, so the archive pairs every method with every other."""
-    from castlib import nbtools
+    from castlib.repro import nbtools
 
     root = Path(__file__).parents[1]
     monkeypatch.chdir(root)
@@ -310,7 +310,7 @@ def test_superseded_config_is_parsed_unchecked_and_refused_to_run(workdir: Path)
     assert cfg.superseded and cfg.runs[0].parameters == {"gone": 1}
     with pytest.raises(R.ConfigError, match="superseded.*commit abc1234"):
         R.run_batch(cfg, progress=False)
-    from castlib.executors import run_batch_ray
+    from castlib.repro.executors import run_batch_ray
 
     with pytest.raises(R.ConfigError, match="superseded"):
         run_batch_ray(cfg, progress=False)

@@ -295,8 +295,8 @@ def test_chat_prompt_format_is_applied_and_recorded():
 def test_batch_aggregate_keeps_predictions_out_of_the_csv(tmp_path):
     import pandas as pd
 
-    from castlib import nbtools
-    from castlib import runs as R
+    from castlib.repro import nbtools
+    from castlib.repro import runs as R
 
     gold = [0, 1, 1, 0]
     for name, preds, seed in (("zero_shot", [0, 0, 1, 1], 0), ("cast", [0, 1, 1, 1], 0)):

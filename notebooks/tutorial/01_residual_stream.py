@@ -50,9 +50,9 @@ import pandas as pd
 import torch
 
 import castlib
-from castlib import plots
 from castlib.analysis import cosine_matrix
 from castlib.padding import last_token_index
+from castlib.repro import plots
 
 
 def answered(value, exercise):

@@ -6,12 +6,12 @@
 # executed notebook over ARCHIVE_MAX_NOTEBOOK_MB (default 4) dropped (its PNGs stay beside it).
 # Then aggregates the archive: summary.csv, runs.csv, predictions.jsonl.gz (kept) and figures/
 # (git-ignored). Runs with $PYTHON (default: python; run it with the project's environment
-# active). The work is done by castlib.archive (python -m castlib.archive --help).
+# active). The work is done by castlib.repro.archive (python -m castlib.repro.archive --help).
 #   bash papermill_runs/results/archive.sh runs_out/full_cpu full_cpu
 set -euo pipefail
 src=${1:?usage: archive.sh OUTPUT_DIR NAME}
 name=${2:?usage: archive.sh OUTPUT_DIR NAME}
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-"${PYTHON:-python}" -m castlib.archive "$src" "$here/$name" --root "$root" \
+"${PYTHON:-python}" -m castlib.repro.archive "$src" "$here/$name" --root "$root" \
   --max-notebook-mb "${ARCHIVE_MAX_NOTEBOOK_MB:-4}"

@@ -60,7 +60,7 @@ import pandas as pd
 import torch
 
 import castlib
-from castlib import plots
+from castlib.repro import plots
 from castlib.tasks import sample_examples
 
 

@@ -1,7 +1,7 @@
-"""The command line of `castlib.runs`: ``python -m castlib.runs CONFIG.yaml [...]``.
+"""The command line of `castlib.repro.runs`: ``python -m castlib.repro.runs CONFIG.yaml [...]``.
 
-It sits above both executors (sequential, `castlib.runs.run_batch`; Ray,
-`castlib.executors.run_batch_ray`), so imports run one way: runs <- executors <- runs_cli.
+It sits above both executors (sequential, `castlib.repro.runs.run_batch`; Ray,
+`castlib.repro.executors.run_batch_ray`), so imports run one way: runs <- executors <- runs_cli.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m castlib.runs",
+        prog="python -m castlib.repro.runs",
         description="Run parameterised notebooks over a grid with papermill and aggregate results.",
         epilog="Exit status: 0 all runs ok, 1 some run failed, 2 config/usage error.",
     )
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("sequential", "ray"),
         default="sequential",
         help="sequential (default: one run after another in this process) or ray (one Ray "
-        "task per run; see castlib.executors)",
+        "task per run; see castlib.repro.executors)",
     )
     parser.add_argument(
         "--address",

@@ -1,6 +1,6 @@
 """Archive a batch's finished runs into ``papermill_runs/results/<name>/`` (kept in git).
 
-``python -m castlib.archive OUTPUT_DIR DEST [--root ROOT] [--max-notebook-mb MB]`` (what
+``python -m castlib.repro.archive OUTPUT_DIR DEST [--root ROOT] [--max-notebook-mb MB]`` (what
 ``papermill_runs/results/archive.sh`` runs) copies, for every run under ``OUTPUT_DIR`` whose
 ``run.json`` says ``ok``, into ``DEST/<run id>/`` (``<notebook stem or entry name>/<grid point>/``):
 
@@ -16,7 +16,7 @@ Machine paths: every string of run.json and of the notebook (sources, outputs, m
 repository root ``ROOT/`` removed (paths become repository-relative, as run.json's always were)
 and then the home directory replaced by ``~``. Runs in ``.castlib-staging`` (forced reruns not
 swapped in) and failed runs are skipped. The archive is then aggregated
-(`castlib.runs.aggregate`: ``summary.csv``, ``runs.csv``, ``predictions.jsonl.gz``).
+(`castlib.repro.runs.aggregate`: ``summary.csv``, ``runs.csv``, ``predictions.jsonl.gz``).
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def archive_batch(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m castlib.archive OUTPUT_DIR DEST [--root R] [--max-notebook-mb]``."""
-    parser = argparse.ArgumentParser(prog="python -m castlib.archive", description=__doc__)
+    """Command line: ``python -m castlib.repro.archive OUTPUT_DIR DEST [--root R] [--max-notebook-mb]``."""
+    parser = argparse.ArgumentParser(prog="python -m castlib.repro.archive", description=__doc__)
     parser.add_argument("output_dir", type=Path, help="a batch's output folder (runs_out/...)")
     parser.add_argument("dest", type=Path, help="the archive folder (papermill_runs/results/NAME)")
     parser.add_argument(

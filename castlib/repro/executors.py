@@ -1,14 +1,14 @@
 """Run a batch grid on a Ray cluster: one Ray task per notebook run.
 
-``python -m castlib.runs CONFIG --executor ray [--address ADDR]`` calls `run_batch_ray`. Each
-run that is not already complete (`castlib.runs.is_complete`, unless ``force``) becomes one Ray
+``python -m castlib.repro.runs CONFIG --executor ray [--address ADDR]`` calls `run_batch_ray`. Each
+run that is not already complete (`castlib.repro.runs.is_complete`, unless ``force``) becomes one Ray
 task with the resources the config asks for (``num_cpus``, default 1, and ``num_gpus``, default
 0, at the config's top level or per entry). The task executes the run with papermill exactly
-as the sequential executor does (`castlib.runs.execute_run`, same kernel rule, same run.json),
+as the sequential executor does (`castlib.repro.runs.execute_run`, same kernel rule, same run.json),
 but into a private temporary folder on whichever node runs it, and returns that folder's files;
 the driver writes them to ``<output_dir>/<run id>/`` (run.json last, with ``executor`` and
 ``node`` added). So results come back whether or not the nodes share a disk, and the output
-layout, resuming and aggregation (`castlib.runs.aggregate`) are the sequential executor's.
+layout, resuming and aggregation (`castlib.repro.runs.aggregate`) are the sequential executor's.
 
 What every node needs: the same Python environment with castlib importable, and the notebooks
 (and the data they read) at the same absolute paths as on the driver, e.g. the repository
@@ -16,7 +16,7 @@ checked out at one path on a shared or replicated disk. Only the results travel.
 
 Stores: each task points its kernel at the batch's activation store
 (``<output_dir>/.activation_store``) and, when the config names one, at its ``fit_store``
-folder, as the sequential executor does (`castlib.runs.run_batch`; a variable the worker's
+folder, as the sequential executor does (`castlib.repro.runs.run_batch`; a variable the worker's
 environment sets already wins). Both are the driver's absolute paths: on a shared disk every
 node reads and adds to the same stores (their writes are atomic renames, so concurrent tasks
 never leave a torn entry; two tasks that need the same missing fit may both compute it); on
@@ -262,7 +262,7 @@ def run_batch_ray(
     Args:
         config: a RunConfig or the path of a YAML config.
         address: the cluster to join (see the module docstring); None starts a local Ray.
-        only, force, kernel_name, progress: as in `castlib.runs.run_batch`.
+        only, force, kernel_name, progress: as in `castlib.repro.runs.run_batch`.
         num_cpus: CPUs of the local Ray started when ``address`` is None (default: all).
 
     Raises:

@@ -1,9 +1,9 @@
 """The README's main tables, computed from the archived batch records (never typed in).
 
-``python -m castlib.results_md [--archive papermill_runs/results] [--readme README.md]``
+``python -m castlib.repro.results_md [--archive papermill_runs/results] [--readme README.md]``
 rewrites the block of ``README.md`` between `BEGIN` and `END` with, for every archived config
 that is not superseded and every model it ran, the main tables of notebooks 02 and 03
-(`castlib.claims.main_table`: per target, zero-shot, CAST and the best label-free baseline
+(`castlib.repro.claims.main_table`: per target, zero-shot, CAST and the best label-free baseline
 with 95% paired-bootstrap intervals over test rows, CAST's paired differences with their
 interval and exact McNemar p, where the records keep per-example predictions; mean +- std over
 seeds otherwise), how many of the config's runs the table rests on, and one computed line per
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..stats import N_BOOT
 from . import claims as C
 from .report import ArchivedConfig, archive_configs, load_archive
-from .stats import N_BOOT
 
 __all__ = ["BEGIN", "END", "main_tables_markdown", "replace_block"]
 
-BEGIN = "<!-- main-tables:begin (python -m castlib.results_md; do not edit by hand) -->"
+BEGIN = "<!-- main-tables:begin (python -m castlib.repro.results_md; do not edit by hand) -->"
 END = "<!-- main-tables:end -->"
 NOTEBOOKS = ("02_cross_domain", "03_cross_lingual")
 
@@ -124,7 +124,7 @@ def replace_block(text: str, block: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m castlib.results_md",
+        prog="python -m castlib.repro.results_md",
         description="Rewrite the README's main tables from the archived records (no model).",
     )
     parser.add_argument("--archive", type=Path, default=Path("papermill_runs/results"))
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         if new != text:
             print(
-                f"{args.readme}: main tables differ from the archive; run python -m castlib.results_md"
+                f"{args.readme}: main tables differ from the archive; run python -m castlib.repro.results_md"
             )
             return 1
         print(f"{args.readme}: main tables match the archive")

@@ -50,8 +50,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from .hub import HubUnreachableError, unreachable_reason
-from .tasks import RowLabelError, parse_row
+from ..hub import HubUnreachableError, unreachable_reason
+from ..tasks import RowLabelError, parse_row
 
 __all__ = [
     "DEFAULT_TASKS",
@@ -959,7 +959,7 @@ def build_meta(
     paths = [f"{config or 'default'}/{hs}" for hs in dict.fromkeys(spec.splits.values())]
     split_notes = "; ".join(_split_note(s, stats[s], seed) for s in SPLIT_ORDER if s in stats)
     notes = (
-        f"Fetched by castlib.fetch from the Hugging Face hub dataset {spec.hub_id}"
+        f"Fetched by castlib.repro.fetch from the Hugging Face hub dataset {spec.hub_id}"
         f" (config {config or 'default'}, revision {revision}, commit {commit or 'unknown'}). "
         f"{split_notes}. Splits are filled test, dev, train; a row is kept only once "
         "(duplicate inputs skipped), kept rows are in hub order."

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m castlib.runs CONFIG.yaml [--dry-run] [--only SUBSTR] [--force] [--kernel NAME]
+    python -m castlib.repro.runs CONFIG.yaml [--dry-run] [--only SUBSTR] [--force] [--kernel NAME]
                                        [--executor ray [--address ADDR]]
-    python -m castlib.runs --aggregate-only OUTPUT_DIR
+    python -m castlib.repro.runs --aggregate-only OUTPUT_DIR
 
 Run config (YAML)
 -----------------
@@ -52,7 +52,7 @@ Each run executes with papermill into ``<run_dir>/<stem>.ipynb`` with ``output_d
 as in Jupyter and nbval, so the same relative paths (e.g. a ``data_dir`` default) work
 interactively, under nbval and here; pass absolute paths (or paths relative to the notebook
 folder) in parameters. The kernel is ``--kernel``, else the config's ``kernel``, else the
-current interpreter (`castlib.kernels.CurrentEnvKernelManager`): a batch runs in the environment
+current interpreter (`castlib.repro.kernels.CurrentEnvKernelManager`): a batch runs in the environment
 that started it, whatever kernel specs the user has installed.
 
 A notebook writes ``results.json`` (a list of flat records, or one record) into ``output_dir``.
@@ -74,7 +74,7 @@ checkpoints it writes while running, carry over to the next machine or session t
 batch (the activation store itself is large and stays in the output folder).
 
 ``--executor ray [--address ADDR]`` runs each run as a Ray task instead, with the config's
-``num_cpus``/``num_gpus`` per run, into the same layout (see castlib.executors); the sequential
+``num_cpus``/``num_gpus`` per run, into the same layout (see castlib.repro.executors); the sequential
 executor ignores those two keys.
 
 Exit status: 0 when every selected run is ok (or skipped as done), 1 when any run failed,
@@ -117,8 +117,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from .activation_store import STORE_ENV
-from .fit_store import FIT_STORE_ENV
+from ..activation_store import STORE_ENV
+from ..fit_store import FIT_STORE_ENV
 from .kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
 
 __all__ = [
@@ -199,7 +199,7 @@ class Run:
         grid: the grid point of this run (a subset of ``parameters``), used for its id.
         notebook_label: the notebook path as written in the config (used in tables and hashes).
         resources: what one run asks of a cluster (``num_cpus``, ``num_gpus``; the config's
-            top level, overridden per entry); only the Ray executor (castlib.executors) uses it.
+            top level, overridden per entry); only the Ray executor (castlib.repro.executors) uses it.
     """
 
     notebook: Path
@@ -580,7 +580,7 @@ def _complete_in(run: Run, run_dir: Path) -> bool:
 
 
 def _kernel_and_language(notebook: Path, kernel: str | None) -> tuple[str, str | None]:
-    """Kernel to use (an explicit name, else `castlib.kernels.CURRENT_ENV_KERNEL`: the running
+    """Kernel to use (an explicit name, else `castlib.repro.kernels.CURRENT_ENV_KERNEL`: the running
     interpreter) and the language papermill needs when the notebook's metadata names none
     (``None`` when it does)."""
     import nbformat
@@ -990,7 +990,7 @@ def load_predictions(output_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(output_dir) / PREDICTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: aggregate the batch first (python -m castlib.runs "
+            f"{path} not found: aggregate the batch first (python -m castlib.repro.runs "
             f"--aggregate-only {output_dir}); records written before castlib kept per-example "
             "predictions have none"
         )
@@ -1103,7 +1103,9 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, (int, float)) else (1, str(value))
 
 
-if __name__ == "__main__":  # python -m castlib.runs: the command line lives in castlib.runs_cli
-    from castlib.runs_cli import main
+if (
+    __name__ == "__main__"
+):  # python -m castlib.repro.runs: the command line lives in castlib.repro.runs_cli
+    from castlib.repro.runs_cli import main
 
     raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Helpers shared by the reproduction notebooks (``notebooks/0*_*.ipynb``).
 
 The notebooks are parameterised (one ``parameters`` cell, run in batch by papermill through
-`castlib.runs`) and regression-tested by nbval, so what they print must be deterministic. These
+`castlib.repro.runs`) and regression-tested by nbval, so what they print must be deterministic. These
 helpers keep that contract in one place:
 
 * `sample_test` -- a seeded subsample of a task's test split, the same for every method and seed
@@ -13,7 +13,7 @@ helpers keep that contract in one place:
   source for a method that takes one source per fit (cross-task ICL);
 * `icl_deltas` -- per-example ICL enhancements ``delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x))``;
 * `flat_record` / `write_results` / `write_table` / `save_figure` -- the structured outputs a run
-  leaves in ``output_dir`` (``results.json`` is what `castlib.runs` aggregates);
+  leaves in ``output_dir`` (``results.json`` is what `castlib.repro.runs` aggregates);
 * `params_table`, `mean_std`, `verdict`, `fmt` -- deterministic, rounded display;
 * `peak_memory` -- absolute peak memory of a block (for cost ratios between methods);
 * `setup` -- the notebooks' common setup: display options, ``output_dir`` and the model.
@@ -33,13 +33,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ..methods import available, get, preset, presets
+from ..methods.base import Method
+from ..methods.steering import icl_activations
+from ..models import LanguageModel, load_model
+from ..profiling import profile
+from ..tasks import Example, Task, load_task, sample_examples
 from . import plots
-from .methods import available, get, preset, presets
-from .methods.base import Method
-from .methods.steering import icl_activations
-from .models import LanguageModel, load_model
-from .profiling import profile
-from .tasks import Example, Task, load_task, sample_examples
 
 __all__ = [
     "DROP_FIELDS",
@@ -80,7 +80,7 @@ def setup(
 ) -> tuple[LanguageModel, Path]:
     """The common setup of the reproduction notebooks, run right after their parameters cell.
 
-    Sets the display of tables and figures (`castlib.plots.set_theme`; pandas shows 3 decimals
+    Sets the display of tables and figures (`castlib.repro.plots.set_theme`; pandas shows 3 decimals
     in 120 columns; both process-wide, as display settings are), creates ``output_dir`` and loads
     ``model`` on ``device`` (`castlib.load_model`).
 
@@ -232,7 +232,7 @@ def flat_record(record: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
 def write_results(
     records: Sequence[Mapping[str, Any]], output_dir: str | Path, csv_name: str = "results.csv"
 ) -> Path:
-    """Write ``results.json`` (the list of flat records `castlib.runs` aggregates) and the same
+    """Write ``results.json`` (the list of flat records `castlib.repro.runs` aggregates) and the same
     rows, without the per-example ``predictions``, as a CSV into ``output_dir``; returns the
     JSON path."""
     out = output_path(output_dir)

@@ -1,7 +1,7 @@
 """The paper's claims judged from archived batch records: main tables and one verdict each.
 
-Input: an archive's aggregated ``summary.csv`` (one row per record, `castlib.runs.aggregate`)
-and, where the runs kept them, its per-example prediction lines (`castlib.runs
+Input: an archive's aggregated ``summary.csv`` (one row per record, `castlib.repro.runs.aggregate`)
+and, where the runs kept them, its per-example prediction lines (`castlib.repro.runs
 .load_predictions`). Nothing here loads a model.
 
 * `main_table`: per target of one notebook and model, zero-shot, CAST and the best label-free
@@ -9,7 +9,7 @@ and, where the runs kept them, its per-example prediction lines (`castlib.runs
   ``uses_target_labels``). With per-example predictions for every record: accuracy with a 95%
   paired-bootstrap interval over test rows (seeds pooled) and CAST's paired differences with
   their interval, exact McNemar p and `castlib.stats.verdict` (`castlib.stats.target_table`).
-  Otherwise: mean +- sample std over seeds (`castlib.nbtools.mean_std`), and the differences of
+  Otherwise: mean +- sample std over seeds (`castlib.repro.nbtools.mean_std`), and the differences of
   means, which no test can resolve.
 * `CLAIMS`: the claims of the abstract the notebooks test, and `claim_paragraph`: one verdict
   paragraph per claim, computed from the records by the rules of the notebooks' conclusion
@@ -38,7 +38,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import nbtools, stats
+from .. import stats
+from . import nbtools
 
 __all__ = [
     "CLAIMS",

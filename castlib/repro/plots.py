@@ -2,7 +2,7 @@
 
 Every helper takes a tidy `pandas.DataFrame` (one row per observation), draws one figure with
 seaborn and returns the matplotlib `Figure`. Figures are created through pyplot so that a notebook
-shows them inline; save them with `castlib.nbtools.save_figure` and close them with
+shows them inline; save them with `castlib.repro.nbtools.save_figure` and close them with
 ``plt.close(fig)`` in long scripts. Titles and labels come from the caller; nothing here reads
 global state besides the seaborn theme set by `set_theme`.
 """

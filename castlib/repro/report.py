@@ -1,21 +1,21 @@
 """A static HTML report of the reproduction, built from the archived batch records alone.
 
-``python -m castlib.report [--archive papermill_runs/results] [--out report]`` (``make report``)
+``python -m castlib.repro.report [--archive papermill_runs/results] [--out report]`` (``make report``)
 writes, without loading a model:
 
 * ``report/index.html``: the archives (which runs of each config are archived, which are not,
   and their measured wall time: `wall_time`; ``--wall-time`` prints it and builds nothing),
-  one verdict paragraph per claim of the paper (`castlib.claims`), and one section per
+  one verdict paragraph per claim of the paper (`castlib.repro.claims`), and one section per
   notebook whose HTML id is the notebook stem (``index.html#02_cross_domain``) with the main
-  tables of every config and model (`castlib.claims.main_table`), the headline figures
+  tables of every config and model (`castlib.repro.claims.main_table`), the headline figures
   (matplotlib PNGs drawn from the records into ``report/figures/``) and the archived runs;
 * ``report/<config>/<notebook stem>/<grid point>.html``: one page per archived executed
   notebook, exported by nbconvert's HTML exporter (lab template without its CDN scripts:
   ``castlib/templates/report_notebook.html.j2``; images embedded). When the archived notebook
-  lost its image outputs (`castlib.archive`), the run's PNG figures are embedded at its end;
+  lost its image outputs (`castlib.repro.archive`), the run's PNG figures are embedded at its end;
 * ``report/<config>/<notebook stem>/<grid point>/*.png``: the run's archived figures.
 
-Archive layout (`castlib.archive`): ``<archive>/<config>/<notebook stem>/<grid point>/`` with
+Archive layout (`castlib.repro.archive`): ``<archive>/<config>/<notebook stem>/<grid point>/`` with
 ``run.json``, ``results.json``, CSV tables, PNG figures and ``<notebook stem>.ipynb``; the
 config folder holds the aggregated ``summary.csv`` and, where the runs kept per-example
 predictions, ``predictions.jsonl.gz``. ``papermill_runs/<config>.yaml``, when present, says
@@ -38,10 +38,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..stats import N_BOOT
 from . import claims as C
 from . import runs as R
 from .archive import DROPPED_IMAGE_NOTE
-from .stats import N_BOOT
 
 __all__ = [
     "ArchivedConfig",
@@ -128,7 +128,7 @@ def load_archive(folder: str | Path, root: str | Path | None = None) -> Archived
     if not summary_file.is_file():
         raise FileNotFoundError(
             f"{summary_file} not found: aggregate the archive first "
-            f"(python -m castlib.runs --aggregate-only {folder})"
+            f"(python -m castlib.repro.runs --aggregate-only {folder})"
         )
     summary = pd.read_csv(summary_file)
     try:
@@ -157,7 +157,7 @@ def wall_time(cfg: ArchivedConfig) -> pd.DataFrame:
     """The measured cost of ``cfg``'s archived runs: one row per notebook stem and a last row
     ``all``, with ``runs`` (archived ok runs with a wall time), ``seconds`` (their sum), ``min``
     and ``max`` (one run's), ``hours`` (the sum in hours). Each run's wall time is the
-    ``seconds`` of its ``run.json`` (`castlib.runs`: papermill's execution of the notebook,
+    ``seconds`` of its ``run.json`` (`castlib.repro.runs`: papermill's execution of the notebook,
     model loading included), so the rows are what the batch took on the machine that ran it."""
     if not cfg.seconds:
         return pd.DataFrame(columns=["notebook", "runs", "seconds", "min", "max", "hours"])
@@ -485,10 +485,10 @@ def _print_wall_time(archive: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m castlib.report [--archive DIR] [--out DIR] [--n-boot N]
+    """Command line: ``python -m castlib.repro.report [--archive DIR] [--out DIR] [--n-boot N]
     [--wall-time]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m castlib.report",
+        prog="python -m castlib.repro.report",
         description="Build the static HTML report from the archived batch records (no model).",
     )
     parser.add_argument("--archive", type=Path, default=Path("papermill_runs/results"))
