@@ -80,6 +80,9 @@ class EvalResult:
     #: prompt), ``"demo_prefix_cached"`` (`castlib.prefix_cache`: a shared demonstration
     #: prefix run once) or `castlib.last_token.SCORING_CACHED` (`evaluate_sweep`)
     scoring: str = "full"
+    #: rows whose best score is shared by two or more labels (exactly equal log-probs): the
+    #: argmax gives them the first of those labels, so many ties mean the scores say nothing
+    ties: int = 0
 
     @property
     def examples_per_second(self) -> float:
@@ -251,13 +254,19 @@ def evaluate(
 def _check_finite(
     lm: LanguageModel, task: Task, split: str, examples: Sequence[Example], scores: torch.Tensor
 ) -> None:
-    """Refuse NaN log-probabilities (no prediction can be made from them)."""
-    nan_rows = [ex.id for row, ex in enumerate(examples) if torch.isnan(scores[row]).any()]
+    """Refuse non-finite log-probabilities (NaN or infinite: no prediction can be made from
+    them; an overflowing steering scale makes them NaN, see `castlib.steer`)."""
+    space = torch.zeros_like(scores, dtype=torch.bool)
+    for row, ex in enumerate(examples):
+        space[row, : len(task.label_space(ex))] = True
+    bad = (~torch.isfinite(scores) & space).any(dim=1)
+    nan_rows = [ex.id for row, ex in enumerate(examples) if bad[row]]
     if nan_rows:
         raise FloatingPointError(
-            f"{lm.name} gave NaN log-probabilities on {task.name}/{split} rows {nan_rows[:5]}"
-            f"{' ...' if len(nan_rows) > 5 else ''}; no prediction can be made (a steering "
-            f"scale too large for the dtype, or a broken model)"
+            f"{lm.name} gave non-finite (NaN or infinite) log-probabilities on "
+            f"{task.name}/{split} rows {nan_rows[:5]}{' ...' if len(nan_rows) > 5 else ''}; no "
+            f"prediction can be made (a steering scale too large for the dtype, or a broken "
+            f"model)"
         )
 
 
@@ -276,6 +285,8 @@ def result_from_scores(
     for row, ex in enumerate(examples):
         scores[row, len(task.label_space(ex)) :] = float("-inf")
     pred = scores.argmax(dim=1).tolist()
+    top = scores.topk(2, dim=1).values
+    ties = int((top[:, 0] == top[:, 1]).sum())
     gold = [ex.label for ex in examples]
     predictions = [
         {
@@ -298,6 +309,7 @@ def result_from_scores(
         seconds=seconds,
         predictions=predictions,
         scoring=scoring,
+        ties=ties,
     )
 
 
@@ -328,6 +340,14 @@ def evaluate_sweep(
     A single configuration with one-token answers is scored on the plain path instead (one
     full pass per prompt, which costs less than a prefix pass plus a one-token pass); the
     result's ``scoring`` says which path ran, and the configuration is checked the same way.
+
+    Refused (ValueError, naming the hooked modules), because the cached prefix would not be
+    exact: ``positions="all"`` steering, and anything hooked into the model besides castlib's
+    last-position steering of block outputs (a forward hook or pre-hook on any submodule, a
+    block's pre-hook, a patched ``forward``, torch's global hooks), whether a configuration
+    installs it or it was there before the sweep (`castlib.steer.foreign_hooks`). Score such
+    configurations with ``with config(): evaluate(...)``. Non-finite log-probs raise
+    `FloatingPointError`; rows with tied best labels are counted in ``ties``.
     """
     task = _task(task)
     examples = _examples(task, split, limit, sample, sample_seed, examples)

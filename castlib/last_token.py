@@ -46,7 +46,7 @@ from .logprobs import checked_inputs
 from .models import LanguageModel
 from .padding import encode, iter_batches, position_ids_from_mask
 from .prefix_cache import cache_kwargs, new_cache, returned_cache
-from .steer import active_steer_hooks
+from .steer import active_steer_hooks, foreign_hooks
 from .validate import check_positive_int
 
 __all__ = [
@@ -140,29 +140,37 @@ def cacheable_prompts(lm: LanguageModel, prompts: Sequence[str]) -> bool:
     return all(len(row) >= 2 for row in encode(lm.tokenizer, prompts))
 
 
-def _foreign_hooks(lm: LanguageModel) -> int:
-    """Forward hooks on the blocks that are not castlib steering hooks. A safety check only:
-    castlib tracks its own interventions in ``lm.interventions``, but a hook installed by
-    other code can be seen only in torch's hook dicts, and it would make the cached prefix
-    (run without it) disagree with the full path."""
-    total = sum(len(block._forward_hooks) for block in lm.blocks)
-    return total - len(active_steer_hooks(lm))
+def _foreign_hooks(lm: LanguageModel) -> list[str]:
+    """Everything hooked into the model that is not castlib's own steering
+    (`castlib.steer.foreign_hooks`: forward hooks and pre-hooks on any submodule, patched
+    forwards, torch's global hooks). Any of them can make the cached prefix (run without the
+    configuration) disagree with the full path, so none is allowed."""
+    return foreign_hooks(lm)
 
 
 def unsteered_hooks(lm: LanguageModel) -> int:
-    """The number of non-castlib hooks on the blocks before any configuration is entered
-    (`entered` compares against it); refuses a model with castlib steering already active."""
+    """Refuses a model with castlib steering or any other hook already active (a hook present
+    before the sweep also runs on the prefix pass, where the last token is missing); returns
+    0, the number of foreign hooks `entered` allows."""
     if active_steer_hooks(lm):
         raise RuntimeError(
             "a steering sweep runs its own steering configurations; leave the outer steer context"
         )
-    return _foreign_hooks(lm)
+    found = _foreign_hooks(lm)
+    if found:
+        raise ValueError(
+            f"the model has hooks other than castlib's last-position steering ({found[:4]}); a "
+            f"steering sweep caches the prompt prefix, which is exact only with nothing else "
+            f"hooked in. Remove them, or score on the full path: `with config(): evaluate(...)`"
+        )
+    return 0
 
 
 @contextmanager
 def entered(lm: LanguageModel, config: Config, baseline_hooks: int) -> Iterator[None]:
     """Enter one configuration (None: the unsteered model) and check that it installs only
-    castlib ``positions="last"`` steering, the kind whose prefix is the unsteered model's."""
+    castlib ``positions="last"`` steering (forward hooks on block outputs), the kind whose
+    prefix is the unsteered model's; anything else is refused, naming the hooked modules."""
     with config() if config is not None else nullcontext():
         if any(h.positions != "last" for h in active_steer_hooks(lm)):
             raise ValueError(
@@ -170,10 +178,13 @@ def entered(lm: LanguageModel, config: Config, baseline_hooks: int) -> Iterator[
                 "is the unsteered model's, so cached scoring is exact); this configuration "
                 "steers every position"
             )
-        if _foreign_hooks(lm) != baseline_hooks:
+        found = _foreign_hooks(lm)
+        if len(found) != baseline_hooks:
             raise ValueError(
-                "this configuration installs hooks other than castlib's "
-                "last-position steering; a steering sweep cannot show its cached scoring exact"
+                f"this configuration installs hooks other than castlib's last-position "
+                f"steering of block outputs ({found[:4]}); a steering sweep cannot score it "
+                f"exactly from a cached prefix. Score it on the full path: "
+                f"`with config(): evaluate(...)`"
             )
         yield
 

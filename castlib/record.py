@@ -8,8 +8,14 @@ attention mask). The forward pass runs the backbone only (never the LM head) and
 after the deepest requested block, so recording costs at most one plain forward pass.
 
 With an `castlib.activation_store.ActivationStore` (``store=``, else the model's own
-``lm.activation_store``), rows already recorded for the same model weights, layers, padding
-side and prompt are reused and only the others run.
+``lm.activation_store``), rows already recorded for the same model weights and dtype, layers,
+padding side, pad token and prompt token ids are reused and only the others run. While
+anything is hooked into the model (a `castlib.steer` context, any forward hook or pre-hook on
+any submodule: `castlib.steer.installed_hooks`) the store is bypassed: its key cannot describe
+what a hook does, so every row is recorded.
+
+A non-finite recorded value (an overflowing steering scale, see `castlib.steer`) raises
+`FloatingPointError`.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .activation_store import ActivationStore, model_fingerprint
+from .activation_store import ActivationStore
 from .hooks import HookGroup, StopForward, hidden_of
 from .models import LanguageModel
 from .padding import encode, iter_batches, last_token_index
+from .steer import installed_hooks
 from .validate import check_positive_int, check_prompts, check_token_lengths
 
 __all__ = ["record_activations", "record_token_ids", "Recording"]
@@ -127,13 +134,17 @@ def record_activations(
         float32 tensor ``[n_prompts, n_layers, hidden]`` on CPU.
     """
     ids = encode(lm.tokenizer, check_prompts(prompts))
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     store = store if store is not None else getattr(lm, "activation_store", None)
-    weights = model_fingerprint(lm.model) if store is not None else None
+    if store is not None and (lm.interventions or installed_hooks(lm.model)):
+        store = None  # a hook changes rows in ways no key describes: record them all
+    weights = store.fingerprint(lm.model) if store is not None else None
     if store is None or weights is None:
-        return record_token_ids(lm, ids, layers, batch_size, padding_side, progress)
+        return _finite(lm, record_token_ids(lm, ids, layers, batch_size, padding_side, progress))
     wanted = lm.check_layers(layers)
-    fingerprint = f"{weights}|{padding_side}"
-    keys = [store.key(fingerprint, wanted, p) for p in prompts]
+    fingerprint = f"{weights}|{padding_side}|pad={lm.tokenizer.pad_token_id}"
+    keys = [store.key(fingerprint, wanted, row) for row in ids]
     shape = (len(wanted), lm.hidden_size)
     out = torch.empty((len(prompts), *shape), dtype=torch.float32)
     todo: dict[str, list[int]] = {}
@@ -145,10 +156,25 @@ def record_activations(
             out[i] = row
     if todo:
         firsts = [rows[0] for rows in todo.values()]
-        fresh = record_token_ids(
-            lm, [ids[i] for i in firsts], wanted, batch_size, padding_side, progress
+        fresh = _finite(
+            lm,
+            record_token_ids(
+                lm, [ids[i] for i in firsts], wanted, batch_size, padding_side, progress
+            ),
         )
         for (key, rows), row in zip(todo.items(), fresh, strict=True):
             store.put(key, row)
             out[rows] = row
     return out
+
+
+def _finite(lm: LanguageModel, rows: torch.Tensor) -> torch.Tensor:
+    """``rows``, or `FloatingPointError` naming the first prompt with a non-finite value."""
+    bad = (~torch.isfinite(rows)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise FloatingPointError(
+            f"{lm.name} recorded non-finite activations for prompts {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}: a steering scale too large for the dtype (see "
+            f"castlib.steer) or a broken model"
+        )
+    return rows

@@ -14,7 +14,16 @@ Selected positions:
             new token of each decode step.
 
 The vector is cast to the activation's dtype and device inside the hook (once per
-dtype/device); ``alpha == 0`` returns the block output untouched (bit-identical).
+dtype/device); ``alpha == 0`` returns the block output untouched (bit-identical). The hook
+steers with a snapshot of the vector taken by `steer` (a float32 copy), so editing the tensor
+it was given afterwards changes nothing.
+
+Overflow is made visible, never silent: a steered state that is non-finite, or whose squared
+norm overflows float32 (what the next block's RMS/layer norm computes; from about
+``|h'| > 1.8e19``, e.g. ``alpha=1e30``), is replaced by NaN. Every log-prob that depends on it is
+then NaN: `castlib.evaluate.evaluate` and `castlib.record.record_activations` raise
+`FloatingPointError`, and a tuning grid records the point as failed (instead of the state
+collapsing to zero after the norm and every label tying).
 `steer` registers the hooks at once and returns a `Steering` handle that is also a context
 manager: ``with steer(lm, v, alpha=4, layers=[6]): ...`` removes every hook on exit, even after
 an exception, and nested contexts compose (their hooks run in registration order).
@@ -33,9 +42,17 @@ from .hooks import ForwardInfo, HookGroup, hidden_of, watch_inputs, with_hidden
 from .models import LanguageModel
 from .padding import last_token_index
 from .validate import check_finite_number
-from .vectors import SteeringVector
+from .vectors import SteeringVector, check_layer_vector
 
-__all__ = ["steer", "Steering", "override_positions", "as_layer_map", "active_steer_hooks"]
+__all__ = [
+    "steer",
+    "Steering",
+    "override_positions",
+    "as_layer_map",
+    "active_steer_hooks",
+    "installed_hooks",
+    "foreign_hooks",
+]
 
 Positions = Literal["last", "all"]
 Op = Literal["add", "replace"]
@@ -111,7 +128,9 @@ class SteerHook:
             y = (1.0 - self.alpha) * x + self.alpha * vec
         if self.norm_preserving:
             y = y * (x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        return y
+        # overflow -> NaN (module docstring): no host sync, the scorers see the NaN
+        overflow = ~torch.isfinite(y.float().pow(2).sum(dim=-1, keepdim=True))
+        return y.masked_fill(overflow, float("nan"))
 
     def __call__(self, module: nn.Module, args: tuple, output: object) -> object:
         if self.alpha == 0.0:
@@ -184,7 +203,7 @@ def as_layer_map(
         if not vector:
             raise ValueError("steering vector dict is empty; give {layer: [hidden] tensor}")
         lm.check_layers(list(vector))  # ints in range, no duplicates (-1 and L-1 alike)
-        mapping = {lm.check_layers(k)[0]: torch.as_tensor(v) for k, v in vector.items()}
+        mapping = {lm.check_layers(k)[0]: v for k, v in vector.items()}
     elif isinstance(vector, torch.Tensor):
         if vector.ndim == 1:
             if layers is None:
@@ -199,15 +218,11 @@ def as_layer_map(
             )
     else:
         raise TypeError(f"cannot steer with a {type(vector).__name__}")
-    for layer, vec in mapping.items():
-        if vec.shape != (lm.hidden_size,):
-            raise ValueError(
-                f"layer {layer}: vector of shape {tuple(vec.shape)} does not match the model's "
-                f"hidden size {lm.hidden_size}"
-            )
-        if not torch.isfinite(vec).all():
-            raise ValueError(f"layer {layer}: steering vector has non-finite values")
     lm.check_layers(list(mapping))
+    # the one per-layer check (`castlib.vectors.check_layer_vector`); a float32 copy: a snapshot
+    mapping = {
+        layer: check_layer_vector(vec, layer, lm.hidden_size) for layer, vec in mapping.items()
+    }
     if layers is not None:
         wanted = lm.check_layers(layers)
         missing = [layer for layer in wanted if layer not in mapping]
@@ -259,9 +274,7 @@ def steer(
         for handle in watch_inputs(lm.base, info):
             hooks.add(handle)
         for layer, vec in mapping.items():
-            hook = SteerHook(
-                vec.detach().float().cpu(), alpha, positions, norm_preserving, op, info
-            )
+            hook = SteerHook(vec, alpha, positions, norm_preserving, op, info)
             steer_hooks[layer] = hook
             hooks.add(lm.blocks[layer].register_forward_hook(hook))
     except BaseException:
@@ -294,3 +307,39 @@ def override_positions(lm: LanguageModel, mask: torch.Tensor) -> Iterator[None]:
     finally:
         for hook in hooks:
             hook.override = None
+
+
+def installed_hooks(model: nn.Module) -> list[tuple[str, str, int]]:
+    """Everything hooked into ``model``'s forward pass: ``(submodule name, kind, handle id)``
+    for every forward hook and forward pre-hook of every submodule, every ``forward`` patched
+    on an instance (accelerate's device-placement wrappers, marked ``_hf_hook``, excepted) and
+    torch's global module hooks (name ``"<global>"``, id -1)."""
+    found: list[tuple[str, str, int]] = []
+    for name, module in model.named_modules():
+        found += [(name, "forward hook", key) for key in module._forward_hooks]
+        found += [(name, "forward pre-hook", key) for key in module._forward_pre_hooks]
+        if "forward" in vars(module) and not hasattr(module, "_hf_hook"):
+            found.append((name, "patched forward", -1))
+    from torch.nn.modules import module as torch_module
+
+    for kind in ("_global_forward_hooks", "_global_forward_pre_hooks"):
+        if getattr(torch_module, kind, None):
+            found.append(("<global>", kind.strip("_").replace("_", " "), -1))
+    return found
+
+
+def foreign_hooks(lm: LanguageModel) -> list[str]:
+    """`installed_hooks` of ``lm.model`` that are not castlib steering's own (the `SteerHook`
+    forward hooks on blocks and the input watchers on the backbone of active `Steering`
+    handles), described as ``"<module>: <kind>"``."""
+    own = {
+        handle.id
+        for entry in lm.interventions
+        if isinstance(entry, Steering)
+        for handle in entry._hooks.handles
+    }
+    return [
+        f"{name or '<model>'}: {kind}"
+        for name, kind, key in installed_hooks(lm.model)
+        if key == -1 or key not in own
+    ]

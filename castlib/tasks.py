@@ -11,10 +11,9 @@ folder of the repository this package was installed from (found relative to the 
 the working directory, so notebooks and scripts find it from anywhere), else an error that
 names what was tried. ``castlib data fetch`` writes the same format from the Hugging Face hub.
 
-A split file is read whole before anything is returned: a truncated gzip file, a malformed row,
-a duplicate row id or a row count that disagrees with ``meta.json``'s ``counts`` raises
-`TaskFormatError` naming the file, and no partial task is built.
-"""
+A split file is read whole first: a truncated gzip file, a malformed row, a repeated row id, a
+row count that disagrees with ``meta.json``'s ``counts``, or a ``meta.json`` ``name`` other than
+the folder's (a task is identified by both) raises `TaskFormatError` naming the file."""
 
 from __future__ import annotations
 
@@ -97,8 +96,11 @@ class Task:
             raise TaskFormatError(f"task {self.name}: kind {self.kind!r} not in {KINDS}")
         if len(self.labels) < 2:
             raise TaskFormatError(f"task {self.name}: needs at least two labels")
-        if len(set(self.labels)) != len(self.labels):
-            raise TaskFormatError(f"task {self.name}: duplicate labels {self.labels}")
+        if len({label.strip() for label in self.labels}) != len(self.labels):
+            raise TaskFormatError(
+                f"task {self.name}: labels {list(self.labels)} repeat a label (up to surrounding "
+                f"whitespace, which scoring ignores: ' positive' is 'positive'); make them distinct"
+            )
 
     def split(self, name: str) -> Sequence[Example]:
         """The examples of split ``name`` (``train``, ``dev`` or ``test``)."""
@@ -156,10 +158,6 @@ def repo_data_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data"
 
 
-def _has_tasks(path: Path) -> bool:
-    return path.is_dir() and any(path.glob("*/meta.json"))
-
-
 def resolve_data_dir(path: str | Path | None = None) -> Path:
     """The data directory: ``path``, else ``$CASTLIB_DATA``, else `repo_data_dir`.
 
@@ -169,19 +167,20 @@ def resolve_data_dir(path: str | Path | None = None) -> Path:
     Raises:
         FileNotFoundError: naming every place tried and how to get the data.
     """
-    if path is not None:
-        p = Path(path).expanduser()
+    given = [(path, "data_dir="), (os.environ.get(DATA_ENV) or None, f"${DATA_ENV}")]
+    for value, what in given:
+        if value is None:
+            continue
+        p = Path(value).expanduser()
         if not p.is_dir():
-            raise FileNotFoundError(f"data directory {p} (data_dir=) does not exist")
-        return p
-    env = os.environ.get(DATA_ENV)
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_dir():
-            raise FileNotFoundError(f"data directory {p} (${DATA_ENV}) does not exist")
+            state = "is a file, not a folder" if p.exists() else "does not exist"
+            raise FileNotFoundError(
+                f"data directory {p} ({what}) {state}; it must be a folder of task folders "
+                f"(<task>/meta.json)"
+            )
         return p
     own = repo_data_dir()
-    if _has_tasks(own):
+    if own.is_dir() and any(own.glob("*/meta.json")):
         return own
     raise FileNotFoundError(
         f"no task data directory found; tried data_dir= (not given), ${DATA_ENV} (not set) and "
@@ -363,21 +362,22 @@ def load_task(name: str, data_dir: str | Path | None = None) -> Task:
         raise TaskFormatError(f"{meta_path}: invalid JSON ({err.msg})") from err
     check_meta(meta, meta_path)
     counts = meta.get("counts") or {}
-    if not isinstance(counts, dict):
-        raise TaskFormatError(f"{meta_path}: 'counts' must be an object, got {counts!r}")
+    if not isinstance(counts, dict) or any(type(n) is not int or n < 0 for n in counts.values()):
+        raise TaskFormatError(
+            f"{meta_path}: 'counts' must map splits to row counts (ints >= 0), got {counts!r}"
+        )
+    if meta.get("name", name) != name:
+        raise TaskFormatError(
+            f"{meta_path}: meta.json names the task {meta['name']!r} but its folder is "
+            f"{name!r}; a task is identified by both, so they must agree (rename one)"
+        )
     splits = {}
     for split in SPLITS:
         path = split_file(folder, split)
         if path is None:
             if split == "test" or counts.get(split):
-                raise TaskFormatError(
-                    f"{folder}: missing {split}.jsonl (or {split}.jsonl.gz)"
-                    + (
-                        f"; meta.json counts {counts[split]} {split} rows"
-                        if counts.get(split)
-                        else ""
-                    )
-                )
+                n = f"; meta.json counts {counts[split]} {split} rows" if counts.get(split) else ""
+                raise TaskFormatError(f"{folder}: missing {split}.jsonl (or {split}.jsonl.gz){n}")
             continue
         rows = read_jsonl(path, meta)
         if split in counts and counts[split] != len(rows):
@@ -387,7 +387,7 @@ def load_task(name: str, data_dir: str | Path | None = None) -> Task:
         splits[split] = rows
     splits.setdefault("train", [])
     return Task(
-        name=meta.get("name", name),
+        name=name,
         kind=meta["kind"],
         labels=tuple(meta["labels"]),
         instruction=meta["instruction"],

@@ -14,7 +14,9 @@ import numbers
 import os
 import types
 import typing
+import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -23,6 +25,9 @@ __all__ = [
     "check_finite_number",
     "check_prompts",
     "check_token_lengths",
+    "check_answers",
+    "check_seed",
+    "check_save_folder",
     "check_params",
 ]
 
@@ -39,6 +44,42 @@ def check_positive_int(value: Any, name: str) -> int:
 def check_optional_positive_int(value: Any, name: str) -> int | None:
     """None, or `check_positive_int`."""
     return None if value is None else check_positive_int(value, name)
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """``value`` as an int seed in ``0 .. 2**63 - 1`` (numpy integers too; bools, floats and
+    seeds beyond 64 bits, which torch's generator cannot take, are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int in 0..2**63 - 1, got {value!r}")
+    if not 0 <= int(value) < 2**63:
+        raise ValueError(f"{name} must be an int in 0..2**63 - 1, got {value!r}")
+    return int(value)
+
+
+def check_save_folder(folder: Any, files: Sequence[str], owner: str) -> Path:
+    """``folder`` as a `Path`, created if needed, ready to receive ``files``: refused, naming
+    the path, when it is a file, lies below a file, or holds one of ``files`` as a folder."""
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"{owner}: the folder must be a path, got {folder!r}")
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"{owner}: {path} is a file; give a folder path ({', '.join(files)} are written "
+            f"inside it)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise NotADirectoryError(
+            f"{owner}: cannot create the folder {path}: a part of it is a file, not a folder"
+        ) from err
+    for name in files:
+        if (path / name).is_dir():
+            raise IsADirectoryError(
+                f"{owner}: {path / name} is a folder; it must be free for the file {name} "
+                f"(remove it, or save elsewhere)"
+            )
+    return path
 
 
 def check_finite_number(value: Any, name: str) -> float:
@@ -66,9 +107,45 @@ def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
     for i, p in enumerate(out):
         if not isinstance(p, str):
             raise TypeError(f"{name}[{i}] is {type(p).__name__}, expected str")
-        if not p.strip():
-            raise ValueError(f"{name}[{i}] is blank ({p!r}); every entry needs text")
+        if not visible(p):
+            raise ValueError(
+                f"{name}[{i}] is blank ({p[:40]!r}: only whitespace or invisible format "
+                f"characters such as zero-width spaces); every entry needs visible text"
+            )
     return out
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` has a character that is neither whitespace nor an invisible format
+    character (Unicode category Cf: zero-width space, joiners, BOM, ...)."""
+    return any(not c.isspace() and unicodedata.category(c) != "Cf" for c in text)
+
+
+def check_answers(answers: Sequence[str], answer_ids: Sequence[Sequence[int]]) -> None:
+    """Refuse answer lists that cannot be told apart: a repeated answer, two answers equal up
+    to surrounding whitespace (``'positive'`` and ``' positive'`` are scored as the same
+    continuation), and two answers whose continuations tokenise identically (e.g. both to
+    ``<unk>``): every row would tie and get the first of them."""
+    seen: dict[str, int] = {}
+    for i, answer in enumerate(answers):
+        key = answer.strip()
+        if key in seen:
+            j = seen[key]
+            same = "repeated" if answers[j] == answer else "equal up to surrounding whitespace"
+            raise ValueError(
+                f"answers {j} ({answers[j]!r}) and {i} ({answer!r}) are {same}; every answer "
+                f"must be a distinct label"
+            )
+        seen[key] = i
+    rows: dict[tuple[int, ...], int] = {}
+    for i, row in enumerate(answer_ids):
+        j = rows.setdefault(tuple(row), i)
+        if j != i:
+            raise ValueError(
+                f"answers {answers[j]!r} and {answers[i]!r} tokenise identically ({list(row)}) "
+                f"with this model's tokenizer, so no score can tell them apart; choose label "
+                f"words the tokenizer distinguishes"
+            )
 
 
 def check_token_lengths(

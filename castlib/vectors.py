@@ -28,11 +28,50 @@ import numpy as np
 import torch
 
 from ._version import __version__
-from .validate import check_finite_number
+from .validate import check_finite_number, check_save_folder
 
-__all__ = ["SteeringVector", "SITE"]
+__all__ = ["SteeringVector", "SITE", "check_layer_vector"]
 
 SITE = "block_output"
+
+
+def check_layer_vector(vec: Any, layer: int, hidden_size: int) -> torch.Tensor:
+    """One layer's direction checked and copied: the one validator of per-layer vectors, used
+    by `SteeringVector` and by `castlib.steer` for every accepted vector form.
+
+    Accepted: a real-valued tensor (or array, or list of numbers) of shape ``(hidden_size,)``
+    with values (not on the meta device) that are finite in float32. Returned as a float32
+    CPU *copy*, so later edits of the caller's tensor change nothing."""
+    if not isinstance(vec, torch.Tensor):
+        try:
+            vec = torch.as_tensor(vec)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"layer {layer}: a vector must be a tensor of shape ({hidden_size},), got "
+                f"{type(vec).__name__} ({err})"
+            ) from err
+    if vec.is_complex() or vec.dtype == torch.bool:
+        raise TypeError(
+            f"layer {layer}: vector of dtype {vec.dtype}; expected a real floating-point "
+            f"tensor (float32, bfloat16, float16 or float64; stored as float32)"
+        )
+    if vec.device.type == "meta":
+        raise ValueError(
+            f"layer {layer}: vector on the meta device has no values; expected a float tensor "
+            f"on the cpu or an accelerator (load or compute its values first)"
+        )
+    if tuple(vec.shape) != (hidden_size,):
+        raise ValueError(
+            f"layer {layer}: vector of shape {tuple(vec.shape)} does not match the hidden size "
+            f"{hidden_size}: expected ({hidden_size},)"
+        )
+    out = vec.detach().to(device="cpu", dtype=torch.float32, copy=True)
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            f"layer {layer}: vector has non-finite values (NaN, or beyond float32's range "
+            f"of +-3.4e38); expected finite float32 values"
+        )
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,17 +123,7 @@ class SteeringVector:
                 raise IndexError(f"layer {layer} out of range for a {self.n_layers}-layer model")
             if layer in clean:
                 raise ValueError(f"layer {layer} given twice")
-            vec = torch.as_tensor(vec).detach()
-            if vec.is_complex() or vec.dtype == torch.bool:
-                raise TypeError(f"layer {layer}: vector of dtype {vec.dtype}, expected floats")
-            if vec.shape != (self.hidden_size,):
-                raise ValueError(
-                    f"layer {layer}: vector of shape {tuple(vec.shape)}, expected "
-                    f"({self.hidden_size},)"
-                )
-            if not torch.isfinite(vec).all():
-                raise ValueError(f"layer {layer}: vector has non-finite values")
-            clean[layer] = vec.to(torch.float32).cpu()
+            clean[layer] = check_layer_vector(vec, layer, self.hidden_size)  # a copy
         object.__setattr__(self, "layers", dict(sorted(clean.items())))
         object.__setattr__(self, "params", dict(self.params))
 
@@ -108,7 +137,10 @@ class SteeringVector:
         layers: list[int] | None = None,
         **meta: Any,
     ) -> SteeringVector:
-        """From a ``[n_layers_given, hidden]`` tensor (rows = ``layers``, default all)."""
+        """From a ``[n_layers_given, hidden]`` tensor (rows = ``layers``, default all); the
+        rows are copied, so the vector does not change when ``tensor`` does."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
         if tensor.ndim != 2:
             raise ValueError(f"expected a [layers, hidden] tensor, got {tuple(tensor.shape)}")
         layers = list(range(tensor.shape[0])) if layers is None else list(layers)
@@ -187,6 +219,12 @@ class SteeringVector:
         for layer, vec in other.layers.items():
             layers[layer] = layers[layer] + sign * vec if layer in layers else sign * vec
         op = "+" if sign > 0 else "-"
+        for layer, vec in layers.items():
+            if not torch.isfinite(vec).all():
+                raise ValueError(
+                    f"the {'sum' if sign > 0 else 'difference'} of these steering vectors is "
+                    f"non-finite at layer {layer} (beyond float32's 3.4e38); rescale them first"
+                )
         return replace(
             self,
             layers=layers,
@@ -204,7 +242,20 @@ class SteeringVector:
         if isinstance(scalar, bool) or not isinstance(scalar, numbers.Real):
             return NotImplemented
         scale = check_finite_number(scalar, "scale")
-        return replace(self, layers={k: v * scale for k, v in self.layers.items()})
+        layers = {k: v * scale for k, v in self.layers.items()}
+        for layer, vec in layers.items():
+            if not torch.isfinite(vec).all():
+                raise ValueError(
+                    f"scaling the steering vector by {scalar!r} makes layer {layer} non-finite "
+                    f"(float32 holds at most 3.4e38; this layer's largest entry is "
+                    f"{float(self.layers[layer].abs().max()):.3g}); use a smaller scale"
+                )
+        return replace(
+            self,
+            layers=layers,
+            method=f"{scale!r}*({self.method})",
+            params={"scale": scale, "of": dict(self.params)},
+        )
 
     __rmul__ = __mul__
 
@@ -246,7 +297,12 @@ class SteeringVector:
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"cannot save the steering vector to {path}: it is a folder; give a file path "
+                f"(e.g. {path / 'vector.safetensors'})"
+            )
+        check_save_folder(path.parent, [path.name], "SteeringVector.save")
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.layers.items()}
         try:
             header = json.dumps(self.metadata(), allow_nan=False)
@@ -254,7 +310,12 @@ class SteeringVector:
             raise ValueError(
                 f"cannot save the steering vector to {path}: its metadata is not plain JSON ({err})"
             ) from err
-        save_file(tensors, str(path), metadata={"castlib": header})
+        try:
+            save_file(tensors, str(path), metadata={"castlib": header})
+        except Exception as err:  # noqa: BLE001 - SafetensorError (disk full, ...): name the file
+            raise OSError(
+                f"could not write the steering vector to {path} ({type(err).__name__}: {err})"
+            ) from err
         return path
 
     @classmethod

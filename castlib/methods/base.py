@@ -31,7 +31,7 @@ from ..models import LanguageModel
 from ..profiling import profile
 from ..prompts import check_prompt_format, format_prompts
 from ..tasks import Example, Task, load_task
-from ..validate import check_params
+from ..validate import check_params, check_save_folder, check_seed
 from ..vectors import SteeringVector
 
 __all__ = [
@@ -281,8 +281,7 @@ class Method:
         """Fit on (model, source tasks, target task, seed); the target's test split is never
         read. A target given among the sources is allowed (with a warning), and the record
         then says ``uses_target_labels=True``."""
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"{self.name}: seed must be an int, got {seed!r}")
+        seed = check_seed(seed, f"{self.name}: seed")
         src = resolve_tasks(sources, self.params.data_dir)
         tgt = resolve_task(target, self.params.data_dir)
         names = [t.name for t in src]
@@ -457,10 +456,7 @@ class Method:
         vector as ``vector.safetensors``."""
         if not self.fitted:
             raise RuntimeError(f"{self.name}: nothing to save before fit(...)")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.vector is not None:
-            self.vector.save(folder / VECTOR_FILE)
+        folder = check_save_folder(folder, [VECTOR_FILE, "method.json"], f"{self.name}.save")
         doc = {
             "method": self.name,
             "vector": VECTOR_FILE if self.vector is not None else None,
@@ -474,7 +470,19 @@ class Method:
             "state": self.state(),
             "castlib_version": __version__,
         }
-        (folder / "method.json").write_text(json.dumps(doc, indent=1))
+        text = json.dumps(doc, indent=1)  # a record that cannot be written fails before any file
+        vector = folder / VECTOR_FILE
+        existed = vector.exists()
+        try:
+            if self.vector is not None:
+                self.vector.save(vector)
+            tmp = folder / ".method.json.tmp"
+            tmp.write_text(text)
+            tmp.replace(folder / "method.json")
+        except OSError:
+            if self.vector is not None and not existed:
+                vector.unlink(missing_ok=True)  # no half-written save left behind
+            raise
         return folder
 
     @classmethod
