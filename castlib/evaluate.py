@@ -263,8 +263,8 @@ def _check_finite(
     nan_rows = [ex.id for row, ex in enumerate(examples) if bad[row]]
     if nan_rows:
         raise FloatingPointError(
-            f"{lm.name} gave non-finite (NaN or infinite) log-probabilities on "
-            f"{task.name}/{split} rows {nan_rows[:5]}{' ...' if len(nan_rows) > 5 else ''}; no "
+            f"{lm.name} gave NaN log-probabilities on {task.name}/{split} rows {nan_rows[:5]}"
+            f"{' ...' if len(nan_rows) > 5 else ''} (or infinite ones: non-finite); no "
             f"prediction can be made (a steering scale too large for the dtype, or a broken "
             f"model)"
         )

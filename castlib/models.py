@@ -139,6 +139,8 @@ class LanguageModel:
         """Validate layer indices (negative ones count from the end) and return them sorted."""
         if layers is None:
             return list(range(self.n_layers))
+        if hasattr(layers, "ndim") and hasattr(layers, "tolist"):  # torch / numpy, 0-d too
+            layers = layers.tolist()
         if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
             layers = [int(layers)]
         if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):

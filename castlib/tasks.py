@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .validate import check_optional_positive_int
+
 __all__ = [
     "Example",
     "Task",
@@ -139,11 +141,8 @@ def sample_examples(examples: Sequence[Example], n: int | None, seed: int = 0) -
     ``n=None`` or ``n >= len(examples)`` keeps them all, in file order.
     """
     rows = list(examples)
-    if n is None:
-        return rows
-    if n < 1:
-        raise ValueError(f"sample size must be >= 1 or None, got {n}")
-    if n >= len(rows):
+    n = check_optional_positive_int(n, "sample size")  # None, or an int >= 1 (not True, "16")
+    if n is None or n >= len(rows):
         return rows
     return random.Random(seed).sample(rows, n)
 

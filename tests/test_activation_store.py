@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import castlib.record as record_module
 from castlib.activation_store import ActivationStore, model_fingerprint
 from castlib.record import record_activations
 from castlib.testing import tiny_model
@@ -11,13 +12,25 @@ from castlib.testing import tiny_model
 PROMPTS = ["the movie was good", "bad film , not great", "a", "the movie was good"]
 
 
+class _Restore:
+    def __init__(self, real):
+        self.real = real
+
+    def remove(self):
+        record_module.record_token_ids = self.real
+
+
 def _count_forwards(lm):
+    """Count the recordings that run forward passes (a hook would bypass the store)."""
     calls = {"n": 0}
+    real = record_module.record_token_ids
 
-    def pre(module, args, kwargs):
+    def counting(*args, **kwargs):
         calls["n"] += 1
+        return real(*args, **kwargs)
 
-    return calls, lm.base.register_forward_pre_hook(pre, with_kwargs=True)
+    record_module.record_token_ids = counting
+    return calls, _Restore(real)
 
 
 def test_store_reuses_rows_and_matches_plain_recording(lm):

@@ -39,6 +39,7 @@ from ..methods.steering import icl_activations
 from ..models import LanguageModel, load_model
 from ..profiling import profile
 from ..tasks import Example, Task, load_task, sample_examples
+from ..validate import check_optional_positive_int
 from . import plots
 
 __all__ = [
@@ -106,8 +107,10 @@ def sample_test(task: Task, n: int | None, seed: int = 0, split: str = "test") -
 
     The sample depends on ``seed`` only (not on the method or the run's seed), so every method
     is scored on the same examples; ``n=None`` (or ``n >= len(split)``) keeps the whole split in
-    its file order. Other splits are untouched.
+    its file order. Other splits are untouched. ``n`` must be None or an int >= 1 (a YAML
+    ``n_test: yes`` or ``"16"`` is refused, naming ``n``).
     """
+    n = check_optional_positive_int(n, "sample_test: n (the number of test rows; None: all)")
     rows = sample_examples(task.split(split), n, seed)
     return dataclasses.replace(task, splits={**task.splits, split: rows})
 

@@ -119,6 +119,7 @@ import pandas as pd
 
 from ..activation_store import STORE_ENV
 from ..fit_store import FIT_STORE_ENV
+from .config_types import check_entry_types, check_output_dir
 from .kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
 
 __all__ = [
@@ -341,6 +342,10 @@ def _expand_entry(
 
     if check_declared:
         _check_declared(notebook, [*defaults, *fixed, *grid], where)
+        try:  # every value against the type of its notebook default
+            check_entry_types(notebook, {**defaults, **fixed}, grid, where)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     label = Path(label).as_posix()
     runs = []
     for values in itertools.product(*grid.values()):
@@ -821,6 +826,10 @@ def runnable_config(config: RunConfig | str | Path) -> RunConfig:
             f"{cfg.source or 'config'} is superseded and kept only as the record of its archive "
             f"({cfg.superseded.strip()}); run the config that replaced it"
         )
+    try:  # a folder the runs cannot write is a config error, named before anything runs
+        check_output_dir(cfg.output_dir, str(cfg.source or "config"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 

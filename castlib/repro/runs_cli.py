@@ -21,6 +21,7 @@ from .runs import (
     is_complete,
     load_config,
     run_batch,
+    runnable_config,
 )
 
 __all__ = ["main"]
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--address needs --executor ray")
     try:
         config = load_config(args.config)
+        if not args.dry_run:  # a superseded config or an unwritable output_dir: exit 2
+            config = runnable_config(config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
