@@ -21,7 +21,12 @@ from .models import LanguageModel
 from .padding import encode, pad, position_ids_from_mask
 from .prompts import continuation
 from .steer import override_positions
-from .validate import check_answers, check_prompts, check_token_lengths
+from .validate import (
+    check_answers,
+    check_prompt_sizes,
+    check_prompts,
+    check_token_lengths,
+)
 
 __all__ = ["answer_token_ids", "continuation_log_probs"]
 
@@ -88,6 +93,7 @@ def checked_inputs(
         raise TypeError(f"answers must be strings, got {answers!r}")
     answer_ids = answer_token_ids(lm.tokenizer, answers)
     check_answers(answers, answer_ids)  # repeated, whitespace variants, identical tokens
+    check_prompt_sizes(lm.tokenizer, prompts, lm.context_length, lm.name)  # before encoding
     prompt_ids = encode(lm.tokenizer, prompts)
     longest = max(len(row) for row in answer_ids)
     check_token_lengths(

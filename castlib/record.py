@@ -32,7 +32,12 @@ from .hooks import HookGroup, StopForward, hidden_of
 from .models import LanguageModel
 from .padding import encode, iter_batches, last_token_index
 from .steer import installed_hooks
-from .validate import check_positive_int, check_prompts, check_token_lengths
+from .validate import (
+    check_positive_int,
+    check_prompt_sizes,
+    check_prompts,
+    check_token_lengths,
+)
 
 __all__ = ["record_activations", "record_token_ids", "Recording"]
 
@@ -133,7 +138,9 @@ def record_activations(
     Returns:
         float32 tensor ``[n_prompts, n_layers, hidden]`` on CPU.
     """
-    ids = encode(lm.tokenizer, check_prompts(prompts))
+    prompts = check_prompts(prompts)
+    check_prompt_sizes(lm.tokenizer, prompts, lm.context_length, lm.name)  # before encoding
+    ids = encode(lm.tokenizer, prompts)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     store = store if store is not None else getattr(lm, "activation_store", None)

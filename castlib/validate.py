@@ -25,6 +25,7 @@ __all__ = [
     "check_finite_number",
     "check_prompts",
     "check_token_lengths",
+    "check_prompt_sizes",
     "check_answers",
     "check_seed",
     "check_save_folder",
@@ -50,9 +51,9 @@ def check_seed(value: Any, name: str = "seed") -> int:
     """``value`` as an int seed in ``0 .. 2**63 - 1`` (numpy integers too; bools, floats and
     seeds beyond 64 bits, which torch's generator cannot take, are refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int in 0..2**63 - 1, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {value!r} (valid: 0 .. 2**63 - 1)")
     if not 0 <= int(value) < 2**63:
-        raise ValueError(f"{name} must be an int in 0..2**63 - 1, got {value!r}")
+        raise ValueError(f"{name} must be an int in 0 .. 2**63 - 1, got {value!r}")
     return int(value)
 
 
@@ -160,6 +161,32 @@ def check_token_lengths(
             raise ValueError(
                 f"{what} {i} is {n} tokens long, longer than the context of {model} "
                 f"({limit} tokens); shorten it (fewer demonstrations, a shorter text)"
+            )
+
+
+#: Characters per token beyond which a prompt is measured on a prefix first.
+CHARS_PER_TOKEN = 16
+
+
+def check_prompt_sizes(
+    tokenizer: Any, prompts: Sequence[str], limit: int | None, model: str
+) -> None:
+    """Refuse, before tokenising it whole, a prompt far longer than the model's context
+    ``limit``: one of more than ``CHARS_PER_TOKEN * limit`` characters is refused when its
+    first that many characters alone are more than ``limit`` tokens (a 50 MB row costs one
+    short tokenisation, not seconds). Shorter prompts are left to `check_token_lengths`."""
+    if limit is None:
+        return
+    cut = CHARS_PER_TOKEN * limit
+    for i, text in enumerate(prompts):
+        if len(text) <= cut:
+            continue
+        n = len(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+        if n > limit:
+            raise ValueError(
+                f"prompt {i} ({len(text):,} characters) is longer than the context of {model} "
+                f"({limit} tokens): its first {cut:,} characters alone are {n:,} tokens; "
+                f"shorten it (fewer demonstrations, a shorter text)"
             )
 
 
