@@ -453,3 +453,76 @@ def test_foreign_hooks_name_the_module(lm):
 def test_task_is_not_fooled_by_hand_built_duplicates():
     with pytest.raises(TaskFormatError, match="repeat a label"):
         Task("t", "classification", ("a", "a"), "x", ("text",), {"test": []})
+
+
+# ---------------------------------------------------------------- 5. typed configs
+
+
+def _config_with(tmp_path, text):
+    from tests.test_runs import make_notebook
+
+    make_notebook(tmp_path / "nb.ipynb")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'out'}\nruns:\n  - notebook: nb.ipynb\n{text}")
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("    parameters: {n: yes}", r"'n' = True \(bool\) must be an int \(YAML 1\.1 reads yes"),
+        ("    parameters: {alpha: 1e-3}", r"'alpha' = '1e-3' \(str\).*write 1\.0e-3"),
+        ("    parameters: {n: abc}", r"'n' = 'abc' \(str\) must be an int.*default .* is 1"),
+        ("    parameters: {model: no}", r"'model' = False \(bool\) must be a string.*quote"),
+        ("    parameters: {flag: 1}", r"'flag' = 1 \(int\) must be true or false"),
+        ("    grid: {n: [1, x]}", r"grid\.n\[1\]: parameter 'n' = 'x'"),
+        ("    parameters: {tasks: [a, 3]}", None),  # the default [] says nothing about items
+    ],
+)
+def test_config_values_must_have_their_default_type(tmp_path, monkeypatch, text, words):
+    from castlib.repro.runs import ConfigError, load_config
+
+    monkeypatch.chdir(tmp_path)
+    path = _config_with(tmp_path, text)
+    if words is None:
+        assert len(load_config(path).runs) == 1
+        return
+    with pytest.raises(ConfigError, match=words):
+        load_config(path)
+
+
+def test_yaml_floats_that_yaml_reads_as_floats_pass(tmp_path, monkeypatch):
+    from castlib.repro.runs import load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(_config_with(tmp_path, "    parameters: {alpha: 1.0e-3, n: null}"))
+    assert cfg.runs[0].parameters == {"alpha": 1e-3, "n": None}
+
+
+def test_unwritable_output_dir_is_a_config_error_exit_2(tmp_path, monkeypatch, capsys):
+    import os
+
+    from castlib.repro import runs_cli
+
+    monkeypatch.chdir(tmp_path)
+    path = _config_with(tmp_path, "")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    path.write_text(path.read_text().replace(str(tmp_path / "out"), str(blocker / "out")))
+    assert runs_cli.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"error: {path}: output_dir {blocker / 'out'} lies below the regular file {blocker}; it must be a folder"
+    )
+    if os.geteuid() == 0:
+        return  # root writes into read-only folders: nothing to refuse
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        path.write_text(path.read_text().replace(str(blocker / "out"), str(ro / "out")))
+        assert runs_cli.main([str(path)]) == 2
+        assert "is not writable" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)

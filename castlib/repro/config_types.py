@@ -76,6 +76,12 @@ def notebook_defaults(notebook: str | Path) -> dict[str, Any] | None:
         for target in targets:
             if isinstance(target, ast.Name):
                 out[target.id] = default
+            elif isinstance(target, (ast.Tuple, ast.List)):  # a, b = 1.0, False
+                items = default if isinstance(default, tuple) else ()
+                for i, element in enumerate(target.elts):
+                    if isinstance(element, ast.Name):
+                        same = len(items) == len(target.elts)
+                        out[element.id] = items[i] if same else UNKNOWN
     return out
 
 
