@@ -442,6 +442,7 @@ class Method:
             "trainable_params": self.info.get("trainable_params", 0),
             "uses_target_labels": self.uses_labels_of_target,
             "scoring": result.scoring,
+            "ties": getattr(result, "ties", 0),  # rows whose best labels tied (EvalResult.ties)
             "castlib_version": __version__,
             "prompt_format": self.params.prompt_format,
             "predictions": compact_predictions(result.predictions, labels),
