@@ -203,6 +203,7 @@ def test_store_and_sweep_agree_with_the_uncached_path(lm, layers, alpha, seed, o
     assert torch.equal(got, want)
     task = dataclasses.replace(make_task("tgt", 2, 5, seed=seed), labels=("very bad", "good"))
     results = evaluate_sweep(lm, task, [None, config], batch_size=2)
+    assert {r.scoring for r in results} == {"last_token_cached"}  # the fast path ran
     for result, cfg in zip(results, [None, config], strict=True):
         if cfg is None:
             full = evaluate(lm, task, batch_size=2)
@@ -364,6 +365,9 @@ def test_seeds_beyond_64_bits_are_named_and_numpy_ints_accepted(lm):
         methods.get("zero_shot")().fit(lm, [tgt], tgt, seed=2**70)
     m = methods.get("zero_shot")().fit(lm, [tgt], tgt, seed=np.int64(3))
     assert m.seed == 3 and type(m.seed) is int
+    rec = m.evaluate(lm, tgt, limit=3)
+    ties = sum(len(set(p["log_probs"])) < len(p["log_probs"]) for p in m.last_result.predictions)
+    assert rec["ties"] == m.last_result.ties == ties  # the record reports them
 
 
 @pytest.fixture()
