@@ -51,8 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .gguf_vectors import GGUF_ARCH, from_gguf, to_gguf
-from .vectors import SITE, SteeringVector
+from .vectors import GGUF_ARCH, SITE, SteeringVector, from_gguf, to_gguf
 
 __all__ = [
     "GGUF_ARCH",
