@@ -24,6 +24,7 @@ norm overflows float32 (what the next block's RMS/layer norm computes; from abou
 then NaN: `castlib.evaluate.evaluate` and `castlib.record.record_activations` raise
 `FloatingPointError`, and a tuning grid records the point as failed (instead of the state
 collapsing to zero after the norm and every label tying).
+
 `steer` registers the hooks at once and returns a `Steering` handle that is also a context
 manager: ``with steer(lm, v, alpha=4, layers=[6]): ...`` removes every hook on exit, even after
 an exception, and nested contexts compose (their hooks run in registration order).
@@ -37,6 +38,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from .hooks import ForwardInfo, HookGroup, hidden_of, watch_inputs, with_hidden
 from .models import LanguageModel
@@ -320,8 +322,6 @@ def installed_hooks(model: nn.Module) -> list[tuple[str, str, int]]:
         found += [(name, "forward pre-hook", key) for key in module._forward_pre_hooks]
         if "forward" in vars(module) and not hasattr(module, "_hf_hook"):
             found.append((name, "patched forward", -1))
-    from torch.nn.modules import module as torch_module
-
     for kind in ("_global_forward_hooks", "_global_forward_pre_hooks"):
         if getattr(torch_module, kind, None):
             found.append(("<global>", kind.strip("_").replace("_", " "), -1))
