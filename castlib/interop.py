@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .vectors import GGUF_ARCH, SITE, SteeringVector, from_gguf, to_gguf
+from .vector_files import GGUF_ARCH
+from .vectors import SITE, SteeringVector, from_gguf, to_gguf
 
 __all__ = [
     "GGUF_ARCH",

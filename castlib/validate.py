@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = [
     "check_positive_int",
     "check_optional_positive_int",
@@ -267,4 +269,43 @@ def check_params(params: Any, owner: str) -> Any:
     out = dataclasses.replace(params, **changes) if changes else params
     if hasattr(out, "batch_size"):
         check_positive_int(out.batch_size, f"{owner}: batch_size")
+    return out
+
+
+def check_layer_vector(vec: Any, layer: int, hidden_size: int) -> torch.Tensor:
+    """One layer's direction checked and copied: the one validator of per-layer vectors, used
+    by `castlib.vectors.SteeringVector` and by `castlib.steer` for every accepted vector form.
+
+    Accepted: a real-valued tensor (or array, or list of numbers) of shape ``(hidden_size,)``
+    with values (not on the meta device) that are finite in float32. Returned as a float32
+    CPU *copy*, so later edits of the caller's tensor change nothing."""
+    if not isinstance(vec, torch.Tensor):
+        try:
+            vec = torch.as_tensor(vec)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"layer {layer}: a vector must be a tensor of shape ({hidden_size},), got "
+                f"{type(vec).__name__} ({err})"
+            ) from err
+    if vec.is_complex() or vec.dtype == torch.bool:
+        raise TypeError(
+            f"layer {layer}: vector of dtype {vec.dtype}; expected a real floating-point "
+            f"tensor (float32, bfloat16, float16 or float64; stored as float32)"
+        )
+    if vec.device.type == "meta":
+        raise ValueError(
+            f"layer {layer}: vector on the meta device has no values; expected a float tensor "
+            f"on the cpu or an accelerator (load or compute its values first)"
+        )
+    if tuple(vec.shape) != (hidden_size,):
+        raise ValueError(
+            f"layer {layer}: vector of shape {tuple(vec.shape)} does not match the hidden size "
+            f"{hidden_size}: expected ({hidden_size},)"
+        )
+    out = vec.detach().to(device="cpu", dtype=torch.float32, copy=True)
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            f"layer {layer}: vector has non-finite values (NaN, or beyond float32's range "
+            f"of +-3.4e38); expected finite float32 values"
+        )
     return out

@@ -17,61 +17,21 @@ cited in `castlib.interop`.
 
 from __future__ import annotations
 
-import json
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ._version import __version__
-from .validate import check_finite_number, check_save_folder
+from .validate import check_finite_number, check_layer_vector
+from .vector_files import read_gguf, read_safetensors, write_gguf, write_safetensors
 
 __all__ = ["SteeringVector", "SITE", "check_layer_vector"]
 
 SITE = "block_output"
-
-
-def check_layer_vector(vec: Any, layer: int, hidden_size: int) -> torch.Tensor:
-    """One layer's direction checked and copied: the one validator of per-layer vectors, used
-    by `SteeringVector` and by `castlib.steer` for every accepted vector form.
-
-    Accepted: a real-valued tensor (or array, or list of numbers) of shape ``(hidden_size,)``
-    with values (not on the meta device) that are finite in float32. Returned as a float32
-    CPU *copy*, so later edits of the caller's tensor change nothing."""
-    if not isinstance(vec, torch.Tensor):
-        try:
-            vec = torch.as_tensor(vec)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise TypeError(
-                f"layer {layer}: a vector must be a tensor of shape ({hidden_size},), got "
-                f"{type(vec).__name__} ({err})"
-            ) from err
-    if vec.is_complex() or vec.dtype == torch.bool:
-        raise TypeError(
-            f"layer {layer}: vector of dtype {vec.dtype}; expected a real floating-point "
-            f"tensor (float32, bfloat16, float16 or float64; stored as float32)"
-        )
-    if vec.device.type == "meta":
-        raise ValueError(
-            f"layer {layer}: vector on the meta device has no values; expected a float tensor "
-            f"on the cpu or an accelerator (load or compute its values first)"
-        )
-    if tuple(vec.shape) != (hidden_size,):
-        raise ValueError(
-            f"layer {layer}: vector of shape {tuple(vec.shape)} does not match the hidden size "
-            f"{hidden_size}: expected ({hidden_size},)"
-        )
-    out = vec.detach().to(device="cpu", dtype=torch.float32, copy=True)
-    if not torch.isfinite(out).all():
-        raise ValueError(
-            f"layer {layer}: vector has non-finite values (NaN, or beyond float32's range "
-            f"of +-3.4e38); expected finite float32 values"
-        )
-    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -293,30 +253,9 @@ class SteeringVector:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the vector as safetensors (tensors ``layer.<l>``; metadata in the header)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if path.is_dir():
-            raise IsADirectoryError(
-                f"cannot save the steering vector to {path}: it is a folder; give a file path "
-                f"(e.g. {path / 'vector.safetensors'})"
-            )
-        check_save_folder(path.parent, [path.name], "SteeringVector.save")
-        tensors = {f"layer.{k}": v.contiguous() for k, v in self.layers.items()}
-        try:
-            header = json.dumps(self.metadata(), allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"cannot save the steering vector to {path}: its metadata is not plain JSON ({err})"
-            ) from err
-        try:
-            save_file(tensors, str(path), metadata={"castlib": header})
-        except Exception as err:  # noqa: BLE001 - SafetensorError (disk full, ...): name the file
-            raise OSError(
-                f"could not write the steering vector to {path} ({type(err).__name__}: {err})"
-            ) from err
-        return path
+        """Write the vector as safetensors (tensors ``layer.<l>``; metadata in the header:
+        `castlib.vector_files.write_safetensors`)."""
+        return write_safetensors(path, self.layers, self.metadata())
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
@@ -324,43 +263,7 @@ class SteeringVector:
 
         A missing file raises FileNotFoundError; an unreadable file, a tensor not named
         ``layer.<index>`` or bad metadata raise ValueError naming the path."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"steering vector file {path} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                keys = list(f.keys())
-                tensors = {key: f.get_tensor(key) for key in keys}
-        except Exception as err:  # noqa: BLE001 - SafetensorError and friends: name the file
-            raise ValueError(
-                f"{path} is not a readable safetensors file ({type(err).__name__}: {err})"
-            ) from err
-        if "castlib" not in header:
-            raise ValueError(f"{path} is not a castlib steering vector (no castlib metadata)")
-        try:
-            meta = json.loads(header["castlib"])
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: castlib metadata is not valid JSON ({err.msg})") from err
-        fields = {"model_id", "hidden_size", "n_layers", "site", "method", "params", "version"}
-        if not isinstance(meta, dict) or not {"model_id", "hidden_size", "n_layers"} <= set(meta):
-            raise ValueError(
-                f"{path}: castlib metadata must be an object with at least model_id, hidden_size "
-                f"and n_layers, got {meta!r}"
-            )
-        unknown = sorted(set(meta) - fields)
-        if unknown:
-            raise ValueError(f"{path}: unknown castlib metadata keys {unknown}")
-        layers = {}
-        for key, tensor in tensors.items():
-            prefix, _, index = key.partition(".")
-            if not (prefix == "layer" and index.isascii() and index.isdigit()) or index != str(
-                int(index)
-            ):
-                raise ValueError(f"{path}: tensor {key!r} is not named layer.<index>")
-            layers[int(index)] = tensor
+        layers, meta = read_safetensors(path)
         try:
             return cls(layers=layers, **meta)
         except (TypeError, ValueError, IndexError) as err:
@@ -384,19 +287,10 @@ class SteeringVector:
 
 # --------------------------------------------------------------------------- llama.cpp GGUF
 
-GGUF_ARCH = "controlvector"
-KEY_ARCH = "general.architecture"
-KEY_MODEL_HINT = f"{GGUF_ARCH}.model_hint"
-KEY_LAYER_COUNT = f"{GGUF_ARCH}.layer_count"
-KEY_CASTLIB = "castlib.metadata"
-_DIRECTION = "direction."
-
-
-# --------------------------------------------------------------------------- GGUF
-
 
 def to_gguf(vector: SteeringVector, path: str | Path, *, model_hint: str | None = None) -> Path:
-    """Write ``vector`` as a llama.cpp control vector (castlib layer ``l`` -> ``direction.l``).
+    """Write ``vector`` as a llama.cpp control vector (castlib layer ``l`` -> ``direction.l``;
+    the format: `castlib.vector_files`).
 
     Args:
         vector: the steering vector; its site must be ``"block_output"`` and it must not have a
@@ -409,8 +303,6 @@ def to_gguf(vector: SteeringVector, path: str | Path, *, model_hint: str | None 
     Returns:
         The path written.
     """
-    import gguf
-
     if not isinstance(vector, SteeringVector):
         raise TypeError(f"to_gguf needs a castlib SteeringVector, got {type(vector).__name__}")
     if vector.site != SITE:
@@ -426,31 +318,9 @@ def to_gguf(vector: SteeringVector, path: str | Path, *, model_hint: str | None 
         )
     if not vector.layers:
         raise ValueError("the steering vector has no layers to export")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), GGUF_ARCH)  # writes general.architecture
-    try:
-        writer.add_string(KEY_MODEL_HINT, model_hint or vector.model_id)
-        writer.add_int32(KEY_LAYER_COUNT, len(vector.layers))
-        writer.add_string(KEY_CASTLIB, json.dumps(vector.metadata(), sort_keys=True))
-        for layer, vec in vector.layers.items():
-            writer.add_tensor(f"{_DIRECTION}{layer}", vec.numpy().astype(np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    return path
-
-
-def _field_string(reader: Any, key: str) -> str | None:
-    field = reader.get_field(key)
-    if field is None or not field.data:
-        return None
-    try:
-        return bytes(field.parts[field.data[0]]).decode("utf-8")
-    except (UnicodeDecodeError, TypeError, IndexError):
-        return None
+    return write_gguf(
+        path, vector.layers, model_hint=model_hint or vector.model_id, metadata=vector.metadata()
+    )
 
 
 def from_gguf(
@@ -475,54 +345,12 @@ def from_gguf(
         model_id, n_layers, hidden_size: the same facts without a loaded model.
 
     Raises:
-        ValueError: the file is not a control vector (another ``general.architecture``, no
-            ``direction.N`` tensors, other tensors, ``direction.0``, non-float32 or non-1-D
-            tensors) or is for another hidden size or depth; the message says which.
+        ValueError: the file is not a control vector (`castlib.vector_files.read_gguf` says
+            which rule it breaks) or is for another hidden size or depth.
     """
-    import gguf
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"control vector file not found: {path}")
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a GGUF file"
-        raise ValueError(f"{path} is not a readable GGUF file: {exc}") from exc
-    arch = _field_string(reader, KEY_ARCH)
-    if arch is not None and arch != GGUF_ARCH:
-        raise ValueError(
-            f"{path} is not a control vector: its general.architecture is {arch!r} "
-            f"(a control vector has {GGUF_ARCH!r})"
-        )
-    directions: dict[int, torch.Tensor] = {}
-    for tensor in reader.tensors:
-        name = tensor.name
-        if not name.startswith(_DIRECTION) or not name[len(_DIRECTION) :].isdigit():
-            raise ValueError(
-                f"{path} is not a control vector: tensor {name!r} is not named 'direction.<N>'"
-            )
-        layer = int(name[len(_DIRECTION) :])
-        if layer == 0:
-            raise ValueError(
-                f"{path}: 'direction.0' is invalid in llama.cpp's format (block 0's output "
-                "cannot be steered; direction.N is the output of block N)"
-            )
-        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
-            raise ValueError(f"{path}: {name} is {tensor.tensor_type.name}, expected F32")
-        if len(tensor.shape) != 1:
-            raise ValueError(f"{path}: {name} has shape {list(tensor.shape)}, expected 1-D")
-        if layer in directions:
-            raise ValueError(f"{path}: {name} appears twice")
-        directions[layer] = torch.from_numpy(np.array(tensor.data, dtype=np.float32).reshape(-1))
-    if not directions:
-        raise ValueError(f"{path} is not a control vector: it has no 'direction.<N>' tensors")
-
-    widths = {int(v.numel()) for v in directions.values()}
-    if len(widths) != 1:
-        raise ValueError(f"{path}: direction tensors of different lengths {sorted(widths)}")
-    width = widths.pop()
-    meta_text = _field_string(reader, KEY_CASTLIB)
-    meta: dict[str, Any] = json.loads(meta_text) if meta_text else {}
+    directions, meta, hint = read_gguf(path)
+    width = int(next(iter(directions.values())).numel())
     expected_width = lm.hidden_size if lm is not None else hidden_size
     if expected_width is None:
         expected_width = meta.get("hidden_size")
@@ -552,7 +380,6 @@ def from_gguf(
             f"{path} has direction.{deepest}, but the model has only {depth} decoder blocks "
             f"(valid: direction.1 .. direction.{depth - 1})"
         )
-    hint = _field_string(reader, KEY_MODEL_HINT)
     return SteeringVector(
         layers=directions,
         model_id=model_id or (lm.name if lm is not None else None) or hint or path.stem,
