@@ -420,9 +420,13 @@ def test_records_keep_compact_predictions(lm):
     assert preds["n_options"] == [2] * 5
     assert np.mean(np.equal(preds["pred"], preds["gold"])) == rec["accuracy"]
     assert rec["prompt_format"] == "plain"
+    # the most-predicted-label share, counted by hand from the predicted label words
+    words = [p["pred"] for p in full]
+    assert rec["top_label_share"] == max(words.count(w) for w in words) / 5
     json.dumps(rec)
     table = target_table([rec], n_boot=50)
     assert table.loc[0, "accuracy"] == rec["accuracy"] and table.loc[0, "n"] == 5
+    assert table.loc[0, "top_label_share"] == rec["top_label_share"]
 
 
 def test_chat_prompt_format_is_applied_and_recorded():

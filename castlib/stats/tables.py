@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from .rows import N_BOOT, accuracy_interval, chance_rate, correctness, majority_rate
 from .seeds import (
@@ -30,6 +29,9 @@ from .seeds import (
     top_label_share,
     two_level_interval,
 )
+
+if TYPE_CHECKING:  # pandas is a notebooks extra: imported where a table is built
+    import pandas as pd
 
 __all__ = ["BASELINE_GROUPS", "compare", "conclusions", "target_table"]
 
@@ -154,6 +156,8 @@ def target_table(
     p_mcnemar,resolved,verdict}``, the same for ``vs_best_<baselines>_*`` and
     ``best_<baselines>`` (the baseline's name).
     """
+    import pandas as pd
+
     if baselines not in BASELINE_GROUPS:
         raise ValueError(f"baselines must be one of {BASELINE_GROUPS}, got {baselines!r}")
     if isinstance(records, pd.DataFrame):
