@@ -301,6 +301,9 @@ def test_seeds_that_disagree_are_not_resolved():
     assert cmp["diff"] == pytest.approx(pooled.estimate)
     assert cmp["low"] < 0 < cmp["high"]
     assert cmp["verdict"] == "not resolved at n = 400" and not cmp["resolved"]
+    # one seed of the same data: resolved, and it says what it did not measure
+    one = compare(a[:1], b[None], n_boot=2000)
+    assert one["resolved"] and one["verdict"] == "resolved; 1 seed: fit variance not measured"
     # seeds that agree are resolved
     agree = compare(*_seeded_runs([0.12, 0.10, 0.15], seed=1), n_boot=2000)
     assert agree["verdict"] == "resolved" and agree["low"] > 0

@@ -95,7 +95,7 @@ def compare(
         "seeds": diff.seeds,
         "per_seed": ", ".join(f"{x:+.3f}" for x in diff.per_seed),
         "p_mcnemar": test.p_value,
-        "resolved": verdict == "resolved",
+        "resolved": verdict.startswith("resolved"),
         "verdict": verdict,
     }
 
