@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .graph import selection_sparse, check_k, check_steps, prepare_embeddings
+from .graph import check_k, check_steps, prepare_embeddings, selection_sparse
 
 __all__ = ["diffusion_matrix", "influence_entries", "influence_matrix"]
 
