@@ -158,11 +158,42 @@ def test_selection_log_is_in_the_record(lm, sources, target):
     log = rec["selection_log"]
     assert [s["id"] for s in log["steps"]] == rec["selected_ids"]
     assert log["n_queries"] == 4 and log["n_candidates"] == 20 and log["n_targets"] == 4
-    assert isinstance(log["n_query_candidate_edges"], int)
+    # each of the 4 queries links to its graph_k = 3 nearest candidates (never to a query)
+    assert log["n_query_candidate_edges"] == 4 * 3 == rec["selection_query_candidate_edges"]
+    assert log["center"] == "per_task" and rec["params"]["center"] == "per_task"
+    assert rec["selection_share_queries_reached"] == log["share_targets_reached"] > 0
+    assert rec["selection_coverage_curve"] == log["coverage_curve"]
+    assert len(log["coverage_curve"]) == 5 and log["coverage_curve"][-1] == log["coverage"] > 0
     for step in log["steps"]:
         assert step["objective"] == pytest.approx(step["coverage_gain"] - step["diversity_penalty"])
     assert rec["params"]["pooling"] == "samples" and rec["params"]["embed_text"] == "prompt"
     assert json.loads(flat_record(rec)["selection_log"]) == log
+
+
+def test_selection_centres_each_source_task_and_the_target(monkeypatch, lm, sources, target):
+    """choose() hands select_with_log the raw states with each candidate's source task and the
+    target's name, so that centring is per task; center="none" is passed through."""
+    seen = {}
+    original = cast_module.select_with_log
+
+    def spy(cand, m, **kw):
+        seen.update(kw, cand=cand)
+        return original(cand, m, **kw)
+
+    monkeypatch.setattr(cast_module, "select_with_log", spy)
+    method = methods.get("cast")(**MULTI, center="none").fit(lm, sources, target, seed=1)
+    assert seen["center"] == "none" and seen["query_task"] == "tgt"
+    assert sorted(set(seen["candidate_tasks"])) == ["srca", "srcb"]
+    assert seen["candidate_tasks"].count("srca") == 10
+    assert not torch.allclose(seen["cand"].norm(dim=-1), torch.ones(20))  # raw, not normalised
+    assert method.info["selection_log"]["center"] == "none"
+    with pytest.raises(ValueError, match="center must be one of .*'per_task'"):
+        CAST(center="global")
+
+
+def test_a_single_query_is_refused_naming_the_target(lm, sources, target):
+    with pytest.raises(ValueError, match="task 'tgt' \\(queries\\): its 1 embedding"):
+        methods.get("cast")(**{**MULTI, "n_queries": 1}).fit(lm, sources, target, seed=1)
 
 
 def test_bad_pooling_and_embed_text():

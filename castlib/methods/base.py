@@ -30,6 +30,7 @@ from ..last_token import SCORING_CACHED
 from ..models import LanguageModel
 from ..profiling import profile
 from ..prompts import check_prompt_format, format_prompts
+from ..stats.seeds import top_label_share
 from ..tasks import Example, Task, load_task
 from ..validate import check_params, check_save_folder, check_seed
 from ..vectors import SteeringVector
@@ -75,6 +76,7 @@ RESULT_FIELDS = (
     "castlib_version",
     "prompt_format",
     "predictions",
+    "top_label_share",
 )
 
 
@@ -447,6 +449,7 @@ class Method:
             "prompt_format": self.params.prompt_format,
             "predictions": compact_predictions(result.predictions, labels),
         }
+        rec["top_label_share"] = top_label_share(rec["predictions"]["pred"])
         for key, value in self.info.items():
             rec.setdefault(key, value)
         return rec

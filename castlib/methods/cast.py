@@ -4,19 +4,27 @@ What it follows: CAST_SPEC "The method" (the paper's body is not available, so t
 reference definition). Step by step:
 
 1. Candidate embeddings. For each source candidate x (``n_candidates`` per source task, pooled),
-   e(x) = h_{l_e}(text(x)) / ||h_{l_e}(text(x))||, with l_e = L // 2 by default (``embed_layer``)
-   and text(x) = P0(x) (``embed_text="prompt"``, the spec's default) or the bare input of x
-   (``embed_text="input"``: the example's field texts and answer options, one per line, without
-   the task instruction, role names, option letters or answer prefix; `input_text`), so that
-   queries and candidates are compared on content rather than on their prompt formats.
-   Unlabelled target queries (``n_queries`` inputs of the target's train pool; never its test
-   split) are embedded the same way.
-2. Selection of m samples S (``selection``: ``cast`` = kNN graph over candidates + queries,
-   T-step diffusion, greedy coverage F(S) = (1/|Q|) sum_q max_{s in S} A_T[q, s] with diversity
-   penalty gamma * max_{s in S} cos(e_u, e_s); or ``random``/``similarity``/``influence``/
-   ``diversity``), see `castlib.selection`. The selection log (per greedy step: the chosen
-   sample, its coverage gain, diversity penalty and objective; the number of query-candidate
-   edges of the graph) is ``info["selection_log"]`` and so part of the record.
+   h(x) = h_{l_e}(text(x)), with l_e = L // 2 by default (``embed_layer``) and text(x) = P0(x)
+   (``embed_text="prompt"``, the spec's default) or the bare input of x (``embed_text="input"``:
+   the example's field texts and answer options, one per line, without the task instruction,
+   role names, option letters or answer prefix; `input_text`). Unlabelled target queries
+   (``n_queries`` inputs of the target's train pool; never its test split) are embedded the same
+   way. Each task's states (every source task's, and the target's) are centred on that task's
+   mean before L2-normalising, e(x) = (h(x) - mu_t) / ||h(x) - mu_t|| (``center="per_task"``,
+   the spec's default; ``"none"`` only normalises): the instruction template's shared offset
+   would otherwise dominate the cosine.
+2. Selection of m samples S (``selection``: ``cast`` = every target query linked to its
+   ``graph_k`` nearest candidates and every candidate to its ``graph_k`` nearest other
+   candidates, symmetrised; T-step diffusion; greedy coverage
+   F(S) = (1/|Q|) sum_q max_{s in S} A_T[q, s] with diversity penalty
+   gamma * max_{s in S} cos(e_u, e_s); or ``random``/``similarity``/``influence``/
+   ``diversity``), see `castlib.selection`. The selection log (per pick: the chosen sample, its
+   coverage gain, diversity penalty and objective; the graph's query-candidate edges, the share
+   of target queries the selection reaches and the coverage curve F after each pick) is
+   ``info["selection_log"]`` and so part of the record, and the three diagnostics are also
+   top-level record fields (``selection_query_candidate_edges``,
+   ``selection_share_queries_reached``, ``selection_coverage_curve``). A ``cast`` selection that
+   reaches no query is refused with an error.
 3. Contrastive representation-enhanced activations. For each s in S with its gold answer,
    D_s = k demonstrations drawn (seeded) from the selected samples of the same source task
    without s (topped up from that task's candidates when fewer than k are selected), and
@@ -63,7 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -72,7 +80,7 @@ from ..analysis import first_principal_direction
 from ..models import LanguageModel
 from ..prompts import zero_shot
 from ..record import record_activations
-from ..selection import DEFAULT_GAMMA, SELECTION_METHODS, select_with_log
+from ..selection import CENTERINGS, DEFAULT_GAMMA, SELECTION_METHODS, select_with_log
 from ..tasks import Example, Task
 from .registry import register
 from .steering import SteeringMethod, icl_activations, make_vector, row_keys
@@ -105,7 +113,8 @@ class SelectionParams:
     candidates drawn per source task; n_queries: unlabelled target queries (0: none); embed_layer:
     l_e (None: L // 2); graph_k, diffusion_steps: the kNN graph and its diffusion steps T;
     embed_text: what is embedded, `EMBED_TEXTS` (``"prompt"``: P0(x), the spec's; ``"input"``:
-    `input_text`).
+    `input_text`); center: `castlib.selection.CENTERINGS` (``"per_task"``: each task's states
+    centred on its mean before normalising, the spec's; ``"none"``: the ablation).
     """
 
     m: int = 32
@@ -116,6 +125,7 @@ class SelectionParams:
     graph_k: int = 10
     diffusion_steps: int = 2
     embed_text: str = "prompt"
+    center: str = "per_task"
 
 
 @register
@@ -144,6 +154,8 @@ class CAST(SteeringMethod):
             raise ValueError("source_weighting must be 'none' or 'similarity'")
         if p.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {p.pooling!r}")
+        if p.center not in CENTERINGS:
+            raise ValueError(f"center must be one of {CENTERINGS}, got {p.center!r}")
         if p.embed_text not in EMBED_TEXTS:
             raise ValueError(f"embed_text must be one of {EMBED_TEXTS}, got {p.embed_text!r}")
         if p.m < 1 or p.k < 0 or p.n_candidates < p.m:
@@ -226,21 +238,36 @@ class CAST(SteeringMethod):
         query_h = self._embed(lm, [(target, q) for q in queries], l_e) if queries else None
         return cand_h, query_h
 
-    def choose(self, cand_h: torch.Tensor, query_h: torch.Tensor | None, seed: int) -> list[int]:
-        """Step 2: indices of the m selected candidates (`castlib.selection.select_with_log`);
-        its log (steps naming candidate indices) is stored as ``info["selection_log"]``."""
+    def choose(
+        self,
+        cand_h: torch.Tensor,
+        query_h: torch.Tensor | None,
+        seed: int,
+        candidate_tasks: Sequence[str] | None = None,
+        query_task: str = "target",
+    ) -> list[int]:
+        """Step 2: indices of the m selected candidates (`castlib.selection.select_with_log` on
+        the raw states, centred per task there: ``candidate_tasks`` names each candidate's
+        source task, None: one task); its log (steps naming candidate indices) is stored as
+        ``info["selection_log"]`` and its diagnostics as ``info["selection_*"]``."""
         p = self.params
         chosen, log = select_with_log(
-            torch.nn.functional.normalize(cand_h, dim=-1),
+            cand_h,
             p.m,
             method=p.selection,
-            queries=None if query_h is None else torch.nn.functional.normalize(query_h, dim=-1),
+            queries=query_h,
             k=p.graph_k,
             steps=p.diffusion_steps,
             gamma=p.gamma,
             seed=seed,
+            candidate_tasks=candidate_tasks,
+            query_task=query_task,
+            center=p.center,
         )
         self.info["selection_log"] = log
+        self.info["selection_query_candidate_edges"] = log["n_query_candidate_edges"]
+        self.info["selection_share_queries_reached"] = log["share_targets_reached"]
+        self.info["selection_coverage_curve"] = log["coverage_curve"]
         return chosen
 
     def select_samples(
@@ -260,7 +287,8 @@ class CAST(SteeringMethod):
         the chosen sample as ``"task:id"``)."""
         candidates, queries = self.draw(sources, target, rng, exclude)
         cand_h, query_h = self.embed(lm, candidates, target, queries)
-        chosen = self.choose(cand_h, query_h, seed)
+        tasks = [task.name for task, _ in candidates]
+        chosen = self.choose(cand_h, query_h, seed, tasks, target.name)
         for step in self.info["selection_log"]["steps"]:
             task, ex = candidates[step["id"]]
             step["id"] = f"{task.name}:{ex.id}"

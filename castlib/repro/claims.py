@@ -4,20 +4,19 @@ Input: an archive's aggregated ``summary.csv`` (one row per record, `castlib.rep
 and, where the runs kept them, its per-example prediction lines (`castlib.repro.runs
 .load_predictions`). Nothing here loads a model.
 
-* `main_table`: per target of one notebook and model, zero-shot, CAST and the best label-free
-  baseline (the most accurate method other than those two whose records do not say
-  ``uses_target_labels``). With per-example predictions for every record: accuracy with a 95%
-  paired-bootstrap interval over test rows (seeds pooled) and CAST's paired differences with
-  their interval, exact McNemar p and `castlib.stats.verdict` (`castlib.stats.target_table`).
-  Otherwise: mean +- sample std over seeds (`castlib.repro.nbtools.mean_std`), and the differences of
-  means, which no test can resolve.
+* `main_table` (`castlib.repro.main_table`): per target of one notebook and model, zero-shot,
+  CAST and the best label-free baseline with intervals, most-predicted-label shares (collapse
+  marked) and CAST's paired differences with the verdicts that count the seeds.
 * `CLAIMS`: the claims of the abstract the notebooks test, and `claim_paragraph`: one verdict
   paragraph per claim, computed from the records by the rules of the notebooks' conclusion
-  cells:
+  cells; `claim_verdict`: the same with its short verdict, n and seeds (the README's claims
+  section, `castlib.repro.results_md`):
 
   - 00, 02, 03: CAST against the best label-free baseline (00: against zero-shot) per target;
-    "supported" only where the paired interval excludes zero on every target, "undecided"
-    without per-example predictions;
+    "supported" only where the difference is resolved on every target (the two-level interval
+    over seeds and rows excludes zero and the stratified McNemar test rejects), "undecided"
+    without per-example predictions; methods collapsed onto one label are named, and a
+    comparison resting on one seed says that the fit variance was not measured;
   - 01: the cross-task cosine of the ICL enhancement above the random floor at most layers;
   - 04: CAST's default selection and contrast among the best variants (means);
   - 05: CAST's prompt tokens below cross-task ICL's and its accuracy at least ICL's at the
@@ -31,28 +30,29 @@ and, where the runs kept them, its per-example prediction lines (`castlib.repro.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
 
 from .. import stats
 from . import nbtools
+from .main_table import FOCUS, REFERENCE, MainTable, main_table, n_seeds, notebook_stem, truthy
 
 __all__ = [
     "CLAIMS",
+    "VERDICTS",
     "Claim",
+    "ClaimVerdict",
     "MainTable",
     "claim_paragraph",
+    "claim_verdict",
     "consistency_layers",
     "main_table",
     "notebook_stem",
+    "verdict_label",
 ]
-
-REFERENCE = "zero_shot"
-FOCUS = "cast"
 
 
 @dataclass(frozen=True)
@@ -113,234 +113,8 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-def _role_points(target: str, by: Any, best: str | None, interval: Any) -> list[dict[str, Any]]:
-    """One figure point per role (zero-shot, CAST, best label-free) present in ``by`` (rows
-    indexed by method): ``interval(row)`` gives (accuracy, low, high)."""
-    out = []
-    for role, method in (("zero-shot", REFERENCE), ("CAST", FOCUS), ("best label-free", best)):
-        if method is not None and method in by.index:
-            acc, low, high = interval(by.loc[method])
-            out.append(
-                {
-                    "target": target,
-                    "role": role,
-                    "method": method,
-                    "accuracy": acc,
-                    "low": low,
-                    "high": high,
-                }
-            )
-    return out
-
-
-def notebook_stem(label: Any) -> str:
-    """``notebooks/02_cross_domain.ipynb`` -> ``02_cross_domain``."""
-    return PurePosixPath(str(label)).stem
-
-
-def _truthy(values: pd.Series) -> pd.Series:
-    return values.astype(str).str.strip().str.lower().isin(["true", "1", "1.0"])
-
-
 def _fmt(x: Any, decimals: int = 3) -> str:
     return nbtools.fmt(None if x is None else float(x), decimals)
-
-
-@dataclass(frozen=True)
-class MainTable:
-    """One notebook's main table for one model.
-
-    Attributes:
-        table: display frame, one row per target (formatted strings).
-        long: tidy frame for figures: ``target, role, method, accuracy, low, high``
-            (``role`` in zero-shot / CAST / best label-free; low/high the 95% paired-bootstrap
-            interval, or mean -+ std over seeds).
-        paired: True when built from per-example predictions (paired statistics).
-        comparisons: per target, CAST against zero-shot and against the best label-free
-            baseline: ``target, versus, other, diff, low, high, p_mcnemar, n`` (low, high
-            and p_mcnemar NaN without predictions).
-    """
-
-    table: pd.DataFrame
-    long: pd.DataFrame
-    paired: bool
-    comparisons: pd.DataFrame
-
-    @property
-    def statistic(self) -> str:
-        """How the table's uncertainty was computed, in words."""
-        if self.paired:
-            return (
-                "accuracy with a 95% paired-bootstrap interval over test rows (seeds pooled); "
-                "differences with their paired interval and exact McNemar p (the largest over "
-                "pairs of seeds; castlib.stats)"
-            )
-        return (
-            "mean +- std over seeds (these records keep no per-example predictions, so no "
-            "paired interval can be computed)"
-        )
-
-
-def _records_with_predictions(
-    rows: pd.DataFrame, predictions: Sequence[Mapping[str, Any]] | None
-) -> list[Mapping[str, Any]] | None:
-    """The prediction lines of exactly ``rows``' runs, or None unless every record has one."""
-    if not predictions:
-        return None
-    run_ids = set(rows["run_id"])
-    lines = [p for p in predictions if p.get("run_id") in run_ids]
-    if len(lines) != len(rows):
-        return None
-    return lines
-
-
-def _n_seeds(seeds: Iterable[Any]) -> int:
-    """How many distinct seeds (a method fitted once per source task has several records per
-    seed: they are runs, not seeds); records without a seed count as one."""
-    return max(1, len({s for s in seeds if s is not None and not pd.isna(s)}))
-
-
-def _paired(records: list[Mapping[str, Any]], n_boot: int) -> MainTable:
-    full = stats.target_table(records, reference=REFERENCE, focus=FOCUS, n_boot=n_boot)
-    rows, long, comps = [], [], []
-    for target, part in full.groupby("target", sort=True):
-        by = part.set_index("method")
-        best = by["best_label_free"].iloc[0]
-        best = None if best is None or (isinstance(best, float) and math.isnan(best)) else best
-
-        def cell(method: str | None, by: pd.DataFrame = by) -> str:
-            if method is None or method not in by.index:
-                return "n/a"
-            r = by.loc[method]
-            return f"{r['accuracy']:.3f} [{r['acc_low']:.3f}, {r['acc_high']:.3f}]"
-
-        row: dict[str, Any] = {
-            "target": target,
-            "n": int(by["n"].iloc[0]),
-            "seeds": _n_seeds(r.get("seed") for r in records if r["target"] == target),
-            "majority": f"{by['majority_rate'].iloc[0]:.3f}",
-            "zero-shot": cell(REFERENCE),
-            "CAST": cell(FOCUS),
-            "best label-free": f"{best}: {cell(best)}" if best else "n/a",
-        }
-        long += _role_points(
-            target, by, best, lambda r: (r["accuracy"], r["acc_low"], r["acc_high"])
-        )
-        r = by.loc[FOCUS] if FOCUS in by.index else pd.Series(dtype=object)
-        for key, versus, other in (
-            (f"vs_{REFERENCE}", "zero-shot", REFERENCE),
-            ("vs_best_label_free", "best label-free", best),
-        ):
-            diff = r.get(f"{key}_diff")
-            if other is None or diff is None or pd.isna(diff):
-                row[f"CAST - {versus}"] = "n/a"
-                continue
-            row[f"CAST - {versus}"] = (
-                f"{diff:+.3f} [{r[f'{key}_low']:+.3f}, {r[f'{key}_high']:+.3f}], "
-                f"p = {r[f'{key}_p_mcnemar']:.3g}: {r[f'{key}_verdict']}"
-            )
-            comps.append(
-                {
-                    "target": target,
-                    "versus": versus,
-                    "other": other,
-                    "diff": diff,
-                    "low": r[f"{key}_low"],
-                    "high": r[f"{key}_high"],
-                    "p_mcnemar": r[f"{key}_p_mcnemar"],
-                    "n": row["n"],
-                }
-            )
-        rows.append(row)
-    return MainTable(pd.DataFrame(rows), pd.DataFrame(long), True, pd.DataFrame(comps))
-
-
-def _per_seed(rows: pd.DataFrame) -> pd.DataFrame:
-    """One accuracy per (target, method, seed): a method fitted once per source task has a
-    record per source within a seed, pooled here by their mean (as the notebooks pool them),
-    so that the spread below is over seeds, not over sources."""
-    if "seed" not in rows:
-        return rows
-    keys = ["target", "method", rows["seed"].fillna(-1).rename("seed")]
-    return rows.groupby(keys, sort=False)["accuracy"].mean().reset_index()
-
-
-def _by_seeds(rows: pd.DataFrame) -> MainTable:
-    flags = rows["uses_target_labels"] if "uses_target_labels" in rows else None
-    labelled = set(rows.loc[_truthy(flags), "method"]) if flags is not None else set()
-    ms = nbtools.mean_std(_per_seed(rows), ["target", "method"], decimals=6)
-    out, long, comps = [], [], []
-    for target, part in ms.groupby(level="target", sort=True):
-        by = part.droplevel("target")
-        candidates = [m for m in by.index if m not in (REFERENCE, FOCUS) and m not in labelled]
-        best = max(candidates, key=lambda m: by.loc[m, "mean"]) if candidates else None
-
-        def cell(method: str | None, by: pd.DataFrame = by) -> str:
-            if method is None or method not in by.index:
-                return "n/a"
-            r = by.loc[method]
-            if int(r["n"]) < 2:  # one seed: no spread to report (mean_std's 0 is not one)
-                return f"{r['mean']:.3f} (1 seed)"
-            return f"{r['mean']:.3f} +- {r['std']:.3f}"
-
-        row: dict[str, Any] = {
-            "target": target,
-            "n": int(rows.loc[rows["target"] == target, "n"].max()) if "n" in rows else None,
-            "seeds": _n_seeds(rows.loc[rows["target"] == target].get("seed", pd.Series())),
-            "majority": "n/a",
-            "zero-shot": cell(REFERENCE),
-            "CAST": cell(FOCUS),
-            "best label-free": f"{best}: {cell(best)}" if best else "n/a",
-        }
-        long += _role_points(
-            target, by, best, lambda r: (r["mean"], r["mean"] - r["std"], r["mean"] + r["std"])
-        )
-        for versus, other in (("zero-shot", REFERENCE), ("best label-free", best)):
-            if FOCUS not in by.index or other is None or other not in by.index:
-                row[f"CAST - {versus}"] = "n/a"
-                continue
-            a, b = float(by.loc[FOCUS, "mean"]), float(by.loc[other, "mean"])
-            row[f"CAST - {versus}"] = (
-                f"{a - b:+.3f} (means; CAST {nbtools.verdict(a, b)} {other}; not testable "
-                "without per-example predictions)"
-            )
-            comps.append(
-                {
-                    "target": target,
-                    "versus": versus,
-                    "other": other,
-                    "diff": a - b,
-                    "low": float("nan"),
-                    "high": float("nan"),
-                    "p_mcnemar": float("nan"),
-                    "n": row["n"],
-                }
-            )
-        out.append(row)
-    return MainTable(pd.DataFrame(out), pd.DataFrame(long), False, pd.DataFrame(comps))
-
-
-def main_table(
-    rows: pd.DataFrame,
-    predictions: Sequence[Mapping[str, Any]] | None = None,
-    n_boot: int = stats.N_BOOT,
-) -> MainTable:
-    """The main table of one notebook's records for one model (see the module docstring).
-
-    ``rows``: summary.csv rows (``run_id, target, method, accuracy`` and optionally ``seed``,
-    ``n``, ``uses_target_labels``) of one notebook and model; ``predictions``: the archive's
-    prediction lines (any runs: those of ``rows``' runs are used when every record has one).
-    """
-    missing = {"run_id", "target", "method", "accuracy"} - set(rows.columns)
-    if missing:
-        raise ValueError(f"main_table: records lack the columns {sorted(missing)}")
-    rows = rows.dropna(subset=["accuracy"])
-    if rows.empty:
-        raise ValueError("main_table: no record with an accuracy")
-    records = _records_with_predictions(rows, predictions)
-    if records is not None:
-        return _paired(records, n_boot)
-    return _by_seeds(rows)
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -348,8 +122,9 @@ def main_table(
 
 def _count(comps: pd.DataFrame, versus: str) -> tuple[int, int, int, list[int]]:
     part = comps[comps["versus"] == versus]
-    better = int((part["low"] > 0).sum())
-    worse = int((part["high"] < 0).sum())
+    resolved = part["resolved"].astype(bool)
+    better = int((resolved & (part["diff"] > 0)).sum())
+    worse = int((resolved & (part["diff"] < 0)).sum())
     return better, worse, len(part) - better - worse, sorted({int(n) for n in part["n"].dropna()})
 
 
@@ -368,9 +143,13 @@ def _transfer_paragraph(main: MainTable) -> str:
         )
         if len(bl):
             text += f" and above the best label-free baseline's on {int(bl['beats'].sum())}"
-        return text + (
-            "; the records keep no per-example predictions, so no difference can be tested, "
-            "and the std over seeds covers fit randomness only."
+        return (
+            text
+            + (
+                "; the records keep no per-example predictions, so no difference can be "
+                "tested, and the std over seeds covers fit randomness only."
+            )
+            + main.collapse_note()
         )
     parts = []
     for versus in ("zero-shot", "best label-free"):
@@ -380,8 +159,9 @@ def _transfer_paragraph(main: MainTable) -> str:
         at = ", ".join(str(n) for n in ns)
         parts.append(
             f"against {versus}, CAST is resolved better on {better}, resolved worse on {worse} "
-            f"and not resolved on {unresolved} target(s) (n = {at} test rows; 95% paired "
-            "bootstrap)"
+            f"and not resolved on {unresolved} target(s) (n = {at} test rows; resolved: the 95% "
+            "two-level bootstrap interval over seeds and rows excludes zero and the exact "
+            "McNemar test stratified by seed gives p < 0.05)"
         )
     key = "best label-free" if (comps["versus"] == "best label-free").any() else "zero-shot"
     name = "the best label-free baseline" if key == "best label-free" else "zero-shot"
@@ -398,7 +178,8 @@ def _transfer_paragraph(main: MainTable) -> str:
         )
     else:
         head = f"Not resolved: no difference between CAST and {name} is resolved at these n."
-    return head + " In detail, " + "; ".join(parts) + "."
+    tail = main.seed_note() + main.collapse_note()
+    return head + " In detail, " + "; ".join(parts) + "." + tail
 
 
 def consistency_layers(rows: pd.DataFrame) -> pd.DataFrame:
@@ -475,7 +256,7 @@ def _ablation_paragraph(rows: pd.DataFrame) -> str:
     if not {"ablation", "variant", "accuracy", "is_default"} <= set(rows.columns):
         return _cast_vs_zero_paragraph(rows)
     data = _num(rows, "accuracy").dropna(subset=["accuracy"])
-    data = data.assign(variant=data["variant"].astype(str), is_default=_truthy(data["is_default"]))
+    data = data.assign(variant=data["variant"].astype(str), is_default=truthy(data["is_default"]))
     lines, defaults_best = [], {}
     for axis, part in data.groupby("ablation", sort=True):
         means = part.groupby("variant")["accuracy"].mean()
@@ -509,8 +290,8 @@ def _scalability_paragraph(rows: pd.DataFrame) -> str:
         return _cast_vs_zero_paragraph(rows)
     data = _num(rows, "m", "accuracy", "prompt_tokens_per_query")
     if "cost_only" in data:
-        data = data[~_truthy(data["cost_only"])]
-    fits = _truthy(data["fits_context"]) if "fits_context" in data else True
+        data = data[~truthy(data["cost_only"])]
+    fits = truthy(data["fits_context"]) if "fits_context" in data else True
     data = data.assign(fits=fits)
     icl = (
         data[data["method"] == "cross_task_icl"]
@@ -635,3 +416,57 @@ def claim_paragraph(
         "07_transfer_vs_similarity": _similarity_paragraph,
     }
     return specific.get(claim.notebook, _cast_vs_zero_paragraph)(rows)
+
+
+#: Short verdicts of `verdict_label`, in the order their heads are matched.
+VERDICTS = (
+    "Not evaluated",
+    "Partly supported",
+    "Not supported",
+    "Not resolved",
+    "Undecided",
+    "Supported",
+    "Not judged",
+)
+
+
+def verdict_label(paragraph: str) -> str:
+    """The short verdict of a `claim_paragraph`: its head (the text before the first ``:`` or
+    ``.``) when it starts with one of `VERDICTS` ("Supported by the means" keeps its
+    qualifier), "Not evaluated" when the first sentence says so, else "Not judged" (a paragraph that
+    only compares CAST's mean with zero-shot's)."""
+    first = paragraph.split(". ")[0]
+    head = first.split(":")[0].strip().rstrip(".")
+    if "not evaluated" in first.lower():
+        return "Not evaluated"
+    for label in VERDICTS[1:-1]:
+        if head.startswith(label):
+            return head if len(head) <= 60 else label
+    return "Not judged"
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """A claim's verdict on one model's records: the short ``verdict`` (`verdict_label`), the
+    full ``paragraph``, the test rows ``n`` (the distinct values, joined) and the ``seeds``."""
+
+    claim: Claim
+    verdict: str
+    paragraph: str
+    n: str
+    seeds: int
+
+
+def claim_verdict(
+    claim: Claim,
+    rows: pd.DataFrame,
+    predictions: Sequence[Mapping[str, Any]] | None = None,
+    n_boot: int = stats.N_BOOT,
+) -> ClaimVerdict:
+    """`claim_paragraph` with its short verdict, n (the records' ``n``, the distinct values
+    joined; "n/a" without the column) and seeds (distinct seeds of the records)."""
+    paragraph = claim_paragraph(claim, rows, predictions, n_boot=n_boot)
+    ns = pd.to_numeric(rows["n"], errors="coerce").dropna() if "n" in rows else pd.Series()
+    n = ", ".join(str(int(x)) for x in sorted(set(ns))) or "n/a"
+    seeds = n_seeds(rows["seed"]) if "seed" in rows else 1
+    return ClaimVerdict(claim, verdict_label(paragraph), paragraph, n, seeds)
