@@ -45,7 +45,7 @@
 # `n_test=500`, `m=32`, `k=4`, `n_candidates=256`, `n_queries=64`, `n_tune=32`,
 # `layers=None`, `alphas=None`, `alpha_grid=[0, 0.25, 0.5, 1, 2, 4, 8]`,
 # `layer_grid=None` (every layer), `refit_grid={"k": [1, 2, 8], "m": [8, 16, 64, 128],
-# "gamma": [0, 0.00390625, 0.015625, 0.03125], "graph_k": [5, 20, 40], "diffusion_steps": [0, 1, 3, 4]}`.
+# "gamma": [0, 0.00390625, 0.015625, 0.03125], "graph_k": [5, 20, 40], "diffusion_steps": [1, 3, 4]}`.
 
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
