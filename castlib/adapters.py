@@ -70,10 +70,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import LORA_TARGETS
-from .logprobs import answer_token_ids, continuation_log_probs
 from .models import LanguageModel
 from .padding import encode
 from .prompts import zero_shot
+from .scoring.logprobs import answer_token_ids, continuation_log_probs
 from .tasks import Example, Task
 
 __all__ = [

@@ -15,8 +15,8 @@ from castlib.adapters import (
     truncation,
     weight_matrix,
 )
-from castlib.evaluate import score_prompts
 from castlib.prompts import zero_shot
+from castlib.scoring import score_prompts
 from castlib.testing import FAMILIES, tiny_model
 from tests.conftest import make_task
 

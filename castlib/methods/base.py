@@ -24,12 +24,12 @@ from typing import Any, ClassVar
 import torch
 
 from .._version import __version__
-from ..evaluate import build_prompts, evaluate, evaluate_sweep, select_examples
 from ..fit_store import fit_store_for
-from ..last_token import SCORING_CACHED
 from ..models import LanguageModel
 from ..profiling import profile
 from ..prompts import check_prompt_format, format_prompts
+from ..scoring.evaluate import build_prompts, evaluate, evaluate_sweep, select_examples
+from ..scoring.last_token import SCORING_CACHED
 from ..tasks import Example, Task, load_task
 from ..validate import check_params
 from ..vectors import SteeringVector
@@ -251,11 +251,11 @@ class Method:
 
     def prefix_cache(self) -> bool:
         """Whether every evaluation prompt shares a demonstration prefix whose key/value cache
-        `castlib.evaluate` should reuse (`castlib.prefix_cache`)."""
+        `castlib.evaluate` should reuse (`castlib.scoring.prefix_cache`)."""
         return False
 
     def eval_scoring(self) -> str:
-        """How `evaluate` scores the target: ``"full"``, or `castlib.last_token.SCORING_CACHED`
+        """How `evaluate` scores the target: ``"full"``, or `castlib.scoring.last_token.SCORING_CACHED`
         where that is exact for the method (last-position steering)."""
         return "full"
 
@@ -358,7 +358,7 @@ class Method:
 
     def eval_prompts(self, lm: LanguageModel, target: Task, examples: Sequence[Example]) -> Any:
         """The evaluation prompts of ``examples`` in the method's ``prompt_format``: a builder
-        or a list of strings (`castlib.evaluate.build_prompts` accepts both)."""
+        or a list of strings (`castlib.scoring.evaluate.build_prompts` accepts both)."""
         prompt = self.prompts(lm, target, examples)
         if self.params.prompt_format != "plain":
             prompt = format_prompts(
@@ -379,7 +379,7 @@ class Method:
         """Evaluate the fitted method on ``target``'s ``split``; returns the result record.
 
         ``limit``: the split's first rows (file order); ``sample``: a seeded uniform sample of
-        that many rows (`castlib.evaluate.select_examples`), the same for every method.
+        that many rows (`castlib.scoring.evaluate.select_examples`), the same for every method.
         """
         tgt = self.check_evaluable(lm, target)
         examples = select_examples(tgt, split, limit, sample, sample_seed)

@@ -64,11 +64,11 @@ from tqdm.auto import tqdm
 
 from ..architectures import ATTENTION_NAMES, MLP_NAMES, OUT_PROJ_NAMES
 from ..hooks import HookGroup
-from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches
-from ..prefix_cache import cache_kwargs, expand_cache, new_cache, returned_cache
 from ..prompts import k_shot
+from ..scoring.kv_cache import cache_kwargs, expand_cache, new_cache, returned_cache
+from ..scoring.logprobs import answer_token_ids
 from ..tasks import Example, Task
 from ..vectors import SteeringVector
 from .registry import register

@@ -77,10 +77,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..hooks import HookGroup, hidden_of, with_hidden
-from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches, pad, position_ids_from_mask
 from ..prompts import demonstration, zero_shot
+from ..scoring.logprobs import answer_token_ids
 from ..tasks import Example, Task
 from .base import Method
 from .function_vector import attention_module, mlp_module

@@ -1,14 +1,14 @@
 """Several fitted methods evaluated on the same rows, sharing the work they have in common.
 
 A method that steers the last prompt position only (`Method.eval_scoring` is
-`castlib.last_token.SCORING_CACHED`: CAST, task vectors, function vectors, their variants and
+`castlib.scoring.last_token.SCORING_CACHED`: CAST, task vectors, function vectors, their variants and
 target_dev presets, the unsteered model) leaves every earlier position of a prompt as the
 unsteered model computes it. Methods of that kind that evaluate the same prompts therefore need
 each prompt's prefix only once: `evaluate_methods` scores them together in one
-`castlib.evaluate.evaluate_sweep` (one prefix pass per prompt, then one one-token pass per
+`castlib.scoring.evaluate.evaluate_sweep` (one prefix pass per prompt, then one one-token pass per
 method), which gives each method the record `Method.evaluate` gives it, up to float rounding of
 the scores (same predictions; ``scoring`` says which path ran: evaluated alone, one
-configuration with one-token answers takes the plain pass, see `castlib.evaluate.evaluate_sweep`).
+configuration with one-token answers takes the plain pass, see `castlib.scoring.evaluate.evaluate_sweep`).
 Every other method is evaluated on its own, as by `Method.evaluate`. Ablation and sensitivity grids (notebooks 04 and 06), which fit many
 variants of CAST and score each on the same test split, cost one test pass plus one token per
 variant this way instead of one test pass per variant.
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..evaluate import build_prompts, evaluate_sweep, select_examples
-from ..last_token import SCORING_CACHED
 from ..models import LanguageModel
+from ..scoring.evaluate import build_prompts, evaluate_sweep, select_examples
+from ..scoring.last_token import SCORING_CACHED
 from .base import Method, TaskRef, measure
 
 __all__ = ["evaluate_methods"]

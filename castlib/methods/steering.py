@@ -43,7 +43,7 @@ When the unsteered model wins, the record says ``steered=False``, ``alpha=0.0`` 
 ``layer=None``, and the method evaluates exactly as zero-shot (no hook, the same scoring path).
 
 Scoring the grid (``scoring``): with ``positions="last"`` every grid point is scored against
-one cached prefix per tuning prompt (`castlib.last_token.sweep_scores`: one prefix pass, then
+one cached prefix per tuning prompt (`castlib.scoring.last_token.sweep_scores`: one prefix pass, then
 one token per prompt and grid point), which gives the same predictions as scoring every grid
 point in full (``scoring="full"``); ``positions="all"`` always scores in full. The test
 evaluation scores one configuration: alone and with one-token answers it takes the plain pass
@@ -63,11 +63,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..evaluate import build_prompts, score_prompts
-from ..last_token import SCORING_CACHED, sweep_scores
 from ..models import LanguageModel
 from ..prompts import k_shot, zero_shot
 from ..record import record_activations
+from ..scoring.evaluate import build_prompts, score_prompts
+from ..scoring.last_token import SCORING_CACHED, sweep_scores
 from ..steer import steer
 from ..tasks import Example, Task
 from ..validate import check_finite_number
@@ -471,7 +471,7 @@ class SteeringMethod(Method):
             )
 
     def grid_scoring(self) -> str:
-        """The path the tuning grid is scored by: `castlib.last_token.SCORING_CACHED` or
+        """The path the tuning grid is scored by: `castlib.scoring.last_token.SCORING_CACHED` or
         ``"full"`` (see the module docstring)."""
         p = self.params
         if p.scoring == "full" or p.positions != "last":
