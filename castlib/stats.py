@@ -1,7 +1,7 @@
 """Statistics of evaluation records: what a table of accuracies can and cannot resolve.
 
 All functions work on per-row correctness (1 where a method predicted the gold answer of a test
-row, else 0), as stored in every record's ``predictions`` (`castlib.methods.base
+row, else 0), as stored in every record's ``predictions`` (`castlib.methods.shared_eval
 .compact_predictions`). A method run with several seeds on the same rows gives a matrix
 ``[runs, rows]``; seeds are pooled by averaging each row over the runs, so that the unit of
 resampling is the test row (the source of sampling error that a larger test set reduces), not

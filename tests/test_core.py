@@ -162,8 +162,8 @@ def _import_graph() -> dict[str, set[str]]:
 
 def test_imports_run_one_way() -> None:
     """No import circle among castlib's modules (a package importing its own submodules
-    aside), the core never imports `castlib.repro`, and scoring runs one way: logprobs ->
-    the scorers (plain, prefix_cache, last_token) -> evaluate."""
+    aside), and scoring runs one way: logprobs -> the scorers (plain, prefix_cache,
+    last_token) -> evaluate."""
     deps = _import_graph()
     edges = {m: {d for d in ds if not d.startswith(m + ".") and d != ""} for m, ds in deps.items()}
 
@@ -180,8 +180,6 @@ def test_imports_run_one_way() -> None:
 
     circles = sorted(f"{m} -> {d}" for m, ds in edges.items() for d in ds if reaches(d, m))
     assert not circles, circles
-    core = [m for m in deps if m != "repro" and not m.startswith("repro.")]
-    assert not [m for m in core if any(d.startswith("repro") for d in deps[m])]
     scorers = {"scoring.plain", "scoring.prefix_cache", "scoring.last_token"}
     assert not reaches("scoring.logprobs", "scoring.evaluate")
     assert not any(reaches(s, "scoring.evaluate") for s in scorers)
