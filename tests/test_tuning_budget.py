@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 import castlib.methods as methods
+from castlib.methods.adapters.lora import LoRA
 from castlib.methods.function_vector import FunctionVector
-from castlib.methods.lora import LoRA
 from castlib.methods.steering import (
     MAX_TARGET_DEV,
     N_CONFIGS,

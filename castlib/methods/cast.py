@@ -97,7 +97,7 @@ def input_text(task: Task, example: Example) -> str:
 @dataclasses.dataclass(frozen=True)
 class SelectionParams:
     """CAST's steps 1-2 (which source samples to use), defined once: `CAST`'s parameters and
-    those of the adapter methods trained on CAST's selection (`castlib.methods.lora`) share
+    those of the adapter methods trained on CAST's selection (`castlib.methods.adapters`) share
     them. The diversity weight is CAST's ``gamma`` (the adapters' ``selection_gamma``, since
     KaSA's own ``gamma`` is a regulariser).
 
