@@ -1,0 +1,44 @@
+"""Decoder language models: the wrapper castlib works with, and loading one.
+
+language_model.py   `LanguageModel` (model, tokenizer, decoder blocks), `find_blocks`,
+                    `wrap_model`
+loading.py          `load_model`: an embedded model, a Hugging Face id or a local folder
+embedded.py         the embedded models' table (`EMBEDDED_MODELS`)
+gguf.py             an embedded model's GGUF, assembled from its packages and checked
+cache.py            the dequantised cache of the embedded models (``$CASTLIB_CACHE``)
+"""
+
+from .cache import cache_dir, embedded_model_path
+from .embedded import (
+    EMBEDDED_MODEL,
+    EMBEDDED_MODELS,
+    EmbeddedModel,
+    ModelPackagesMissing,
+    PartPackages,
+    embedded_models,
+    suggest_model,
+)
+from .gguf import check_gguf
+from .language_model import BLOCK_PATHS, LanguageModel, find_blocks, input_device, wrap_model
+from .loading import load_model, resolve_device, resolve_dtype
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "PartPackages",
+    "ModelPackagesMissing",
+    "embedded_models",
+    "embedded_model_path",
+    "suggest_model",
+    "check_gguf",
+    "BLOCK_PATHS",
+    "LanguageModel",
+    "load_model",
+    "wrap_model",
+    "find_blocks",
+    "resolve_device",
+    "resolve_dtype",
+    "cache_dir",
+    "input_device",
+]
