@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import castlib.methods as methods
+from castlib.hooks import HookGroup
 from castlib.methods.adapters.kasa import KaSA
 from castlib.methods.adapters.layers import target_modules, weight_matrix
 from castlib.methods.adapters.lora import LoRA
@@ -149,19 +150,18 @@ def test_head_effects_cached_equal_full_patched_forward(family, tokenizer):
     prompts = ["the movie was good film bad . Answer: positive the movie", "a bad review Answer:"]
     gold = [5, 9]
     cie = head_effects(lm, prompts, gold, means, heads, heads_batch=5)
-    patcher = _Patcher(lm, means)
-    try:
-        with torch.inference_mode():
-            for i, prompt in enumerate(prompts):
-                ids = torch.as_tensor(encode(lm.tokenizer, [prompt]))
-                patcher.rows = []
-                base = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
-                for j in (0, len(heads) // 2, len(heads) - 1):
-                    patcher.rows = [heads[j]]
-                    p = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
-                    assert float(cie[i, j]) == pytest.approx(float(p - base), abs=1e-6)
-    finally:
-        patcher.remove()
+    patcher = _Patcher(means)
+    with HookGroup() as hooks, torch.inference_mode():
+        patcher.install(lm, hooks)
+        for i, prompt in enumerate(prompts):
+            ids = torch.as_tensor(encode(lm.tokenizer, [prompt]))
+            patcher.rows = []
+            base = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
+            for j in (0, len(heads) // 2, len(heads) - 1):
+                patcher.rows = [heads[j]]
+                p = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
+                assert float(cie[i, j]) == pytest.approx(float(p - base), abs=1e-6)
+    assert not any(out_projection(b)._forward_pre_hooks for b in lm.blocks)  # removed
     assert float(cie.abs().max()) > 0
 
 

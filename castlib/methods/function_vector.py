@@ -170,15 +170,17 @@ def mean_head_outputs(
 
 
 class _Patcher:
-    """Pre-hooks on the output projections that overwrite chosen heads at the last token, one
-    (layer, head) per batch row."""
+    """Which (layer, head) each batch row patches with its mean output at the last token
+    (``rows``, one per row); `install` adds its pre-hooks on the output projections to a
+    `castlib.hooks.HookGroup`, which removes them."""
 
-    def __init__(self, lm: LanguageModel, means: torch.Tensor) -> None:
+    def __init__(self, means: torch.Tensor) -> None:
         self.means = means
         self.rows: list[tuple[int, int]] = []
-        self.hooks = HookGroup()
+
+    def install(self, lm: LanguageModel, hooks: HookGroup) -> None:
         for layer, block in enumerate(lm.blocks):
-            self.hooks.add(out_projection(block).register_forward_pre_hook(self._hook(layer)))
+            hooks.add(out_projection(block).register_forward_pre_hook(self._hook(layer)))
 
     def _hook(self, layer: int):
         def hook(module: nn.Module, args: tuple) -> tuple | None:
@@ -193,9 +195,6 @@ class _Patcher:
             return (x, *args[1:])
 
         return hook
-
-    def remove(self) -> None:
-        self.hooks.remove()
 
 
 def _last_token_probs(
@@ -227,37 +226,35 @@ def head_effects(
     output ``means[layer, head]`` (cached prefix, batched heads; see the module docstring)."""
     ids = encode(lm.tokenizer, prompts)
     out = torch.zeros(len(prompts), len(heads))
-    patcher = _Patcher(lm, means.to(lm.device))
+    patcher = _Patcher(means.to(lm.device))
     chunks = [list(heads[i : i + heads_batch]) for i in range(0, len(heads), heads_batch)]
-    try:
-        with torch.inference_mode():
-            for i, row in enumerate(tqdm(ids, desc="head effects", disable=progress is not True)):
-                if len(row) < 2:
-                    raise ValueError("a corrupted prompt needs at least two tokens")
-                prefix = torch.as_tensor([row[:-1]], device=lm.device)
-                n_pre = prefix.shape[1]
-                patcher.rows = []
-                cache = returned_cache(
-                    lm.model(
-                        input_ids=prefix,
-                        attention_mask=torch.ones_like(prefix),
-                        position_ids=torch.arange(n_pre, device=lm.device)[None],
-                        **cache_kwargs(lm, new_cache(lm)),
-                        use_cache=True,
-                        logits_to_keep=1,
-                    )
+    with HookGroup() as hooks, torch.inference_mode():
+        patcher.install(lm, hooks)
+        for i, row in enumerate(tqdm(ids, desc="head effects", disable=progress is not True)):
+            if len(row) < 2:
+                raise ValueError("a corrupted prompt needs at least two tokens")
+            prefix = torch.as_tensor([row[:-1]], device=lm.device)
+            n_pre = prefix.shape[1]
+            patcher.rows = []
+            cache = returned_cache(
+                lm.model(
+                    input_ids=prefix,
+                    attention_mask=torch.ones_like(prefix),
+                    position_ids=torch.arange(n_pre, device=lm.device)[None],
+                    **cache_kwargs(lm, new_cache(lm)),
+                    use_cache=True,
+                    logits_to_keep=1,
                 )
+            )
 
-                base = _last_token_probs(lm, row[-1], n_pre, cache, 1, gold[i])[0]
-                start = 0
-                for chunk in chunks:
-                    patcher.rows = chunk
-                    probs = _last_token_probs(lm, row[-1], n_pre, cache, len(chunk), gold[i])
-                    out[i, start : start + len(chunk)] = probs - base
-                    start += len(chunk)
-                patcher.rows = []
-    finally:
-        patcher.remove()
+            base = _last_token_probs(lm, row[-1], n_pre, cache, 1, gold[i])[0]
+            start = 0
+            for chunk in chunks:
+                patcher.rows = chunk
+                probs = _last_token_probs(lm, row[-1], n_pre, cache, len(chunk), gold[i])
+                out[i, start : start + len(chunk)] = probs - base
+                start += len(chunk)
+            patcher.rows = []
     return out
 
 
