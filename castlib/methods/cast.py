@@ -75,7 +75,8 @@ from ..record import record_activations
 from ..selection import DEFAULT_GAMMA, SELECTION_METHODS, select_with_log
 from ..tasks import Example, Task
 from .registry import register
-from .steering import SteeringMethod, icl_activations, make_vector, row_keys
+from .steering import SteeringMethod, icl_activations, make_vector
+from .tuning import row_keys
 
 __all__ = ["CAST", "CONTRASTS", "EMBED_TEXTS", "POOLINGS", "SelectionParams", "input_text"]
 
@@ -186,7 +187,7 @@ class CAST(SteeringMethod):
 
         Each source gives ``min(n_candidates, rows not in exclude)`` candidates (recorded as
         ``info["n_candidates_effective"]``); ``exclude`` (``"task:id"`` keys: the tuning rows,
-        `castlib.methods.steering.row_keys`) stays free for tuning."""
+        `castlib.methods.tuning.row_keys`) stays free for tuning."""
         p = self.params
         candidates: list[tuple[Task, Example]] = []
         effective: dict[str, int] = {}

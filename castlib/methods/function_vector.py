@@ -25,7 +25,7 @@ token of the prompt.
    ``z~_l`` being zero except the chosen heads' slices (the projection's bias is removed).
 4. Steering: the target runs zero-shot and ``alpha * FV_K`` is added to the output of block l*
    at the last prompt token (`castlib.steer`). (K, l*, alpha) are chosen together by the spec's
-   tuning protocols on the shared budget (`castlib.methods.steering`): the slots are (K, l*) for
+   tuning protocols on the shared budget (`castlib.methods.tuning`): the slots are (K, l*) for
    K in ``top_heads`` and l* among the candidate layers, the ``n_configs - 1`` steered
    configurations are dealt over them as alphas geometric over ``alpha_range`` = (0.5, 1.0)
    (2 K x 5 layers x 2 alphas by default), plus the unsteered model: as many configurations
@@ -72,7 +72,8 @@ from ..scoring.logprobs import answer_token_ids
 from ..tasks import Example, Task
 from ..vectors import SteeringVector
 from .registry import register
-from .steering import SteeringMethod, draw_icl_item, make_vector, row_keys
+from .steering import SteeringMethod, draw_icl_item, make_vector
+from .tuning import row_keys
 
 __all__ = [
     "FunctionVector",

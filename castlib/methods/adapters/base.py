@@ -44,7 +44,7 @@ from ...selection import DEFAULT_GAMMA, SELECTION_METHODS
 from ...tasks import Example, Task
 from ..base import Method
 from ..cast import CAST, SelectionParams
-from ..steering import MAX_TARGET_DEV, row_keys, tuning_set
+from ..tuning import MAX_TARGET_DEV, row_keys, tuning_set
 from .layers import AdapterHandle, merged_weights, target_modules
 from .training import train_adapter
 
