@@ -31,7 +31,7 @@ from ..tasks import Example, Task, load_task
 from ..validate import check_params
 from ..vectors import SteeringVector
 from .fit_store import fit_store_for
-from .shared_eval import compact_predictions, evaluated, measure
+from .shared_eval import compact_predictions, evaluate_methods, measure
 
 __all__ = [
     "Method",
@@ -271,13 +271,14 @@ class Method:
         sample_seed: int = 0,
     ) -> dict[str, Any]:
         """Evaluate the fitted method on ``target``'s ``split``; returns the result record.
-        The one evaluation path that `castlib.methods.evaluate_methods` takes too
-        (`castlib.methods.shared_eval.evaluated`).
+        The one evaluation path: `castlib.methods.evaluate_methods` for this method alone.
 
         ``limit``: the split's first rows (file order); ``sample``: a seeded uniform sample of
         that many rows (`castlib.scoring.evaluate.select_examples`), the same for every method.
         """
-        ((rec, _),) = evaluated(lm, [self], target, split, limit, progress, sample, sample_seed)
+        (rec,) = evaluate_methods(
+            lm, [self], target, split, limit, progress, sample, sample_seed, count_shared=False
+        )
         return rec
 
     def record(

@@ -88,32 +88,28 @@ __all__ = [
 ]
 
 
-def attention_module(block: nn.Module) -> nn.Module:
-    """The self-attention submodule of a decoder block."""
-    for name in ATTENTION_NAMES:
-        mod = getattr(block, name, None)
+def _named_child(parent: nn.Module, names: Sequence[str], what: str) -> nn.Module:
+    """The first attribute of ``parent`` among ``names`` that is a module."""
+    for name in names:
+        mod = getattr(parent, name, None)
         if isinstance(mod, nn.Module):
             return mod
-    raise ValueError(f"no attention submodule ({ATTENTION_NAMES}) in {type(block).__name__}")
+    raise ValueError(f"no {what} ({names}) in {type(parent).__name__}")
+
+
+def attention_module(block: nn.Module) -> nn.Module:
+    """The self-attention submodule of a decoder block."""
+    return _named_child(block, ATTENTION_NAMES, "attention submodule")
 
 
 def mlp_module(block: nn.Module) -> nn.Module:
     """The MLP of a decoder block (OPT has none: its second feed-forward linear ``fc2``)."""
-    for name in MLP_NAMES:
-        mod = getattr(block, name, None)
-        if isinstance(mod, nn.Module):
-            return mod
-    raise ValueError(f"no MLP submodule ({MLP_NAMES}) in {type(block).__name__}")
+    return _named_child(block, MLP_NAMES, "MLP submodule")
 
 
 def out_projection(block: nn.Module) -> nn.Module:
     """The attention output projection, whose input is the concatenated head outputs."""
-    attn = attention_module(block)
-    for name in OUT_PROJ_NAMES:
-        mod = getattr(attn, name, None)
-        if isinstance(mod, nn.Module):
-            return mod
-    raise ValueError(f"no output projection ({OUT_PROJ_NAMES}) in {type(attn).__name__}")
+    return _named_child(attention_module(block), OUT_PROJ_NAMES, "output projection")
 
 
 def head_layout(lm: LanguageModel) -> tuple[int, int]:

@@ -15,16 +15,16 @@ A method is evaluated in one of two ways, by its `Method.eval_scoring`:
   of one configuration, which `evaluate_sweep` scores on the plain pass when the answers are
   single tokens (``scoring`` says which path ran).
 
-`Method.evaluate` is this path for one method; `evaluate_methods` for several, each record equal
-to the one `Method.evaluate` gives up to float rounding of the scores (same predictions), plus
-``eval_shared``. Ablation and sensitivity grids (notebooks 04 and 06), which fit many variants
-of CAST and score each on the same test split, cost one test pass plus one token per variant
-this way instead of one test pass per variant.
+`evaluate_methods` is the path; `Method.evaluate` takes it for one method. Each record of several
+methods evaluated together equals the one `Method.evaluate` gives up to float rounding of the
+scores (same predictions), plus ``eval_shared``. Ablation and sensitivity grids (notebooks 04
+and 06), which fit many variants of CAST and score each on the same test split, cost one test
+pass plus one token per variant this way instead of one test pass per variant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
@@ -39,7 +39,6 @@ from ..tasks import Example, Task
 __all__ = [
     "RESULT_FIELDS",
     "evaluate_methods",
-    "evaluated",
     "measure",
     "compact_predictions",
     "Evaluable",
@@ -89,13 +88,8 @@ class Evaluable(Protocol):
 
     def prefix_cache(self) -> bool: ...
 
-    def record(
-        self,
-        lm: LanguageModel,
-        result: EvalResult,
-        stats: dict[str, float],
-        labels: Sequence[str] | None = None,
-    ) -> dict[str, Any]: ...
+    #: ``record(lm, result, stats, labels=...)``: the result record (`Method.record`)
+    record: Callable[..., dict[str, Any]]
 
 
 @contextmanager
@@ -159,7 +153,7 @@ def _alone(
     return result, stats
 
 
-def evaluated(
+def evaluate_methods(
     lm: LanguageModel,
     methods: Sequence[Evaluable],
     target: str | Task,
@@ -168,13 +162,21 @@ def evaluated(
     progress: bool | None = None,
     sample: int | None = None,
     sample_seed: int = 0,
-) -> list[tuple[dict[str, Any], int]]:
-    """``(result record, number of methods that shared its scoring pass)`` per method, in
-    order: the one evaluation path (see the module docstring). Every method is checked first
-    (`Method.check_evaluable`: fitted, for this target and model), and all are scored on the
-    same rows (``limit``/``sample``/``sample_seed``: `castlib.scoring.select_examples`).
-    A shared record's ``eval_seconds`` is its share of the sweep's wall time. Each method's
-    ``last_result`` is its `EvalResult`."""
+    count_shared: bool = True,
+) -> list[dict[str, Any]]:
+    """One result record per method, in order, as ``[m.evaluate(lm, target, ...) for m in
+    methods]`` would give: the one evaluation path (see the module docstring), which
+    `Method.evaluate` takes for one method (``count_shared=False``).
+
+    Every method is checked first (`Method.check_evaluable`: fitted, for this target and
+    model), and all are scored on the same rows (``limit``/``sample``/``sample_seed``:
+    `castlib.scoring.select_examples`). With ``count_shared`` each record has
+    ``eval_shared``: how many methods shared its scoring pass (1 for a method evaluated
+    alone); a shared record's ``eval_seconds`` is its share of the sweep's wall time. Each
+    method's ``last_result`` is its `EvalResult`.
+
+    Raises as `Method.evaluate` does for an unfitted method or a foreign target or model.
+    """
     methods = list(methods)
     if not methods:
         return []
@@ -211,30 +213,10 @@ def evaluated(
             scored[i] = (result, share, len(members))
     for i in alone:
         scored[i] = (*_alone(lm, methods[i], tgt, examples, split, progress), 1)
-    out = []
+    records = []
     for i, m in enumerate(methods):
         result, stats, shared = scored[i]
         m.last_result = result
-        out.append((m.record(lm, result, stats, labels=tgt.labels), shared))
-    return out
-
-
-def evaluate_methods(
-    lm: LanguageModel,
-    methods: Sequence[Evaluable],
-    target: str | Task,
-    split: str = "test",
-    limit: int | None = None,
-    progress: bool | None = None,
-    sample: int | None = None,
-    sample_seed: int = 0,
-) -> list[dict[str, Any]]:
-    """One result record per method, in order, as ``[m.evaluate(lm, target, ...) for m in
-    methods]`` would give (same rows: ``limit``/``sample``/``sample_seed`` as in
-    `Method.evaluate`), each with ``eval_shared``: how many methods shared its scoring pass
-    (1 for a method evaluated alone; see `evaluated`).
-
-    Raises as `Method.evaluate` does for an unfitted method or a foreign target or model.
-    """
-    pairs = evaluated(lm, methods, target, split, limit, progress, sample, sample_seed)
-    return [{**rec, "eval_shared": shared} for rec, shared in pairs]
+        rec = m.record(lm, result, stats, labels=tgt.labels)
+        records.append({**rec, "eval_shared": shared} if count_shared else rec)
+    return records

@@ -23,22 +23,25 @@ from .language_model import BLOCK_PATHS, LanguageModel, find_blocks, input_devic
 from .loading import load_model, resolve_device, resolve_dtype
 
 __all__ = [
+    # language_model
+    "LanguageModel",
+    "find_blocks",
+    "wrap_model",
+    "input_device",
+    "BLOCK_PATHS",
+    # loading
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+    # embedded, gguf, cache
     "EMBEDDED_MODEL",
     "EMBEDDED_MODELS",
     "EmbeddedModel",
     "PartPackages",
     "ModelPackagesMissing",
     "embedded_models",
-    "embedded_model_path",
     "suggest_model",
     "check_gguf",
-    "BLOCK_PATHS",
-    "LanguageModel",
-    "load_model",
-    "wrap_model",
-    "find_blocks",
-    "resolve_device",
-    "resolve_dtype",
+    "embedded_model_path",
     "cache_dir",
-    "input_device",
 ]

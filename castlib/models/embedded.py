@@ -17,14 +17,14 @@ import difflib
 from dataclasses import dataclass
 
 __all__ = [
-    "EMBEDDED_MODEL",
-    "EMBEDDED_MODELS",
-    "EmbeddedModel",
-    "PartPackages",
     "ModelPackagesMissing",
+    "PartPackages",
+    "EmbeddedModel",
+    "EMBEDDED_MODELS",
+    "EMBEDDED_MODEL",
     "embedded_models",
-    "suggest_model",
     "embedded_spec",
+    "suggest_model",
 ]
 
 EMBEDDED_MODEL = "gemma-3-270m"
