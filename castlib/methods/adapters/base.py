@@ -1,6 +1,6 @@
-"""The adapter methods' base class: training data, the training loop, inference with the
-adapter, persistence. `castlib.methods.adapters.lora` and `castlib.methods.adapters.kasa` differ
-only in the adapter they build and attach.
+"""The adapter methods' base class: training data, training, inference with the adapter and
+persistence. `castlib.methods.adapters.lora` and `castlib.methods.adapters.kasa` differ only in
+the adapter they build and attach.
 
 Training data (``train_on``):
     source      the m source samples CAST selects (`cast_selection`: the same candidates, target
@@ -8,12 +8,8 @@ Training data (``train_on``):
                 seed and selection parameters), each with its own gold answer;
     target_dev  at most 32 labelled examples drawn (seeded) from the target's train pool.
 
-Training (`castlib.methods.adapters.training.train_adapter`): causal-LM loss on the answer tokens only. Each example is the
-zero-shot prompt of its own task ``P0(x)`` followed by the scored continuation ``" " + answer``
-(tokenised exactly as `castlib.evaluate` scores it); the loss is the mean negative
-log-likelihood over the answer tokens of the batch, plus the adapter's regulariser. Adam, a
-fixed number of steps, batches drawn from seeded epoch permutations; the model stays in eval
-mode (no dropout), so training is deterministic per seed. The target's test split is never read.
+Training: `castlib.methods.adapters.training.train_adapter` (answer-token causal-LM loss plus
+the adapter's regulariser, deterministic per seed). The target's test split is never read.
 
 Evaluation folds the adapter's weight update into the weights (``merge=True``, the default:
 inference costs a plain forward pass; `castlib.methods.adapters.layers.merged_weights` restores
