@@ -1,3 +1,3 @@
-"""Moved: `castlib.evaluate` is now `castlib.scoring.evaluate`."""
+"""Moved: `castlib.evaluate` is now `castlib.scoring.evaluation`."""
 
-raise ImportError("castlib.evaluate moved to castlib.scoring.evaluate; import it from there")
+raise ImportError("castlib.evaluate moved to castlib.scoring.evaluation; import it from there")

@@ -181,6 +181,6 @@ def test_imports_run_one_way() -> None:
     circles = sorted(f"{m} -> {d}" for m, ds in edges.items() for d in ds if reaches(d, m))
     assert not circles, circles
     scorers = {"scoring.plain", "scoring.prefix_cache", "scoring.last_token"}
-    assert not reaches("scoring.logprobs", "scoring.evaluate")
-    assert not any(reaches(s, "scoring.evaluate") for s in scorers)
-    assert {"scoring.plain", "scoring.prefix_cache"} <= deps["scoring.evaluate"]
+    assert not reaches("scoring.logprobs", "scoring.evaluation")
+    assert not any(reaches(s, "scoring.evaluation") for s in scorers)
+    assert {"scoring.plain", "scoring.prefix_cache"} <= deps["scoring.evaluation"]

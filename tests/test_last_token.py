@@ -219,7 +219,7 @@ def test_steering_method_record_says_which_path_ran(lm):
 def test_evaluate_sweep_accepts_a_task_name_and_refuses_other_types(lm, monkeypatch):
     import importlib
 
-    E = importlib.import_module("castlib.scoring.evaluate")
+    E = importlib.import_module("castlib.scoring.evaluation")
     from tests.conftest import make_task
 
     task = make_task("tgt", n_train=4, n_test=5, seed=3)

@@ -252,7 +252,7 @@ class Method:
 
     def eval_prompts(self, lm: LanguageModel, target: Task, examples: Sequence[Example]) -> Any:
         """The evaluation prompts of ``examples`` in the method's ``prompt_format``: a builder
-        or a list of strings (`castlib.scoring.evaluate.build_prompts` accepts both)."""
+        or a list of strings (`castlib.scoring.evaluation.build_prompts` accepts both)."""
         prompt = self.prompts(lm, target, examples)
         if self.params.prompt_format != "plain":
             prompt = format_prompts(
@@ -274,7 +274,7 @@ class Method:
         The one evaluation path: `castlib.methods.evaluate_methods` for this method alone.
 
         ``limit``: the split's first rows (file order); ``sample``: a seeded uniform sample of
-        that many rows (`castlib.scoring.evaluate.select_examples`), the same for every method.
+        that many rows (`castlib.scoring.evaluation.select_examples`), the same for every method.
         """
         (rec,) = evaluate_methods(
             lm, [self], target, split, limit, progress, sample, sample_seed, count_shared=False

@@ -4,13 +4,13 @@
 A method is evaluated in one of two ways, by its `Method.eval_scoring`:
 
 * ``"full"``: inside ``method.applied(lm)`` (its steering hooks or adapter),
-  `castlib.scoring.evaluate.evaluate` scores the method's prompts, with the demonstration
+  `castlib.scoring.evaluation.evaluate` scores the method's prompts, with the demonstration
   prefix cached where `Method.prefix_cache` says so;
 * `castlib.scoring.last_token.SCORING_CACHED`: the method steers the last prompt position only
   (CAST, task vectors, function vectors, their variants and target_dev presets, the unsteered
   model), which leaves every earlier position as the unsteered model computes it. Methods of
   that kind with the same evaluation prompts and ``batch_size`` need each prompt's prefix only
-  once: they are scored together in one `castlib.scoring.evaluate.evaluate_sweep` (one prefix
+  once: they are scored together in one `castlib.scoring.evaluation.evaluate_sweep` (one prefix
   pass per prompt, then one one-token pass per method). A method alone in its group is a sweep
   of one configuration, which `evaluate_sweep` scores on the plain pass when the answers are
   single tokens (``scoring`` says which path ran).

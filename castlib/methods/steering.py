@@ -37,7 +37,7 @@ import torch
 from ..models import LanguageModel
 from ..prompts import k_shot, zero_shot
 from ..record import record_activations
-from ..scoring.evaluate import build_prompts, score_prompts
+from ..scoring.evaluation import build_prompts, score_prompts
 from ..scoring.last_token import SCORING_CACHED, sweep_scores
 from ..steer import steer
 from ..tasks import Example, Task

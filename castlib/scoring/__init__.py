@@ -6,11 +6,12 @@
 One way down: `logprobs` (answer tokens, continuation log-probs, the `Scorer` interface, input
 checks) -> the scorers: `plain` (every token of every prompt), `prefix_cache` (a shared
 demonstration prefix run once), `last_token` (many last-position steering configurations against
-cached prefixes; `kv_cache` copies and merges the caches) -> `evaluate` (rows, prompts, the
-scorer by name in `SCORERS`) -> `result` (predictions and metrics, `EvalResult`).
+cached prefixes; `kv_cache` copies and merges the caches) -> `evaluation` (`evaluate`: rows,
+prompts, the scorer by name in `SCORERS`; `evaluate_sweep`) -> `result` (predictions and
+metrics, `EvalResult`).
 """
 
-from .evaluate import (
+from .evaluation import (
     SCORERS,
     build_prompts,
     evaluate,

@@ -9,7 +9,7 @@ prompt ``p = p[:T-1] + p[T-1]`` and any steering configuration s (vector, layers
     log P_s(" a" | p) = sum_t log P_s(a_t | p[T-1], a_<t ; cache)   (s active on every new token)
 
 so scoring G configurations costs one prefix pass plus G passes of ``1 + len(answer)`` tokens,
-instead of G full passes (`castlib.scoring.evaluate.score_prompts`). The prompts of a chunk are
+instead of G full passes (`castlib.scoring.evaluation.score_prompts`). The prompts of a chunk are
 left-padded as the full path pads them, the last prompt token of every row then sits in the same
 column, and the new tokens continue each row's position ids; Gemma's sliding-window layers keep
 the last ``window - 1`` prefix columns, which is all the new tokens may attend to.
@@ -200,7 +200,7 @@ def sweep_scores(
 
     Returns:
         ``([scores [n_prompts, n_answers] float32 per config], prompt token counts)``, the same
-        values as `castlib.scoring.evaluate.score_prompts` inside each configuration's context.
+        values as `castlib.scoring.evaluation.score_prompts` inside each configuration's context.
     """
     if not configs:
         raise ValueError("configs must not be empty")

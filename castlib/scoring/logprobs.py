@@ -14,7 +14,7 @@ one token and no two share it (`single_token_answers`), one position's logits sc
 Every scorer of `castlib.scoring` has one interface, `Scorer`: prompts and answer strings in,
 ``(scores [n_prompts, n_answers] float32 on CPU, prompt token counts)`` out, with
 ``scores[i, k] = log P(" " + answers[k] | prompts[i])``. `checked_inputs` validates what a
-scorer is given, once, at the front door (`castlib.scoring.evaluate.score_prompts`).
+scorer is given, once, at the front door (`castlib.scoring.evaluation.score_prompts`).
 """
 
 from __future__ import annotations

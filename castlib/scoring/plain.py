@@ -7,7 +7,7 @@ with logits only at the last position scores all answers at once. Otherwise each
 (prompt, answer) pair is one row and the answer tokens' log-probs are summed
 (`castlib.scoring.logprobs.continuation_log_probs`). `castlib.scoring.prefix_cache` is the
 cached variant for prompts that share a demonstration prefix; both are a
-`castlib.scoring.logprobs.Scorer`, and `castlib.scoring.evaluate.score_prompts` chooses between
+`castlib.scoring.logprobs.Scorer`, and `castlib.scoring.evaluation.score_prompts` chooses between
 them.
 """
 

@@ -44,7 +44,7 @@ Steering: prefix caching is refused while a castlib steering hook is active
 as a decode step (cached tokens present) and steer every suffix token rather than the last
 prompt token, and a ``positions="all"`` hook would not steer the cached prefix at all, so the
 result would silently differ from steering the full prompt. Score steered prompts with
-`castlib.scoring.evaluate.score_prompts` instead (CAST itself runs zero-shot, with no prefix to cache).
+`castlib.scoring.evaluation.score_prompts` instead (CAST itself runs zero-shot, with no prefix to cache).
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def score_prompts_cached(
     progress: bool | None = None,
     separator: str = SEPARATOR,
 ) -> tuple[torch.Tensor, list[int]]:
-    """`castlib.scoring.evaluate.score_prompts` with the prompts' shared prefix cached (a
+    """`castlib.scoring.evaluation.score_prompts` with the prompts' shared prefix cached (a
     `castlib.scoring.logprobs.Scorer`).
 
     The prompts are split by `split_shared_prefix` (longest common prefix ending in a blank

@@ -37,7 +37,7 @@ class EvalResult:
     #: how the scores were computed: ``"full"`` (`castlib.scoring.plain`, every token of
     #: every prompt), ``"demo_prefix_cached"`` (`castlib.scoring.prefix_cache`: a shared
     #: demonstration prefix run once) or `castlib.scoring.last_token.SCORING_CACHED`
-    #: (`castlib.scoring.evaluate.evaluate_sweep`)
+    #: (`castlib.scoring.evaluation.evaluate_sweep`)
     scoring: str = "full"
 
     @property
