@@ -30,7 +30,7 @@ Sections (each a function usable on a tiny test model; `run_bench` runs the chos
   recorded activations and steered logits with castlib's.
 * ``icl`` -- CAST inference (zero-shot + steering) vs zero-shot vs cross-task k-shot ICL
   (k = 1, 4, 16; naive, and with the shared demonstration prefix cached by
-  `castlib.prefix_cache`): prompt tokens, per-query latency, peak memory.
+  `castlib.scoring.prefix_cache`): prompt tokens, per-query latency, peak memory.
   ``cast_vs_zero_shot_latency``, ``icl4_vs_zero_shot_latency``, ``icl4_vs_zero_shot_tokens``.
 * ``fitting`` -- the one-off cost of fitting a CAST vector vs m, through the stages of
   `castlib.methods.cast.CAST` itself: embedding the candidate pool and the target queries
@@ -68,19 +68,19 @@ import torch
 from tqdm.auto import tqdm
 
 from castlib._version import __version__
-from castlib.evaluate import evaluate, score_prompts
 from castlib.methods.cast import CAST
 from castlib.models import LanguageModel
 from castlib.padding import Batch, encode, iter_batches, last_token_index
-from castlib.prefix_cache import (
+from castlib.profiling import profile
+from castlib.prompts import cross_task, zero_shot
+from castlib.record import record_activations
+from castlib.scoring import evaluate, score_prompts
+from castlib.scoring.prefix_cache import (
     build_prefix_cache,
     joint_tokenisation_matches,
     score_suffixes,
     split_shared_prefix,
 )
-from castlib.profiling import profile
-from castlib.prompts import cross_task, zero_shot
-from castlib.record import record_activations
 from castlib.steer import steer
 from castlib.tasks import Example, Task
 

@@ -3,8 +3,8 @@
 Every number is measured in one run on one loaded model, so only the ratios mean anything:
 
 - ``steered_cached_vs_zero_shot``: the marginal cost of one more steered configuration in
-  `castlib.evaluate.evaluate_sweep` (``(t(G configs) - t(1 config)) / (G - 1)``) over one
-  zero-shot `castlib.evaluate.evaluate` of the same rows (goal <= 0.1);
+  `castlib.evaluate_sweep` (``(t(G configs) - t(1 config)) / (G - 1)``) over one
+  zero-shot `castlib.evaluate` of the same rows (goal <= 0.1);
 - ``grid_cached_speedup``: G configurations scored one by one in full (``with steer(...):
   evaluate(...)``) over the same G in one `evaluate_sweep`;
 - ``cast_fit_eval_speedup`` (section ``castfit``, `bench_cast_fit`): CAST fitted with its full
@@ -30,11 +30,11 @@ from typing import Any
 import torch
 
 from castlib.activation_store import ActivationStore
-from castlib.evaluate import evaluate, evaluate_sweep
 from castlib.methods.cast import CAST
 from castlib.methods.steering import default_layers
 from castlib.models import LanguageModel, wrap_model
 from castlib.profiling import profile
+from castlib.scoring import evaluate, evaluate_sweep
 from castlib.steer import steer
 from castlib.tasks import Task, sample_examples
 

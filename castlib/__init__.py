@@ -12,10 +12,10 @@ The public API fits on one screen:
 """
 
 from ._version import __version__
-from .evaluate import EvalResult, evaluate, evaluate_sweep, score_prompts
 from .models import EMBEDDED_MODEL, LanguageModel, find_blocks, load_model, wrap_model
 from .prompts import CrossTask, FewShot, PerQuery, ZeroShot, cross_task, k_shot, zero_shot
 from .record import record_activations
+from .scoring import EvalResult, evaluate, evaluate_sweep, score_prompts
 from .steer import Steering, steer
 from .tasks import Example, Task, list_tasks, load_task
 from .vectors import SteeringVector

@@ -9,7 +9,7 @@ projection where a family has one).
 The lookup tuples the rest of castlib uses are derived from the table, in table order (first
 match wins): `BLOCK_PATHS` (`castlib.models.find_blocks`), `ATTENTION_NAMES`,
 `OUT_PROJ_NAMES` and `MLP_NAMES` (`castlib.methods.function_vector`), and `LORA_TARGETS`
-(`castlib.adapters.target_modules`). A family not listed here works when its names match a
+(`castlib.methods.adapters.layers.target_modules`). A family not listed here works when its names match a
 listed one, or with an explicit ``blocks_path=`` / adapter ``targets=``.
 """
 

@@ -17,10 +17,10 @@ import random
 import time
 from collections.abc import Sequence
 
-from .evaluate import evaluate
 from .models import EMBEDDED_MODEL, load_model
 from .prompts import k_shot, zero_shot
 from .record import record_activations
+from .scoring import evaluate
 from .steer import steer
 from .tasks import load_task
 from .vectors import SteeringVector

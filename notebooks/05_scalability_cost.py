@@ -93,7 +93,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import castlib
-from castlib.methods.base import measure
+from castlib.methods.shared_eval import measure
 from castlib.repro import nbtools, plots
 
 lm, out = nbtools.setup(model, device=device, output_dir=output_dir)

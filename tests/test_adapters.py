@@ -3,20 +3,11 @@
 import pytest
 import torch
 
-from castlib.adapters import (
-    KaSAAdapter,
-    KaSAUpdate,
-    answer_nll,
-    answer_rows,
-    apply_adapter,
-    orthogonality,
-    target_modules,
-    train_adapter,
-    truncation,
-    weight_matrix,
-)
-from castlib.evaluate import score_prompts
+from castlib.methods.adapters.kasa import KaSAAdapter, KaSAUpdate, orthogonality, truncation
+from castlib.methods.adapters.layers import apply_adapter, target_modules, weight_matrix
+from castlib.methods.adapters.training import answer_nll, answer_rows, train_adapter
 from castlib.prompts import zero_shot
+from castlib.scoring import score_prompts
 from castlib.testing import FAMILIES, tiny_model
 from tests.conftest import make_task
 

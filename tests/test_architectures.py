@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from castlib import architectures as arch
-from castlib.adapters import DEFAULT_TARGETS, target_modules
+from castlib.methods.adapters.layers import DEFAULT_TARGETS, target_modules
 from castlib.methods.function_vector import attention_module, mlp_module, out_projection
 from castlib.models import BLOCK_PATHS
 from castlib.testing import FAMILIES, tiny_model

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import castlib.methods as methods
-from castlib.evaluate import evaluate, score_prompts, select_examples
 from castlib.hub import HubUnreachableError, unreachable_reason
-from castlib.methods.steering import tuning_set
+from castlib.methods.tuning import tuning_set
 from castlib.record import record_activations
+from castlib.scoring import evaluate, score_prompts, select_examples
 from castlib.steer import steer
 from castlib.tasks import TaskFormatError, load_task
 from castlib.testing import FAMILIES, tiny_model

@@ -125,23 +125,62 @@ def test_the_core_dependencies_are_the_lean_list() -> None:
     assert "peft" in extras["adapters"] and "datasets" in extras["fetch"]
 
 
-def test_imports_run_one_way() -> None:
-    """No castlib module imports another inside a function (a hidden cycle), except the console
-    script's lazy dispatch; scoring goes logprobs -> scoring/prefix_cache -> evaluate."""
+def _import_graph() -> dict[str, set[str]]:
+    """castlib's modules (dotted, without ``castlib.``) and the castlib modules each imports,
+    ``if TYPE_CHECKING:`` blocks included; an import inside a function fails the test unless
+    it is the console script's lazy dispatch."""
     import ast
 
+    root = REPO / "castlib"
+    paths = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in sorted(root.rglob("*.py"))
+    }
+    paths = {("" if k == "__init__" else k): v for k, v in paths.items()}
     deps: dict[str, set[str]] = {}
-    for path in sorted((REPO / "castlib").rglob("*.py")):
-        name = path.relative_to(REPO / "castlib").with_suffix("").as_posix()
+    for name, path in paths.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         top = {id(node) for node in tree.body}
         for node in tree.body:  # `if TYPE_CHECKING:` blocks are module level too
             if isinstance(node, ast.If):
                 top |= {id(sub) for sub in node.body}
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps[name] = set()
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level > 0:
-                assert id(node) in top or name == "cli", f"function-level import in {name}"
-                deps[name].add(node.module or "")
-    assert "evaluate" not in deps["prefix_cache"] | deps["scoring"] | deps["logprobs"]
-    assert "prefix_cache" not in deps["scoring"] | deps["logprobs"]
+            if not (isinstance(node, ast.ImportFrom) and node.level > 0):
+                continue
+            assert id(node) in top or name == "cli", f"function-level import in {name}"
+            base = package.split(".") if package else []
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:  # `from . import x` names a module
+                sub = f"{target}.{alias.name}" if target else alias.name
+                deps[name].add(sub if sub in paths else target)
+        deps[name].discard(name)
+    return deps
+
+
+def test_imports_run_one_way() -> None:
+    """No import circle among castlib's modules (a package importing its own submodules
+    aside), and scoring runs one way: logprobs -> the scorers (plain, prefix_cache,
+    last_token) -> evaluate."""
+    deps = _import_graph()
+    edges = {m: {d for d in ds if not d.startswith(m + ".") and d != ""} for m, ds in deps.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    circles = sorted(f"{m} -> {d}" for m, ds in edges.items() for d in ds if reaches(d, m))
+    assert not circles, circles
+    scorers = {"scoring.plain", "scoring.prefix_cache", "scoring.last_token"}
+    assert not reaches("scoring.logprobs", "scoring.evaluation")
+    assert not any(reaches(s, "scoring.evaluation") for s in scorers)
+    assert {"scoring.plain", "scoring.prefix_cache"} <= deps["scoring.evaluation"]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from castlib import methods
 from castlib.activation_store import ActivationStore, model_fingerprint
-from castlib.evaluate import evaluate, evaluate_sweep, result_from_scores, score_prompts
+from castlib.scoring import evaluate, evaluate_sweep, result_from_scores, score_prompts
 from castlib.record import record_activations
 from castlib.steer import foreign_hooks, installed_hooks, steer
 from castlib.tasks import Task, TaskFormatError, load_task, resolve_data_dir

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from castlib.evaluate import evaluate, macro_f1, score_prompts
 from castlib.prompts import FewShot, zero_shot
+from castlib.scoring import evaluate, macro_f1, score_prompts
 from castlib.steer import steer
 from castlib.tasks import Task
 
@@ -66,7 +66,7 @@ def test_multi_token_scoring_steers_prompt_last_and_answer_tokens(lm, toy_task):
     with steer(lm, v, alpha=1.0, layers=[1]):
         scores, _ = score_prompts(lm, [prompt], [answer])
         # reference: feed the prompt, then each answer token with the KV cache (decode steps)
-        from castlib.prefix_cache import cache_kwargs, returned_cache
+        from castlib.scoring.kv_cache import cache_kwargs, returned_cache
 
         p = lm.tokenizer(prompt, return_tensors="pt")
         a = lm.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
@@ -127,7 +127,7 @@ def test_macro_f1_by_hand():
 
 
 def test_limit_sample_and_examples(lm, toy_task):
-    from castlib.evaluate import select_examples
+    from castlib.scoring import select_examples
     from castlib.tasks import sample_examples
 
     n = len(toy_task.test)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from castlib.activation_store import ActivationStore
-from castlib.fit_store import (
+from castlib.methods.fit_store import (
     FIT_STORE_ENV,
     FITS_FOLDER,
     FitStore,

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import castlib.methods as methods  # noqa: E402
-from castlib.evaluate import evaluate, score_prompts, select_examples  # noqa: E402
 from castlib.record import record_activations  # noqa: E402
+from castlib.scoring import evaluate, score_prompts, select_examples  # noqa: E402
 from castlib.steer import steer  # noqa: E402
 from castlib.tasks import Task, TaskFormatError, load_task  # noqa: E402
 from castlib.testing import tiny_model, tiny_tokenizer  # noqa: E402

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from castlib.evaluate import score_prompts
-from castlib.last_token import fork_cache, sweep_scores
+from castlib.scoring import score_prompts, sweep_scores
+from castlib.scoring.kv_cache import fork_cache
 from castlib.steer import steer
 from castlib.testing import FAMILIES, tiny_model
 
@@ -121,7 +121,7 @@ def test_outer_steering_is_refused(lm):
 
 
 def test_fork_cache_leaves_the_cache_untouched(lm):
-    from castlib.prefix_cache import cache_kwargs, new_cache, returned_cache
+    from castlib.scoring.kv_cache import cache_kwargs, new_cache, returned_cache
 
     ids = torch.as_tensor([[1, 5, 6, 7]])
     out = lm.model(input_ids=ids, **cache_kwargs(lm, new_cache(lm)), use_cache=True)
@@ -176,7 +176,7 @@ def test_positions_all_methods_keep_the_full_path(lm):
 
 
 def test_evaluate_sweep_equals_evaluate_in_each_context(lm):
-    from castlib.evaluate import evaluate, evaluate_sweep
+    from castlib.scoring import evaluate, evaluate_sweep
     from tests.conftest import make_task
 
     task = make_task("tgt", n_train=4, n_test=9, seed=3)
@@ -219,7 +219,7 @@ def test_steering_method_record_says_which_path_ran(lm):
 def test_evaluate_sweep_accepts_a_task_name_and_refuses_other_types(lm, monkeypatch):
     import importlib
 
-    E = importlib.import_module("castlib.evaluate")
+    E = importlib.import_module("castlib.scoring.evaluation")
     from tests.conftest import make_task
 
     task = make_task("tgt", n_train=4, n_test=5, seed=3)
@@ -236,7 +236,7 @@ def test_one_configuration_takes_the_cheaper_exact_path(lm):
     pass per answer); equal scores either way, and the same refusals on both paths."""
     import dataclasses
 
-    from castlib.evaluate import evaluate, evaluate_sweep
+    from castlib.scoring import evaluate, evaluate_sweep
     from tests.conftest import make_task
 
     v = torch.randn(lm.n_layers, lm.hidden_size, generator=torch.Generator().manual_seed(4))

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 import castlib.methods as methods
-from castlib.adapters import target_modules, weight_matrix
+from castlib.hooks import HookGroup
+from castlib.methods.adapters.kasa import KaSA
+from castlib.methods.adapters.layers import target_modules, weight_matrix
+from castlib.methods.adapters.lora import LoRA
 from castlib.methods.function_vector import (
     FunctionVector,
     _Patcher,
@@ -17,8 +20,6 @@ from castlib.methods.function_vector import (
     out_projection,
 )
 from castlib.methods.i2cl import I2CL
-from castlib.methods.kasa import KaSA
-from castlib.methods.lora import LoRA
 from castlib.padding import encode
 from castlib.testing import FAMILIES, tiny_model
 from tests.conftest import make_task
@@ -149,19 +150,18 @@ def test_head_effects_cached_equal_full_patched_forward(family, tokenizer):
     prompts = ["the movie was good film bad . Answer: positive the movie", "a bad review Answer:"]
     gold = [5, 9]
     cie = head_effects(lm, prompts, gold, means, heads, heads_batch=5)
-    patcher = _Patcher(lm, means)
-    try:
-        with torch.inference_mode():
-            for i, prompt in enumerate(prompts):
-                ids = torch.as_tensor(encode(lm.tokenizer, [prompt]))
-                patcher.rows = []
-                base = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
-                for j in (0, len(heads) // 2, len(heads) - 1):
-                    patcher.rows = [heads[j]]
-                    p = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
-                    assert float(cie[i, j]) == pytest.approx(float(p - base), abs=1e-6)
-    finally:
-        patcher.remove()
+    patcher = _Patcher(means)
+    with HookGroup() as hooks, torch.inference_mode():
+        patcher.install(lm, hooks)
+        for i, prompt in enumerate(prompts):
+            ids = torch.as_tensor(encode(lm.tokenizer, [prompt]))
+            patcher.rows = []
+            base = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
+            for j in (0, len(heads) // 2, len(heads) - 1):
+                patcher.rows = [heads[j]]
+                p = torch.softmax(lm.model(input_ids=ids).logits[0, -1], -1)[gold[i]]
+                assert float(cie[i, j]) == pytest.approx(float(p - base), abs=1e-6)
+    assert not any(out_projection(b)._forward_pre_hooks for b in lm.blocks)  # removed
     assert float(cie.abs().max()) > 0
 
 
@@ -206,7 +206,7 @@ def test_registered_names_and_bad_params():
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "opt", "phi3", "gemma3"])
 def test_peft_lora_attach_and_remove_across_families(family, tokenizer):
-    from castlib.methods.lora import PeftLoraAdapter
+    from castlib.methods.adapters.lora import PeftLoraAdapter
 
     lm = tiny_model(family, tokenizer=tokenizer)
     before, state = logits(lm), snapshot(lm.model)
@@ -241,8 +241,9 @@ def test_i2cl_reads_the_residual_contributions(family, tokenizer):
 def test_merged_adapters_equal_the_adapter_modules(family, tokenizer):
     """Folding the adapter into the weights computes what the wrapper modules compute, and the
     weights come back bit-identical, also after an exception inside the block."""
-    from castlib.adapters import KaSAAdapter, apply_adapter, merged_weights
-    from castlib.methods.lora import PeftLoraAdapter
+    from castlib.methods.adapters.kasa import KaSAAdapter
+    from castlib.methods.adapters.layers import apply_adapter, merged_weights
+    from castlib.methods.adapters.lora import PeftLoraAdapter
 
     lm = tiny_model(family, tokenizer=tokenizer)
     before, state = logits(lm), snapshot(lm.model)

@@ -6,6 +6,7 @@ from torch import nn
 
 import castlib
 from castlib import models
+from castlib.models import cache as model_cache
 from castlib.models import find_blocks, load_model, resolve_dtype, wrap_model
 from castlib.testing import FAMILIES, tiny_model
 
@@ -69,13 +70,15 @@ def test_corrupt_or_partial_cache_is_rebuilt(tmp_path, monkeypatch):
     def fake_build(folder, spec):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.safetensors").write_bytes(b"weights")
-        digest = models._sha256(folder / "model.safetensors")
-        (folder / models._MANIFEST).write_text(
-            json.dumps({"format": models._CACHE_FORMAT, "files": {"model.safetensors": digest}})
+        digest = model_cache._sha256(folder / "model.safetensors")
+        (folder / model_cache._MANIFEST).write_text(
+            json.dumps(
+                {"format": model_cache._CACHE_FORMAT, "files": {"model.safetensors": digest}}
+            )
         )
         builds.append(folder)
 
-    monkeypatch.setattr(models, "_build_embedded_cache", fake_build)
+    monkeypatch.setattr(model_cache, "_build_embedded_cache", fake_build)
     folder = models.embedded_model_path()
     assert len(builds) == 1
     assert models.embedded_model_path() == folder and len(builds) == 1  # valid: reused
@@ -83,7 +86,7 @@ def test_corrupt_or_partial_cache_is_rebuilt(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="corrupt"):
         models.embedded_model_path()
     assert len(builds) == 2
-    (folder / models._MANIFEST).unlink()  # partial: manifest is written last
+    (folder / model_cache._MANIFEST).unlink()  # partial: manifest is written last
     with pytest.warns(UserWarning):
         models.embedded_model_path()
     assert len(builds) == 3

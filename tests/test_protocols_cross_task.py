@@ -5,7 +5,7 @@ import pytest
 
 import castlib.methods as methods
 from castlib.methods import steering
-from castlib.methods.steering import MAX_TARGET_DEV
+from castlib.methods.tuning import MAX_TARGET_DEV
 from castlib.prompts import cross_task, demonstration, zero_shot
 from castlib.repro import nbtools
 from tests.conftest import make_task

@@ -7,15 +7,14 @@ import dataclasses
 import pytest
 
 import castlib.methods as methods
+from castlib.methods.adapters.lora import LoRA
 from castlib.methods.function_vector import FunctionVector
-from castlib.methods.lora import LoRA
-from castlib.methods.steering import (
+from castlib.methods.steering import SteeringMethod, draw_icl_item
+from castlib.methods.tuning import (
     MAX_TARGET_DEV,
     N_CONFIGS,
-    SteeringMethod,
     alpha_ladder,
     config_grid,
-    draw_icl_item,
     row_keys,
     tuning_rows_per_source,
     tuning_set,

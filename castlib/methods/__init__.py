@@ -31,7 +31,7 @@ from . import (  # noqa: F401
     task_vector,
     zero_shot,
 )
-from .base import RESULT_FIELDS, Method
+from .base import Method
 from .registry import (
     PRESETS,
     REGISTRY,
@@ -43,7 +43,7 @@ from .registry import (
     register,
     register_preset,
 )
-from .shared_eval import evaluate_methods
+from .shared_eval import RESULT_FIELDS, evaluate_methods
 
 __all__ = [
     "TARGET_DEV_PRESETS",

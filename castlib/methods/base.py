@@ -8,7 +8,7 @@
 A method's parameters are a frozen dataclass (``Params``) of plain values; ``fit`` stores its
 state (a steering vector, chosen demonstrations, ...) on the method; ``evaluate`` runs
 `castlib.evaluate` on the target with the method applied and returns a flat, JSON-ready
-result record (see `RESULT_FIELDS`).
+result record (see `castlib.methods.shared_eval.RESULT_FIELDS`).
 """
 
 from __future__ import annotations
@@ -16,33 +16,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from .._version import __version__
-from ..evaluate import build_prompts, evaluate, evaluate_sweep, select_examples
-from ..fit_store import fit_store_for
-from ..last_token import SCORING_CACHED
 from ..models import LanguageModel
-from ..profiling import profile
 from ..prompts import check_prompt_format, format_prompts
+from ..scoring import EvalResult, build_prompts
 from ..stats.seeds import top_label_share
 from ..tasks import Example, Task, load_task
 from ..validate import check_params, check_save_folder, check_seed
 from ..vectors import SteeringVector
+from .fit_store import fit_store_for
+from .shared_eval import compact_predictions, evaluate_methods, measure
 
 __all__ = [
     "Method",
-    "RESULT_FIELDS",
     "TaskRef",
     "resolve_task",
     "resolve_tasks",
-    "measure",
-    "compact_predictions",
 ]
 
 TaskRef = str | Task
@@ -50,34 +46,6 @@ TaskRef = str | Task
 VECTOR_FILE = "vector.safetensors"
 #: Keys `Method._restore` reads from ``method.json``.
 RESTORE_KEYS = ("params", "seed", "sources", "target", "model_id", "info", "fit_stats", "state")
-
-#: Keys of every result record (methods may add more).
-RESULT_FIELDS = (
-    "model",
-    "method",
-    "params",
-    "seed",
-    "sources",
-    "target",
-    "split",
-    "accuracy",
-    "macro_f1",
-    "n",
-    "layer",
-    "alpha",
-    "selected_ids",
-    "prompt_tokens_per_query",
-    "fit_seconds",
-    "eval_seconds",
-    "peak_memory_mb",
-    "trainable_params",
-    "uses_target_labels",
-    "scoring",
-    "castlib_version",
-    "prompt_format",
-    "predictions",
-    "top_label_share",
-)
 
 
 def resolve_task(task: TaskRef, data_dir: str | Path | None = None) -> Task:
@@ -100,83 +68,6 @@ def resolve_tasks(
     return out
 
 
-def example_to_json(ex: Example) -> dict[str, Any]:
-    """A JSON form of an example (saved methods are self-contained, no data needed)."""
-    return {"id": ex.id, "fields": dict(ex.fields), "label": ex.label, "options": ex.options}
-
-
-def example_from_json(doc: dict[str, Any]) -> Example:
-    options = doc.get("options")
-    return Example(
-        id=doc["id"],
-        fields=doc["fields"],
-        label=doc["label"],
-        options=None if options is None else tuple(options),
-    )
-
-
-def task_to_json(task: Task) -> dict[str, Any]:
-    """What prompts need of a task (no splits)."""
-    return {
-        "name": task.name,
-        "kind": task.kind,
-        "labels": list(task.labels),
-        "instruction": task.instruction,
-        "fields": list(task.fields),
-        "field_roles": dict(task.field_roles),
-        "language": task.language,
-    }
-
-
-def task_from_json(doc: dict[str, Any]) -> Task:
-    return Task(
-        name=doc["name"],
-        kind=doc["kind"],
-        labels=tuple(doc["labels"]),
-        instruction=doc["instruction"],
-        fields=tuple(doc["fields"]),
-        splits={},
-        field_roles=doc.get("field_roles", {}),
-        language=doc.get("language", "en"),
-    )
-
-
-def compact_predictions(
-    predictions: Sequence[dict[str, Any]], labels: Sequence[str] | None
-) -> dict[str, list[Any]]:
-    """Per-example predictions of an `EvalResult` in a compact, JSON-ready form:
-    ``{"id": [...], "pred": [...], "gold": [...], "n_options": [...]}``, one entry per
-    evaluated row in evaluation order; ``pred``/``gold`` are indices into ``labels`` and
-    ``n_options`` is the number of answers the row was scored on. Without ``labels`` the
-    indices cannot be formed and a ValueError is raised."""
-    if labels is None:
-        raise ValueError("compact_predictions needs the task's labels to index predictions")
-    index = {label: i for i, label in enumerate(labels)}
-    return {
-        "id": [p["id"] for p in predictions],
-        "pred": [index[p["pred"]] for p in predictions],
-        "gold": [index[p["gold"]] for p in predictions],
-        "n_options": [len(p["log_probs"]) for p in predictions],
-    }
-
-
-@contextmanager
-def measure(device: torch.device) -> Iterator[dict[str, float]]:
-    """Wall seconds and peak memory growth (MiB) of the block, as a dict filled in on exit
-    (``seconds``, ``peak_memory_mb``): `castlib.profiling.profile`'s ``seconds`` and
-    ``growth_mb`` (the CUDA peak allocation on CUDA, the peak resident-set growth of the
-    process, sampled every 5 ms, elsewhere)."""
-    out: dict[str, float] = {}
-    prof = None
-    try:
-        with profile(device) as prof:
-            yield out
-    finally:
-        if prof is not None:
-            out["seconds"] = prof.seconds
-            out["peak_memory_mb"] = prof.growth_mb
-
-
 class Method:
     """Base class: parameters, fit/evaluate protocol, result records, save/load."""
 
@@ -191,7 +82,7 @@ class Method:
     one_source: ClassVar[bool] = False
     #: whether ``_fit`` reads the target task at all; a fit that reads only the source tasks
     #: (their definition and train split), the model and the seed is the same for every
-    #: target, and a batch with an on-disk store fits it once (`castlib.fit_store`)
+    #: target, and a batch with an on-disk store fits it once (`castlib.methods.fit_store`)
     fit_reads_target: ClassVar[bool] = True
     #: while a stored fit runs, a folder of its own where ``_fit`` may keep checkpoints (None
     #: otherwise); removed once the fit is saved
@@ -253,11 +144,11 @@ class Method:
 
     def prefix_cache(self) -> bool:
         """Whether every evaluation prompt shares a demonstration prefix whose key/value cache
-        `castlib.evaluate` should reuse (`castlib.prefix_cache`)."""
+        `castlib.evaluate` should reuse (`castlib.scoring.prefix_cache`)."""
         return False
 
     def eval_scoring(self) -> str:
-        """How `evaluate` scores the target: ``"full"``, or `castlib.last_token.SCORING_CACHED`
+        """How `evaluate` scores the target: ``"full"``, or `castlib.scoring.last_token.SCORING_CACHED`
         where that is exact for the method (last-position steering)."""
         return "full"
 
@@ -269,6 +160,8 @@ class Method:
         """Inverse of `state`."""
 
     vector: SteeringVector | None = None
+    #: the `EvalResult` of the last evaluation (per-example scores included)
+    last_result: EvalResult | None = None
     #: whether the fitted state includes a steering vector (``vector.safetensors`` on save)
     needs_vector: ClassVar[bool] = False
 
@@ -314,7 +207,7 @@ class Method:
             self.info["fit_reused_from"] = reused.target
         else:
             # a long fit may checkpoint its progress here, and resume from it after an
-            # interruption (a batch stopped with its session): `castlib.fit_store`
+            # interruption (a batch stopped with its session): `castlib.methods.fit_store`
             self.fit_scratch = store.scratch(key) if store is not None else None
             try:
                 with measure(lm.device) as stats:
@@ -335,7 +228,7 @@ class Method:
 
     def _adopt(self, other: Method) -> None:
         """Take ``other``'s fitted state (a reloaded fit of the same method, parameters,
-        sources, seed and model: `castlib.fit_store`); the parameters stay this method's."""
+        sources, seed and model: `castlib.methods.fit_store`); the parameters stay this method's."""
         params = self.params
         self.__dict__.update(other.__dict__)
         self.params = params
@@ -359,7 +252,7 @@ class Method:
 
     def eval_prompts(self, lm: LanguageModel, target: Task, examples: Sequence[Example]) -> Any:
         """The evaluation prompts of ``examples`` in the method's ``prompt_format``: a builder
-        or a list of strings (`castlib.evaluate.build_prompts` accepts both)."""
+        or a list of strings (`castlib.scoring.evaluation.build_prompts` accepts both)."""
         prompt = self.prompts(lm, target, examples)
         if self.params.prompt_format != "plain":
             prompt = format_prompts(
@@ -378,48 +271,24 @@ class Method:
         sample_seed: int = 0,
     ) -> dict[str, Any]:
         """Evaluate the fitted method on ``target``'s ``split``; returns the result record.
+        The one evaluation path: `castlib.methods.evaluate_methods` for this method alone.
 
         ``limit``: the split's first rows (file order); ``sample``: a seeded uniform sample of
-        that many rows (`castlib.evaluate.select_examples`), the same for every method.
+        that many rows (`castlib.scoring.evaluation.select_examples`), the same for every method.
         """
-        tgt = self.check_evaluable(lm, target)
-        examples = select_examples(tgt, split, limit, sample, sample_seed)
-        with measure(lm.device) as stats:
-            prompt = self.eval_prompts(lm, tgt, examples)
-            if self.eval_scoring() == SCORING_CACHED:
-                (result,) = evaluate_sweep(
-                    lm,
-                    tgt,
-                    [lambda: self.applied(lm)],
-                    prompt=prompt,
-                    split=split,
-                    examples=examples,
-                    batch_size=self.params.batch_size,
-                    progress=progress,
-                )
-            else:
-                with self.applied(lm):
-                    result = evaluate(
-                        lm,
-                        tgt,
-                        prompt=prompt,
-                        split=split,
-                        examples=examples,
-                        batch_size=self.params.batch_size,
-                        progress=progress,
-                        prefix_cache=self.prefix_cache(),
-                    )
-        self.last_result = result
-        return self.record(lm, result, stats, labels=tgt.labels)
+        (rec,) = evaluate_methods(
+            lm, [self], target, split, limit, progress, sample, sample_seed, count_shared=False
+        )
+        return rec
 
     def record(
         self,
         lm: LanguageModel,
-        result: Any,
+        result: EvalResult,
         stats: dict[str, float],
         labels: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """The flat result record (`RESULT_FIELDS`); ``labels`` (the target's label list)
+        """The flat result record (`castlib.methods.shared_eval.RESULT_FIELDS`); ``labels`` (the target's label list)
         turns the per-example predictions into indices (`compact_predictions`)."""
         params = json.loads(json.dumps(dataclasses.asdict(self.params)))  # tuples -> lists
         params.pop("data_dir", None)

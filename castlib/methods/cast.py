@@ -83,7 +83,8 @@ from ..record import record_activations
 from ..selection import CENTERINGS, DEFAULT_GAMMA, SELECTION_METHODS, select_with_log
 from ..tasks import Example, Task
 from .registry import register
-from .steering import SteeringMethod, icl_activations, make_vector, row_keys
+from .steering import SteeringMethod, icl_activations, make_vector
+from .tuning import row_keys
 
 __all__ = ["CAST", "CONTRASTS", "EMBED_TEXTS", "POOLINGS", "SelectionParams", "input_text"]
 
@@ -105,7 +106,7 @@ def input_text(task: Task, example: Example) -> str:
 @dataclasses.dataclass(frozen=True)
 class SelectionParams:
     """CAST's steps 1-2 (which source samples to use), defined once: `CAST`'s parameters and
-    those of the adapter methods trained on CAST's selection (`castlib.methods.lora`) share
+    those of the adapter methods trained on CAST's selection (`castlib.methods.adapters`) share
     them. The diversity weight is CAST's ``gamma`` (the adapters' ``selection_gamma``, since
     KaSA's own ``gamma`` is a regulariser).
 
@@ -198,7 +199,7 @@ class CAST(SteeringMethod):
 
         Each source gives ``min(n_candidates, rows not in exclude)`` candidates (recorded as
         ``info["n_candidates_effective"]``); ``exclude`` (``"task:id"`` keys: the tuning rows,
-        `castlib.methods.steering.row_keys`) stays free for tuning."""
+        `castlib.methods.tuning.row_keys`) stays free for tuning."""
         p = self.params
         candidates: list[tuple[Task, Example]] = []
         effective: dict[str, int] = {}

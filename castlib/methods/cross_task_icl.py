@@ -49,8 +49,9 @@ from ..models import LanguageModel
 from ..prompts import CrossTask, cross_task, zero_shot
 from ..record import record_activations
 from ..tasks import Example, Task
-from .base import Method, example_from_json, example_to_json, task_from_json, task_to_json
+from .base import Method
 from .registry import register, register_preset
+from .saving import example_from_json, example_to_json, task_from_json, task_to_json
 
 __all__ = ["CrossTaskICL"]
 

@@ -14,8 +14,9 @@ from typing import Any
 from ..models import LanguageModel
 from ..prompts import FewShot
 from ..tasks import Task
-from .base import Method, example_from_json, example_to_json
+from .base import Method
 from .registry import register
+from .saving import example_from_json, example_to_json
 
 __all__ = ["FewShotMethod"]
 

@@ -25,7 +25,7 @@ token of the prompt.
    ``z~_l`` being zero except the chosen heads' slices (the projection's bias is removed).
 4. Steering: the target runs zero-shot and ``alpha * FV_K`` is added to the output of block l*
    at the last prompt token (`castlib.steer`). (K, l*, alpha) are chosen together by the spec's
-   tuning protocols on the shared budget (`castlib.methods.steering`): the slots are (K, l*) for
+   tuning protocols on the shared budget (`castlib.methods.tuning`): the slots are (K, l*) for
    K in ``top_heads`` and l* among the candidate layers, the ``n_configs - 1`` steered
    configurations are dealt over them as alphas geometric over ``alpha_range`` = (0.5, 1.0)
    (2 K x 5 layers x 2 alphas by default), plus the unsteered model: as many configurations
@@ -64,15 +64,16 @@ from tqdm.auto import tqdm
 
 from ..architectures import ATTENTION_NAMES, MLP_NAMES, OUT_PROJ_NAMES
 from ..hooks import HookGroup
-from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches
-from ..prefix_cache import cache_kwargs, expand_cache, new_cache, returned_cache
 from ..prompts import k_shot
+from ..scoring.kv_cache import cache_kwargs, expand_cache, new_cache, returned_cache
+from ..scoring.logprobs import answer_token_ids
 from ..tasks import Example, Task
 from ..vectors import SteeringVector
 from .registry import register
-from .steering import SteeringMethod, draw_icl_item, make_vector, row_keys
+from .steering import SteeringMethod, draw_icl_item, make_vector
+from .tuning import row_keys
 
 __all__ = [
     "FunctionVector",
@@ -87,32 +88,28 @@ __all__ = [
 ]
 
 
-def attention_module(block: nn.Module) -> nn.Module:
-    """The self-attention submodule of a decoder block."""
-    for name in ATTENTION_NAMES:
-        mod = getattr(block, name, None)
+def _named_child(parent: nn.Module, names: Sequence[str], what: str) -> nn.Module:
+    """The first attribute of ``parent`` among ``names`` that is a module."""
+    for name in names:
+        mod = getattr(parent, name, None)
         if isinstance(mod, nn.Module):
             return mod
-    raise ValueError(f"no attention submodule ({ATTENTION_NAMES}) in {type(block).__name__}")
+    raise ValueError(f"no {what} ({names}) in {type(parent).__name__}")
+
+
+def attention_module(block: nn.Module) -> nn.Module:
+    """The self-attention submodule of a decoder block."""
+    return _named_child(block, ATTENTION_NAMES, "attention submodule")
 
 
 def mlp_module(block: nn.Module) -> nn.Module:
     """The MLP of a decoder block (OPT has none: its second feed-forward linear ``fc2``)."""
-    for name in MLP_NAMES:
-        mod = getattr(block, name, None)
-        if isinstance(mod, nn.Module):
-            return mod
-    raise ValueError(f"no MLP submodule ({MLP_NAMES}) in {type(block).__name__}")
+    return _named_child(block, MLP_NAMES, "MLP submodule")
 
 
 def out_projection(block: nn.Module) -> nn.Module:
     """The attention output projection, whose input is the concatenated head outputs."""
-    attn = attention_module(block)
-    for name in OUT_PROJ_NAMES:
-        mod = getattr(attn, name, None)
-        if isinstance(mod, nn.Module):
-            return mod
-    raise ValueError(f"no output projection ({OUT_PROJ_NAMES}) in {type(attn).__name__}")
+    return _named_child(attention_module(block), OUT_PROJ_NAMES, "output projection")
 
 
 def head_layout(lm: LanguageModel) -> tuple[int, int]:
@@ -170,15 +167,17 @@ def mean_head_outputs(
 
 
 class _Patcher:
-    """Pre-hooks on the output projections that overwrite chosen heads at the last token, one
-    (layer, head) per batch row."""
+    """Which (layer, head) each batch row patches with its mean output at the last token
+    (``rows``, one per row); `install` adds its pre-hooks on the output projections to a
+    `castlib.hooks.HookGroup`, which removes them."""
 
-    def __init__(self, lm: LanguageModel, means: torch.Tensor) -> None:
+    def __init__(self, means: torch.Tensor) -> None:
         self.means = means
         self.rows: list[tuple[int, int]] = []
-        self.hooks = HookGroup()
+
+    def install(self, lm: LanguageModel, hooks: HookGroup) -> None:
         for layer, block in enumerate(lm.blocks):
-            self.hooks.add(out_projection(block).register_forward_pre_hook(self._hook(layer)))
+            hooks.add(out_projection(block).register_forward_pre_hook(self._hook(layer)))
 
     def _hook(self, layer: int):
         def hook(module: nn.Module, args: tuple) -> tuple | None:
@@ -193,9 +192,6 @@ class _Patcher:
             return (x, *args[1:])
 
         return hook
-
-    def remove(self) -> None:
-        self.hooks.remove()
 
 
 def _last_token_probs(
@@ -227,37 +223,35 @@ def head_effects(
     output ``means[layer, head]`` (cached prefix, batched heads; see the module docstring)."""
     ids = encode(lm.tokenizer, prompts)
     out = torch.zeros(len(prompts), len(heads))
-    patcher = _Patcher(lm, means.to(lm.device))
+    patcher = _Patcher(means.to(lm.device))
     chunks = [list(heads[i : i + heads_batch]) for i in range(0, len(heads), heads_batch)]
-    try:
-        with torch.inference_mode():
-            for i, row in enumerate(tqdm(ids, desc="head effects", disable=progress is not True)):
-                if len(row) < 2:
-                    raise ValueError("a corrupted prompt needs at least two tokens")
-                prefix = torch.as_tensor([row[:-1]], device=lm.device)
-                n_pre = prefix.shape[1]
-                patcher.rows = []
-                cache = returned_cache(
-                    lm.model(
-                        input_ids=prefix,
-                        attention_mask=torch.ones_like(prefix),
-                        position_ids=torch.arange(n_pre, device=lm.device)[None],
-                        **cache_kwargs(lm, new_cache(lm)),
-                        use_cache=True,
-                        logits_to_keep=1,
-                    )
+    with HookGroup() as hooks, torch.inference_mode():
+        patcher.install(lm, hooks)
+        for i, row in enumerate(tqdm(ids, desc="head effects", disable=progress is not True)):
+            if len(row) < 2:
+                raise ValueError("a corrupted prompt needs at least two tokens")
+            prefix = torch.as_tensor([row[:-1]], device=lm.device)
+            n_pre = prefix.shape[1]
+            patcher.rows = []
+            cache = returned_cache(
+                lm.model(
+                    input_ids=prefix,
+                    attention_mask=torch.ones_like(prefix),
+                    position_ids=torch.arange(n_pre, device=lm.device)[None],
+                    **cache_kwargs(lm, new_cache(lm)),
+                    use_cache=True,
+                    logits_to_keep=1,
                 )
+            )
 
-                base = _last_token_probs(lm, row[-1], n_pre, cache, 1, gold[i])[0]
-                start = 0
-                for chunk in chunks:
-                    patcher.rows = chunk
-                    probs = _last_token_probs(lm, row[-1], n_pre, cache, len(chunk), gold[i])
-                    out[i, start : start + len(chunk)] = probs - base
-                    start += len(chunk)
-                patcher.rows = []
-    finally:
-        patcher.remove()
+            base = _last_token_probs(lm, row[-1], n_pre, cache, 1, gold[i])[0]
+            start = 0
+            for chunk in chunks:
+                patcher.rows = chunk
+                probs = _last_token_probs(lm, row[-1], n_pre, cache, len(chunk), gold[i])
+                out[i, start : start + len(chunk)] = probs - base
+                start += len(chunk)
+            patcher.rows = []
     return out
 
 

@@ -35,7 +35,7 @@ as the paper and the authors' code (github.com/LzVv123456/I2CL, ``configs/config
    ``o`` (the paper's noise injection for robustness); none at evaluation. No target label and
    no target row is read: the fit is the same for every target, and a batch with an on-disk
    store fits it once per (sources, seed) and reloads it for the other targets
-   (`castlib.fit_store`; the record then says ``fit_reused_from``). There the calibration
+   (`castlib.methods.fit_store`; the record then says ``fit_reused_from``). There the calibration
    also checkpoints its state after every epoch, and a fit run again after an interruption
    goes on from the last checkpoint with the uninterrupted result (``calib_resumed_at_step``
    in the record; ``fit_seconds`` counts the interrupted runs too).
@@ -77,10 +77,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..hooks import HookGroup, hidden_of, with_hidden
-from ..logprobs import answer_token_ids
 from ..models import LanguageModel
 from ..padding import encode, iter_batches, pad, position_ids_from_mask
 from ..prompts import demonstration, zero_shot
+from ..scoring.logprobs import answer_token_ids
 from ..tasks import Example, Task
 from .base import Method
 from .function_vector import attention_module, mlp_module
@@ -218,7 +218,7 @@ class _Calibration:
 
 class _Checkpoint:
     """A `_Calibration` at an epoch boundary, in a fit's scratch folder
-    (`castlib.fit_store.FitStore.scratch`; none without one). Restoring it and going on gives
+    (`castlib.methods.fit_store.FitStore.scratch`; none without one). Restoring it and going on gives
     what an uninterrupted calibration gives, bit for bit."""
 
     FILE = "i2cl_calibration.pt"
@@ -289,7 +289,7 @@ class I2CL(Method):
 
     name = "i2cl"
     #: the fit reads the source tasks only, so a batch fits it once per (sources, seed) and
-    #: reuses it for every target (`castlib.fit_store`)
+    #: reuses it for every target (`castlib.methods.fit_store`)
     fit_reads_target: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True)

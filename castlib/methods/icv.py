@@ -69,7 +69,8 @@ from ..tasks import Task
 from ..validate import check_finite_number
 from ..vectors import SteeringVector
 from .registry import register
-from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector, row_keys
+from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector
+from .tuning import row_keys
 
 __all__ = ["ICV", "DIRECTIONS", "icv_direction", "icv_shift", "icv_steering"]
 

@@ -46,8 +46,8 @@ PRESETS: dict[str, Preset] = {}
 
 #: Methods defined in modules that need an optional extra, imported on first use.
 LAZY: dict[str, str] = {
-    "lora": "castlib.methods.lora",
-    "kasa": "castlib.methods.kasa",
+    "lora": "castlib.methods.adapters.lora",
+    "kasa": "castlib.methods.adapters.kasa",
 }
 
 

@@ -5,7 +5,7 @@ source demonstrations and a source query each, drawn outside the tuning rows), i
 the target's zero-shot run: at layer l* the last prompt token's state is moved towards it,
 h <- (1 - alpha) h + alpha theta_{l*} (``op="replace"``; alpha = 1 replaces it, as the paper
 patches; alpha = 0 is the unsteered model). (l*, alpha) are chosen by the spec's tuning
-protocols on the shared budget (`castlib.methods.steering`).
+protocols on the shared budget (`castlib.methods.tuning`).
 
 What follows the paper: the vector is the last-token state of a few-shot prompt at one layer,
 patched (replaced) into a zero-shot run at the same layer and position, the layer chosen on
@@ -34,7 +34,8 @@ from ..prompts import k_shot
 from ..record import record_activations
 from ..tasks import Task
 from .registry import register
-from .steering import SteeringMethod, draw_icl_item, make_vector, row_keys
+from .steering import SteeringMethod, draw_icl_item, make_vector
+from .tuning import row_keys
 
 __all__ = ["TaskVector"]
 

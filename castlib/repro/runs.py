@@ -68,7 +68,7 @@ result (the rerun's own notebook then names the staging folder as its ``output_d
 
 Every kernel of a (sequential) batch shares one on-disk activation store,
 ``<output_dir>/.activation_store`` (`castlib.activation_store`), whose ``fits/`` folder keeps the
-fits that read no target row (`castlib.fit_store`: I2CL is fitted once per source tasks and
+fits that read no target row (`castlib.methods.fit_store`: I2CL is fitted once per source tasks and
 seed). ``fit_store`` moves those fits elsewhere: a folder kept in git lets a long fit, and the
 checkpoints it writes while running, carry over to the next machine or session that continues the
 batch (the activation store itself is large and stays in the output folder).
@@ -118,7 +118,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from ..activation_store import STORE_ENV
-from ..fit_store import FIT_STORE_ENV
+from ..methods.fit_store import FIT_STORE_ENV
 from .config_types import check_entry_types, check_output_dir
 from .kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
 
@@ -227,7 +227,7 @@ class RunConfig:
     #: replaced it and which commit ran it): its parameters are not checked against today's
     #: notebooks, and `run_batch` refuses to run it
     superseded: str | None = None
-    #: where the batch keeps fits that read no target row (`castlib.fit_store`); None: the
+    #: where the batch keeps fits that read no target row (`castlib.methods.fit_store`); None: the
     #: ``fits/`` folder of the batch's activation store
     fit_store: Path | None = None
 

@@ -2,7 +2,7 @@
 
 All functions work on per-row correctness (1 where a method predicted the gold answer of a test
 row, else 0) or on the predictions themselves, as stored in every record's ``predictions``
-(`castlib.methods.base.compact_predictions`). Three modules:
+(`castlib.methods.shared_eval.compact_predictions`). Three modules:
 
 * `castlib.stats.rows`: one comparison on the same rows: trivial rates, the bootstrap interval
   of an accuracy and of a paired difference over rows, the exact McNemar test, `verdict`.

@@ -1,12 +1,14 @@
 """Plain scoring: the log-probability of each answer after each full prompt.
 
-    scores[i, k] = log P(" a_k" | p_i)          (`castlib.logprobs`)
+    scores[i, k] = log P(" a_k" | p_i)          (`castlib.scoring.logprobs`)
 
 When every answer is a single, distinct token, one forward pass over the left-padded prompts
 with logits only at the last position scores all answers at once. Otherwise each
 (prompt, answer) pair is one row and the answer tokens' log-probs are summed
-(`castlib.logprobs.continuation_log_probs`). `castlib.prefix_cache` is the cached variant for
-prompts that share a demonstration prefix; `castlib.evaluate.score_prompts` chooses between them.
+(`castlib.scoring.logprobs.continuation_log_probs`). `castlib.scoring.prefix_cache` is the
+cached variant for prompts that share a demonstration prefix; both are a
+`castlib.scoring.logprobs.Scorer`, and `castlib.scoring.evaluation.score_prompts` chooses between
+them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .logprobs import answer_token_ids, continuation_log_probs
-from .models import LanguageModel
-from .padding import encode, iter_batches
+from ..models import LanguageModel
+from ..padding import encode, iter_batches
+from .logprobs import answer_token_ids, continuation_log_probs, single_token_answers
 
 __all__ = ["score_plain"]
 
@@ -72,16 +74,14 @@ def score_plain(
     batch_size: int = 16,
     progress: bool | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
-    """Log-probabilities of each answer continuation after each (full) prompt.
-
-    Returns ``(scores [n_prompts, n_answers], prompt token counts)``.
-    """
+    """Log-probabilities of each answer continuation after each (full) prompt (a
+    `castlib.scoring.logprobs.Scorer`)."""
     prompt_ids = encode(lm.tokenizer, prompts)
     answer_ids = answer_token_ids(lm.tokenizer, answers)
     show = progress if progress is not None else len(prompts) > 4 * batch_size
     firsts = [row[0] for row in answer_ids]
     with torch.inference_mode():
-        if all(len(row) == 1 for row in answer_ids) and len(set(firsts)) == len(firsts):
+        if single_token_answers(answer_ids):
             scores = _single_token_scores(lm, prompt_ids, firsts, batch_size, show)
         else:
             scores = _multi_token_scores(lm, prompt_ids, answer_ids, batch_size, show)
