@@ -59,6 +59,7 @@ __all__ = [
     "ConfigError",
     "Run",
     "RunConfig",
+    "declared_parameters",
     "load_config",
     "notebook_parameters",
     "parse_config",
@@ -253,8 +254,9 @@ def _find_notebook(label: str, base_dir: Path | None, where: str) -> Path:
     raise ConfigError(f"{where}.notebook: notebook not found: {label!r} (looked at {looked})")
 
 
-def notebook_parameters(notebook: str | Path) -> set[str] | None:
-    """Names assigned at the top level of a notebook's cell tagged ``parameters``.
+def declared_parameters(notebook: str | Path) -> list[str] | None:
+    """Names assigned at the top level of a notebook's cell tagged ``parameters``, in the order
+    the cell first assigns them.
 
     Returns None when the notebook has no such cell; raises ValueError when the cell is not plain
     Python (an IPython magic, say) and so cannot be read without a kernel.
@@ -269,15 +271,21 @@ def notebook_parameters(notebook: str | Path) -> set[str] | None:
         tree = ast.parse(cells[0].source)
     except SyntaxError as exc:
         raise ValueError(f"the parameters cell of {notebook} is not plain Python: {exc}") from exc
-    names: set[str] = set()
+    names: dict[str, None] = {}
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else []
         if isinstance(node, (ast.AnnAssign, ast.AugAssign)):
             targets = [node.target]
         for target in targets:
             elements = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
-            names.update(e.id for e in elements if isinstance(e, ast.Name))
-    return names
+            names.update(dict.fromkeys(e.id for e in elements if isinstance(e, ast.Name)))
+    return list(names)
+
+
+def notebook_parameters(notebook: str | Path) -> set[str] | None:
+    """The set of `declared_parameters` of ``notebook`` (None without a parameters cell)."""
+    names = declared_parameters(notebook)
+    return None if names is None else set(names)
 
 
 def _check_declared(notebook: Path, names: Sequence[str], where: str) -> None:
