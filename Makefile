@@ -39,7 +39,7 @@ $(VENV)/.castlib-extras-%: $(VENV)/.castlib-installed
 	touch $@
 
 quickstart: setup
-	$(PY) -m castlib.quickstart $(QUICKSTART_ARGS)
+	$(PY) -m castlib.cli quickstart $(QUICKSTART_ARGS)
 
 # unit tests, the real-model tier, the smoke batch (tests/test_notebooks_smoke.py) and nbval on
 # the committed notebooks, in one pytest run
@@ -63,18 +63,18 @@ notebooks: setup
 	$(VENV)/bin/jupytext --quiet --update --to ipynb $(wildcard notebooks/tutorial/[0-9][0-9]_*.py)
 
 smoke: setup
-	$(PY) -m castlib.repro.runs papermill_runs/smoke.yaml
+	$(PY) -m castlib.cli run papermill_runs/smoke.yaml
 
 bench: setup
 	$(PY) -m benchmarks.bench --json benchmarks/results/bench.json
 
 # the static HTML report (report/index.html) from the archived records in papermill_runs/results/
-# alone: no model is loaded (python -m castlib.repro.report --help)
+# alone: no model is loaded (castlib report --help)
 report: setup
-	$(PY) -m castlib.repro.report --archive papermill_runs/results --out report
+	$(PY) -m castlib.cli report --archive papermill_runs/results --out report
 
 readme-tables: setup
-	$(PY) -m castlib.repro.results_md --archive papermill_runs/results --readme README.md
+	$(PY) -m castlib.cli tables --archive papermill_runs/results --readme README.md
 
 lint: setup
 	$(PY) -m ruff check castlib tests benchmarks notebooks && $(PY) -m ruff format --check castlib tests benchmarks notebooks

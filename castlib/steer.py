@@ -21,7 +21,7 @@ it was given afterwards changes nothing.
 Overflow is made visible, never silent: a steered state that is non-finite, or whose squared
 norm overflows float32 (what the next block's RMS/layer norm computes; from about
 ``|h'| > 1.8e19``, e.g. ``alpha=1e30``), is replaced by NaN. Every log-prob that depends on it is
-then NaN: `castlib.evaluate.evaluate` and `castlib.record.record_activations` raise
+then NaN: `castlib.scoring.evaluate` and `castlib.record.record_activations` raise
 `FloatingPointError`, and a tuning grid records the point as failed (instead of the state
 collapsing to zero after the norm and every label tying).
 

@@ -81,26 +81,8 @@ lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
 
 # %%
-nbtools.params_table(
-    dict(
-        model=model,
-        device=device,
-        data_dir=data_dir,
-        output_dir=output_dir,
-        sources=sources,
-        target=target,
-        seed=seed,
-        n_test=n_test,
-        m=m,
-        k=k,
-        n_candidates=n_candidates,
-        n_queries=n_queries,
-        n_tune=n_tune,
-        layers=layers,
-        alphas=alphas,
-        batch_size=batch_size,
-    )
-)
+parameters = nbtools.notebook_parameters(globals(), "00_quickstart.ipynb")
+nbtools.params_table(parameters)
 
 # %% [markdown]
 # ## Data

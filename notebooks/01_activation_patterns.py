@@ -84,22 +84,8 @@ lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
 
 # %%
-nbtools.params_table(
-    dict(
-        model=model,
-        device=device,
-        data_dir=data_dir,
-        output_dir=output_dir,
-        tasks=tasks,
-        n_examples=n_examples,
-        k=k,
-        seed=seed,
-        heatmap_layers=heatmap_layers,
-        pca_layers=pca_layers,
-        n_splits=n_splits,
-        batch_size=batch_size,
-    )
-)
+parameters = nbtools.notebook_parameters(globals(), "01_activation_patterns.ipynb")
+nbtools.params_table(parameters)
 
 # %% tags=["nbval-ignore-output"]
 L = lm.n_layers

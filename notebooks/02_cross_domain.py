@@ -129,67 +129,12 @@ lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
 
 # %%
-nbtools.params_table(
-    dict(
-        model=model,
-        device=device,
-        data_dir=data_dir,
-        output_dir=output_dir,
-        targets=targets,
-        sources=sources,
-        methods=methods,
-        seeds=seeds,
-        n_test=n_test,
-        k=k,
-        icl_k=icl_k,
-        m=m,
-        n_candidates=n_candidates,
-        n_queries=n_queries,
-        n_tune=n_tune,
-        layers=layers,
-        cast_alphas=cast_alphas,
-        icv_alphas=icv_alphas,
-        n_prompts=n_prompts,
-        n_samples=n_samples,
-        top_heads=top_heads,
-        n_corrupted=n_corrupted,
-        n_demos=n_demos,
-        train_steps=train_steps,
-        n_target=n_target,
-        method_params=method_params,
-        prompt_format=prompt_format,
-        batch_size=batch_size,
-    )
-)
+parameters = nbtools.notebook_parameters(globals(), "02_cross_domain.ipynb")
+nbtools.params_table(parameters)
 
 # %%
-shared = dict(
-    k=k,
-    m=m,
-    n_candidates=n_candidates,
-    n_queries=n_queries,
-    n_tune=n_tune,
-    layers=layers,
-    n_prompts=n_prompts,
-    n_samples=n_samples,
-    top_heads=top_heads,
-    n_corrupted=n_corrupted,
-    n_demos=n_demos,
-    steps=train_steps,
-    n_target=n_target,
-    prompt_format=prompt_format,
-    batch_size=batch_size,
-)
-shared = {name: value for name, value in shared.items() if value is not None}  # None: default
-overrides = {  # by registry name: the *_target_dev labels take them too
-    "cast": {} if cast_alphas is None else {"alphas": cast_alphas},
-    "icv": {} if icv_alphas is None else {"alphas": icv_alphas},
-    "cross_task_icl": {"k": icl_k},
-}
-for label, extra in method_params.items():  # a preset label keeps its method's overrides
-    base = castlib.methods.preset(label).method if castlib.methods.preset(label) else label
-    overrides[label] = {**overrides.get(label, overrides.get(base, {})), **extra}
-labels = nbtools.expand_methods(methods)
+plan = nbtools.method_plan(parameters)  # each method with the parameters it accepts
+labels = plan.labels
 target_tasks = {t: nbtools.sample_test(castlib.load_task(t, data_dir), n_test) for t in targets}
 print("methods:", labels)
 print({t: len(task.test) for t, task in target_tasks.items()})
@@ -208,7 +153,7 @@ for target, seed in dict.fromkeys((t, s) for t, s, _, _ in jobs):
     tgt = target_tasks[target]
     fitted = []
     for _, _, label, group in [j for j in jobs if j[:2] == (target, seed)]:
-        method = nbtools.build_method(label, shared, overrides, data_dir)
+        method = plan.build(label)
         fitted.append((label, group, method.fit(lm, group, tgt, seed=seed)))
         bar.update()
     # all methods of this (target, seed) on the same test rows; the last-position steering

@@ -118,66 +118,11 @@ lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
 
 # %%
-nbtools.params_table(
-    dict(
-        model=model,
-        device=device,
-        data_dir=data_dir,
-        output_dir=output_dir,
-        pairs=pairs,
-        families=families,
-        methods=methods,
-        seeds=seeds,
-        n_test=n_test,
-        k=k,
-        icl_k=icl_k,
-        m=m,
-        n_candidates=n_candidates,
-        n_queries=n_queries,
-        n_tune=n_tune,
-        layers=layers,
-        cast_alphas=cast_alphas,
-        icv_alphas=icv_alphas,
-        n_prompts=n_prompts,
-        n_samples=n_samples,
-        top_heads=top_heads,
-        n_corrupted=n_corrupted,
-        n_demos=n_demos,
-        train_steps=train_steps,
-        n_target=n_target,
-        method_params=method_params,
-        prompt_format=prompt_format,
-        batch_size=batch_size,
-    )
-)
+parameters = nbtools.notebook_parameters(globals(), "03_cross_lingual.ipynb")
+nbtools.params_table(parameters)
 
 # %%
-shared = dict(
-    k=k,
-    m=m,
-    n_candidates=n_candidates,
-    n_queries=n_queries,
-    n_tune=n_tune,
-    layers=layers,
-    n_prompts=n_prompts,
-    n_samples=n_samples,
-    top_heads=top_heads,
-    n_corrupted=n_corrupted,
-    n_demos=n_demos,
-    steps=train_steps,
-    n_target=n_target,
-    prompt_format=prompt_format,
-    batch_size=batch_size,
-)
-shared = {name: value for name, value in shared.items() if value is not None}  # None: default
-overrides = {  # by registry name: the *_target_dev labels take them too
-    "cast": {} if cast_alphas is None else {"alphas": cast_alphas},
-    "icv": {} if icv_alphas is None else {"alphas": icv_alphas},
-    "cross_task_icl": {"k": icl_k},
-}
-for label, extra in method_params.items():  # a preset label keeps its method's overrides
-    base = castlib.methods.preset(label).method if castlib.methods.preset(label) else label
-    overrides[label] = {**overrides.get(label, overrides.get(base, {})), **extra}
+plan = nbtools.method_plan(parameters)  # each method with the parameters it accepts
 import json
 
 root = castlib.tasks.resolve_data_dir(data_dir)
@@ -206,7 +151,7 @@ pair_table = pd.DataFrame(
         for s, t in pairs
     ]
 )
-labels = nbtools.expand_methods(methods)
+labels = plan.labels
 pair_table
 
 # %% tags=["nbval-ignore-output"]
@@ -220,7 +165,7 @@ for source, target, seed in dict.fromkeys(j[:3] for j in jobs):
     tgt = target_tasks[target]
     fitted = []
     for label in [j[3] for j in jobs if j[:3] == (source, target, seed)]:
-        method = nbtools.build_method(label, shared, overrides, data_dir)
+        method = plan.build(label)
         fitted.append((label, method.fit(lm, [source], tgt, seed=seed)))
         bar.update()
     # the last-position steering methods share each test prompt's prefix pass

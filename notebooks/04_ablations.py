@@ -108,32 +108,8 @@ lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
 
 # %%
-nbtools.params_table(
-    dict(
-        model=model,
-        device=device,
-        data_dir=data_dir,
-        output_dir=output_dir,
-        targets=targets,
-        sources=sources,
-        selections=selections,
-        contrasts=contrasts,
-        layer_windows=layer_windows,
-        norm_preserving=norm_preserving,
-        embed_texts=embed_texts,
-        seeds=seeds,
-        n_test=n_test,
-        m=m,
-        k=k,
-        n_candidates=n_candidates,
-        n_queries=n_queries,
-        n_tune=n_tune,
-        layers=layers,
-        alphas=alphas,
-        n_dev=n_dev,
-        batch_size=batch_size,
-    )
-)
+parameters = nbtools.notebook_parameters(globals(), "04_ablations.ipynb")
+nbtools.params_table(parameters)
 
 # %%
 if isinstance(n_dev, bool) or not isinstance(n_dev, int) or not 1 <= n_dev <= 32:

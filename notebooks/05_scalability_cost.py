@@ -100,35 +100,8 @@ lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
 
 # %%
-nbtools.params_table(
-    dict(
-        model=model,
-        device=device,
-        data_dir=data_dir,
-        output_dir=output_dir,
-        sources=sources,
-        target=target,
-        m_grid=m_grid,
-        context_tokens=context_tokens,
-        cost_m=cost_m,
-        seeds=seeds,
-        n_test=n_test,
-        k=k,
-        n_candidates=n_candidates,
-        n_queries=n_queries,
-        n_tune=n_tune,
-        layers=layers,
-        alphas=alphas,
-        cost_methods=cost_methods,
-        n_prompts=n_prompts,
-        n_samples=n_samples,
-        top_heads=top_heads,
-        n_corrupted=n_corrupted,
-        n_demos=n_demos,
-        train_steps=train_steps,
-        batch_size=batch_size,
-    )
-)
+parameters = nbtools.notebook_parameters(globals(), "05_scalability_cost.ipynb")
+nbtools.params_table(parameters)
 
 # %%
 tgt = nbtools.sample_test(castlib.load_task(target, data_dir), n_test)

@@ -91,32 +91,8 @@ lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
 
 # %%
-nbtools.params_table(
-    dict(
-        model=model,
-        device=device,
-        data_dir=data_dir,
-        output_dir=output_dir,
-        sources=sources,
-        target=target,
-        seeds=seeds,
-        n_test=n_test,
-        m=m,
-        k=k,
-        gamma=gamma,
-        graph_k=graph_k,
-        diffusion_steps=diffusion_steps,
-        n_candidates=n_candidates,
-        n_queries=n_queries,
-        n_tune=n_tune,
-        layers=layers,
-        alphas=alphas,
-        alpha_grid=alpha_grid,
-        layer_grid=layer_grid,
-        refit_grid=refit_grid,
-        batch_size=batch_size,
-    )
-)
+parameters = nbtools.notebook_parameters(globals(), "06_sensitivity.ipynb")
+nbtools.params_table(parameters)
 
 # %% tags=["nbval-ignore-output"]
 tgt = nbtools.sample_test(castlib.load_task(target, data_dir), n_test)

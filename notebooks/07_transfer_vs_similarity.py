@@ -83,28 +83,8 @@ lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
 print(lm)
 
 # %%
-nbtools.params_table(
-    dict(
-        model=model,
-        device=device,
-        data_dir=data_dir,
-        output_dir=output_dir,
-        sources=sources,
-        targets=targets,
-        seeds=seeds,
-        n_test=n_test,
-        n_examples=n_examples,
-        similarity_layer=similarity_layer,
-        m=m,
-        k=k,
-        n_candidates=n_candidates,
-        n_queries=n_queries,
-        n_tune=n_tune,
-        layers=layers,
-        alphas=alphas,
-        batch_size=batch_size,
-    )
-)
+parameters = nbtools.notebook_parameters(globals(), "07_transfer_vs_similarity.ipynb")
+nbtools.params_table(parameters)
 
 # %% tags=["nbval-ignore-output"]
 sim_layer = similarity_layer if similarity_layer is not None else lm.n_layers // 2

@@ -418,7 +418,7 @@ def test_unreachable_hub_means_cache_only_loading_and_no_download(monkeypatch, t
     def no_download(spec):
         raise AssertionError("a download was attempted")
 
-    monkeypatch.setattr(fetch, "_load_all", no_download)
+    monkeypatch.setattr(fetch.download, "_load_all", no_download)
     assert fetch.main(["sst2", "--data-dir", str(tmp_path)]) == 1
 
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from castlib import methods
 from castlib.activation_store import ActivationStore, model_fingerprint
-from castlib.scoring import evaluate, evaluate_sweep, result_from_scores, score_prompts
 from castlib.record import record_activations
+from castlib.scoring import evaluate, evaluate_sweep, result_from_scores, score_prompts
 from castlib.steer import foreign_hooks, installed_hooks, steer
 from castlib.tasks import Task, TaskFormatError, load_task, resolve_data_dir
 from castlib.vectors import SteeringVector
@@ -506,7 +506,7 @@ def test_yaml_floats_that_yaml_reads_as_floats_pass(tmp_path, monkeypatch):
 def test_unwritable_output_dir_is_a_config_error_exit_2(tmp_path, monkeypatch, capsys):
     import os
 
-    from castlib.repro import runs_cli
+    from castlib.repro.runs import cli as runs_cli
 
     monkeypatch.chdir(tmp_path)
     path = _config_with(tmp_path, "")

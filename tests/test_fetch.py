@@ -17,6 +17,7 @@ from castlib.repro.fetch import (
     LabelError,
     SkipRow,
     TaskSpec,
+    download,
     fetch_tasks,
     resolve_task,
     validate_row,
@@ -26,7 +27,7 @@ from castlib.tasks import _read_lines, repo_data_dir, split_file
 
 def _hub_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests fake the hub; its reachability check (castlib.hub) is faked to pass."""
-    monkeypatch.setattr(fetch, "unreachable_reason", lambda timeout=3.0: None)
+    monkeypatch.setattr(download, "unreachable_reason", lambda timeout=3.0: None)
 
 
 @pytest.fixture(autouse=True)
@@ -362,7 +363,7 @@ def test_unknown_names_raise_listing_known_ones(monkeypatch: pytest.MonkeyPatch)
     def no_loading(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("nothing may be loaded when a name is unknown")
 
-    monkeypatch.setattr(fetch, "_load_split", no_loading)
+    monkeypatch.setattr(download, "_load_split", no_loading)
     with pytest.raises(ValueError) as info:
         fetch_tasks(["sst2", "not_a_task"], "unused")
     message = str(info.value)
@@ -506,8 +507,8 @@ class FakeHub:
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     fake = FakeHub()
-    monkeypatch.setattr(fetch, "_load_split", fake.load)
-    monkeypatch.setattr(fetch, "_resolve_commit", lambda hub_id, revision: f"sha-{revision}")
+    monkeypatch.setattr(download, "_load_split", fake.load)
+    monkeypatch.setattr(download, "_resolve_commit", lambda hub_id, revision: f"sha-{revision}")
     return fake
 
 
@@ -634,7 +635,7 @@ def test_partial_fetch_has_no_meta(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk full")
 
-    monkeypatch.setattr(fetch, "build_meta", broken)
+    monkeypatch.setattr(download, "build_meta", broken)
     with pytest.raises(OSError):
         fetch_tasks(["sst2"], tmp_path, max_train=20, max_test=10, overwrite=True)
     folder = tmp_path / "sst2"
@@ -643,8 +644,8 @@ def test_partial_fetch_has_no_meta(
     # a partial folder is refetched even without overwrite
     monkeypatch.undo()
     _hub_reachable(monkeypatch)
-    monkeypatch.setattr(fetch, "_load_split", hub.load)
-    monkeypatch.setattr(fetch, "_resolve_commit", lambda hub_id, revision: "sha")
+    monkeypatch.setattr(download, "_load_split", hub.load)
+    monkeypatch.setattr(download, "_resolve_commit", lambda hub_id, revision: "sha")
     fetch_tasks(["sst2"], tmp_path, max_train=20, max_test=10)
     assert (folder / "meta.json").exists()
 
@@ -653,8 +654,8 @@ def test_script_datasets_fall_back_to_the_parquet_export(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     fake = FakeHub(script_based=["sst2"])
-    monkeypatch.setattr(fetch, "_load_split", fake.load)
-    monkeypatch.setattr(fetch, "_resolve_commit", lambda hub_id, revision: f"sha-{revision}")
+    monkeypatch.setattr(download, "_load_split", fake.load)
+    monkeypatch.setattr(download, "_resolve_commit", lambda hub_id, revision: f"sha-{revision}")
     fetch_tasks(["sst2"], tmp_path, max_train=20, max_test=10)
     meta, _ = _read_task(tmp_path / "sst2")
     assert meta["source"]["commit"] == f"sha-{fetch.PARQUET_REVISION}"
@@ -675,7 +676,7 @@ def test_missing_datasets_library_gives_install_hint(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    monkeypatch.setattr(fetch, "_resolve_commit", lambda hub_id, revision: None)
+    monkeypatch.setattr(download, "_resolve_commit", lambda hub_id, revision: None)
     with pytest.raises(ImportError, match=r"castlib\[fetch\]"):
         fetch_tasks(["sst2"], tmp_path)
     assert not (tmp_path / "sst2").exists()
@@ -716,8 +717,8 @@ def test_main_reports_failures_and_goes_on(
             raise ConnectionError("hub unreachable")
         return _fake_rows(spec, split)
 
-    monkeypatch.setattr(fetch, "_load_split", flaky)
-    monkeypatch.setattr(fetch, "_resolve_commit", lambda hub_id, revision: None)
+    monkeypatch.setattr(download, "_load_split", flaky)
+    monkeypatch.setattr(download, "_resolve_commit", lambda hub_id, revision: None)
     assert fetch.main(["sst2", "arc_easy", "--data-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "sst2" in err and "hub unreachable" in err
@@ -742,10 +743,10 @@ def test_load_split_uses_datasets_lazily(monkeypatch: pytest.MonkeyPatch) -> Non
     module = types.ModuleType("datasets")
     module.load_dataset = load_dataset  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "datasets", module)
-    monkeypatch.setattr(fetch, "_resolve_commit", lambda hub_id, revision: f"sha-{revision}")
+    monkeypatch.setattr(download, "_resolve_commit", lambda hub_id, revision: f"sha-{revision}")
 
     sib = resolve_task("sib200_swh")
-    fetch._load_split(sib, "train", revision="abc", parquet_export=True)
+    download._load_split(sib, "train", revision="abc", parquet_export=True)
     assert calls[-1] == (
         ("Davlan/sib200",),
         {"data_dir": "swh_Latn", "split": "train", "revision": "abc"},
@@ -754,7 +755,7 @@ def test_load_split_uses_datasets_lazily(monkeypatch: pytest.MonkeyPatch) -> Non
     sst2 = REGISTRY["sst2"]
     failure["main"] = RuntimeError("Dataset scripts are no longer supported, but found sst2.py")
     calls.clear()
-    loaded, commit, revision = fetch._load_all(sst2)
+    loaded, commit, revision = download._load_all(sst2)
     assert revision == fetch.PARQUET_REVISION and commit == f"sha-{fetch.PARQUET_REVISION}"
     assert set(loaded) == {"train", "test", "validation"}
     assert calls[0] == (("SetFit/sst2", None), {"split": "train", "revision": "sha-main"})
@@ -767,7 +768,7 @@ def test_load_split_uses_datasets_lazily(monkeypatch: pytest.MonkeyPatch) -> Non
     failure["main"] = ConnectionError("hub unreachable")  # not a script problem: no fallback
     calls.clear()
     with pytest.raises(ConnectionError):
-        fetch._load_all(sst2)
+        download._load_all(sst2)
     assert len(calls) == 1
 
 

@@ -64,3 +64,64 @@ def test_shared_parameters_a_method_does_not_use_are_skipped():
     assert icv.params.layers is None and icv.params.k == 1  # ICV steers every layer
     cast = nbtools.build_method("cast", {"layers": [1, 2], "k": 1}, {}, None)
     assert cast.params.layers == (1, 2)
+
+
+def _notebook_with_parameters(path, source):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# x"), cell, nbformat.v4.new_code_cell("y = 2")]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_notebook_parameters_reads_the_names_of_the_parameters_cell(tmp_path, monkeypatch):
+    _notebook_with_parameters(tmp_path / "nb.ipynb", "b = 1  # first\na = [1]\nb = 3\n")
+    monkeypatch.chdir(tmp_path)
+    # the names (in the cell's order) come from the file, the values from the namespace (where
+    # papermill's injected cell has replaced the defaults); other names are left out
+    namespace = {"a": [2], "b": 5, "y": 2, "lm": object()}
+    assert nbtools.notebook_parameters(namespace, "nb.ipynb") == {"b": 5, "a": [2]}
+    assert list(nbtools.params_table(nbtools.notebook_parameters(namespace, "nb.ipynb")).index) == [
+        "b",
+        "a",
+    ]
+    with pytest.raises(NameError, match=r"\['a'\] are assigned in the parameters cell"):
+        nbtools.notebook_parameters({"b": 1}, "nb.ipynb")
+    with pytest.raises(FileNotFoundError, match="other.ipynb not found"):
+        nbtools.notebook_parameters(namespace, "other.ipynb")
+
+
+def test_method_plan_shares_what_each_method_accepts_and_applies_aliases():
+    parameters = {
+        "model": "m",
+        "targets": ["sst2"],  # a task list, never LoRA's target modules
+        "methods": ["cast", "cast_target_dev", "icv", "cross_task_icl_random", "lora_source"],
+        "seeds": [0],
+        "k": 2,
+        "m": 3,
+        "layers": None,  # None: each method's default
+        "train_steps": 5,
+        "icl_k": 1,
+        "cast_alphas": [0.5],
+        "icv_alphas": None,
+        "method_params": {"cast_target_dev": {"gamma": 0.0}},
+        "data_dir": None,
+    }
+    plan = nbtools.method_plan(parameters)
+    assert plan.labels == parameters["methods"]
+    assert plan.shared == {"k": 2, "m": 3, "steps": 5}
+    assert plan.overrides == {
+        "cross_task_icl": {"k": 1},
+        "cast": {"alphas": [0.5]},
+        "cast_target_dev": {"alphas": [0.5], "gamma": 0.0},  # keeps cast's overrides
+    }
+    built = {label: plan.build(label) for label in plan.labels}
+    assert tuple(built["cast"].params.alphas) == (0.5,) and built["cast"].params.m == 3
+    assert built["cast_target_dev"].params.gamma == 0.0
+    assert built["cross_task_icl_random"].params.k == 1
+    assert built["lora_source"].params.targets == methods.get("lora").Params().targets
+    assert built["lora_source"].params.steps == 5
+    assert built["icv"].params.alphas == methods.get("icv").Params().alphas

@@ -84,3 +84,12 @@ def test_setup_loads_the_model_and_makes_output_dir(tmp_path: Path, lm) -> None:
         assert pd.get_option("display.width") == 120
     assert out == out_dir and out.is_dir()
     assert loaded.n_layers == lm.n_layers and loaded.device.type == "cpu"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_parameters_table_reads_the_notebooks_own_parameters_cell(script: Path) -> None:
+    """Each notebook shows its parameters through `nbtools.notebook_parameters` on its own file
+    (no hand-written list that could drift from the parameters cell)."""
+    call = f'nbtools.notebook_parameters(globals(), "{script.stem}.ipynb")'
+    assert script.read_text(encoding="utf-8").count(call) == 1, f"{script.name} lacks {call}"
+    assert "params_table(\n    dict(" not in script.read_text(encoding="utf-8")

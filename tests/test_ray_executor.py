@@ -23,9 +23,9 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the kill test u
 import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from castlib.repro.executors import RayConnectionError, check_address, run_batch_ray  # noqa: E402
 from castlib.repro.runs import aggregate, load_config, run_batch  # noqa: E402
-from castlib.repro.runs_cli import main  # noqa: E402
+from castlib.repro.runs.cli import main  # noqa: E402
+from castlib.repro.runs.ray_executor import RayConnectionError, check_address, run_batch_ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

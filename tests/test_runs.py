@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from castlib.repro import runs as R
-from castlib.repro import runs_cli
+from castlib.repro.runs import cli as runs_cli
+from castlib.repro.runs import config as runs_config
+from castlib.repro.runs import execute as runs_execute
 
 
 def make_notebook(path: Path, *, fail_on: int | None = None) -> Path:
@@ -127,10 +129,12 @@ def test_ids_safe_long_and_unique(workdir: Path) -> None:
     for run_id in ids:
         assert all(part and not part.startswith(".") for part in run_id.split("/"))
         assert all(c.isalnum() or c in "._+-=/" for c in run_id), run_id
-        assert len(run_id.split("/")[1]) <= R.MAX_ID_PART
+        assert len(run_id.split("/")[1]) <= runs_config.MAX_ID_PART
     # "a/b c" and "a_b c" sanitise alike: both get a hash suffix
     assert ids[0].startswith("good/model=a_b_c__") and ids[1].startswith("good/model=a_b_c__")
-    assert ids[2].startswith("good/tasks=x") and len(ids[2].split("/")[1]) == R.MAX_ID_PART
+    assert (
+        ids[2].startswith("good/tasks=x") and len(ids[2].split("/")[1]) == runs_config.MAX_ID_PART
+    )
     assert ids[3].startswith("bad/default__") and ids[4].startswith("bad/default__")
     # stable across parses
     cfg2 = R.parse_config(
@@ -310,7 +314,7 @@ def test_superseded_config_is_parsed_unchecked_and_refused_to_run(workdir: Path)
     assert cfg.superseded and cfg.runs[0].parameters == {"gone": 1}
     with pytest.raises(R.ConfigError, match="superseded.*commit abc1234"):
         R.run_batch(cfg, progress=False)
-    from castlib.repro.executors import run_batch_ray
+    from castlib.repro.runs.ray_executor import run_batch_ray
 
     with pytest.raises(R.ConfigError, match="superseded"):
         run_batch_ray(cfg, progress=False)
@@ -618,11 +622,13 @@ def test_forced_rerun_keeps_the_earlier_result_until_it_succeeds(
 def test_swap_cut_between_renames_is_repaired(workdir: Path) -> None:
     run = R.Run(workdir / "nbs" / "good.ipynb", {"x": 1}, "good/x=1", {"x": 1}, "nbs/good.ipynb")
     out = workdir / "out"
-    old = R._staging_dir(run, out, R.OLD_SUFFIX)
+    old = runs_execute._staging_dir(run, out, runs_execute.OLD_SUFFIX)
     old.mkdir(parents=True)
     (old / "results.json").write_text("[]")
     (old / "run.json").write_text(json.dumps({"status": "ok", "parameters": {"x": 1}}))
-    R._recover_swap(run, out)  # the run folder was renamed away and the rerun never landed
+    runs_execute._recover_swap(
+        run, out
+    )  # the run folder was renamed away and the rerun never landed
     assert R.is_complete(run, out) and not old.exists()
 
 

@@ -1,8 +1,8 @@
 """Archive a batch's finished runs into ``papermill_runs/results/<name>/`` (kept in git).
 
-``python -m castlib.repro.archive OUTPUT_DIR DEST [--root ROOT] [--max-notebook-mb MB]`` (what
-``papermill_runs/results/archive.sh`` runs) copies, for every run under ``OUTPUT_DIR`` whose
-``run.json`` says ``ok``, into ``DEST/<run id>/`` (``<notebook stem or entry name>/<grid point>/``):
+``castlib archive OUTPUT_DIR DEST [--root ROOT] [--max-notebook-mb MB]`` (also
+``python -m castlib.repro.archive``, what ``papermill_runs/results/archive.sh`` runs) copies,
+for every run under ``OUTPUT_DIR`` whose ``run.json`` says ``ok``, into ``DEST/<run id>/`` (``<notebook stem or entry name>/<grid point>/``):
 
 * the records: ``run.json``, ``results.json`` (with the per-example predictions) and every other
   ``*.json`` and ``*.csv`` table the notebook wrote;
@@ -164,8 +164,8 @@ def archive_batch(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m castlib.repro.archive OUTPUT_DIR DEST [--root R] [--max-notebook-mb]``."""
-    parser = argparse.ArgumentParser(prog="python -m castlib.repro.archive", description=__doc__)
+    """Command line: ``castlib archive OUTPUT_DIR DEST [--root R] [--max-notebook-mb MB]``."""
+    parser = argparse.ArgumentParser(prog="castlib archive", description=__doc__)
     parser.add_argument("output_dir", type=Path, help="a batch's output folder (runs_out/...)")
     parser.add_argument("dest", type=Path, help="the archive folder (papermill_runs/results/NAME)")
     parser.add_argument(

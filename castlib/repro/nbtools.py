@@ -6,9 +6,12 @@ helpers keep that contract in one place:
 
 * `sample_test` -- a seeded subsample of a task's test split, the same for every method and seed
   (some task files are ordered by label, so a prefix ``limit`` would be biased);
-* `expand_methods` / `build_method` -- method labels (registry names and the presets registered
-  next to each method, e.g. ``lora_target_dev``) to configured `castlib.methods` instances, with
-  shared parameters filtered to the ones each method accepts;
+* `notebook_parameters` -- the run's parameters: the names the notebook's own ``parameters``
+  cell assigns, with their values in the kernel (papermill's injected ones included);
+* `method_plan` / `expand_methods` / `build_method` -- method labels (registry names and the
+  presets registered next to each method, e.g. ``lora_target_dev``) to configured
+  `castlib.methods` instances, with the notebook's parameters filtered to the ones each method
+  accepts;
 * `source_groups` -- the source lists a method is fitted on: all sources pooled, or one run per
   source for a method that takes one source per fit (cross-task ICL);
 * `icl_deltas` -- per-example ICL enhancements ``delta_l(x) = h_l(Pk(x; D_x)) - h_l(P0(x))``;
@@ -41,6 +44,7 @@ from ..profiling import profile
 from ..tasks import Example, Task, load_task, sample_examples
 from ..validate import check_optional_positive_int
 from . import plots
+from .runs.config import declared_parameters
 
 __all__ = [
     "DROP_FIELDS",
@@ -50,7 +54,10 @@ __all__ = [
     "fmt",
     "icl_deltas",
     "load_tasks",
+    "MethodPlan",
     "mean_std",
+    "method_plan",
+    "notebook_parameters",
     "output_path",
     "params_table",
     "peak_memory",
@@ -100,6 +107,34 @@ def params_table(params: Mapping[str, Any], hide: Iterable[str] = _PATH_PARAMS) 
     hidden = set(hide)
     rows = {k: json.dumps(v, default=str) for k, v in params.items() if k not in hidden}
     return pd.DataFrame({"value": pd.Series(rows, dtype=object)}).rename_axis("parameter")
+
+
+def notebook_parameters(namespace: Mapping[str, Any], notebook: str | Path) -> dict[str, Any]:
+    """The run's parameters: every name the ``parameters`` cell of ``notebook`` assigns (in its
+    order), with its value in ``namespace`` (a notebook passes ``globals()``, where papermill's
+    injected values have replaced the defaults).
+
+    ``notebook`` is the notebook's own file (``"02_cross_domain.ipynb"``), relative to the
+    working directory, which is the notebook's folder in Jupyter, nbval and papermill batches.
+    The names come from the file, never from what the kernel happens to hold, so the parameters
+    table shows exactly the parameters cell.
+    """
+    path = Path(notebook)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"notebook_parameters: {path} not found (working directory {Path.cwd()}); "
+            "run the notebook from its own folder, or pass its path"
+        )
+    names = declared_parameters(path)
+    if names is None:
+        raise ValueError(f"notebook_parameters: {path} has no cell tagged 'parameters'")
+    missing = [name for name in names if name not in namespace]
+    if missing:
+        raise NameError(
+            f"notebook_parameters: {missing} are assigned in the parameters cell of {path} but "
+            "not defined in the namespace given (run the parameters cell first)"
+        )
+    return {name: namespace[name] for name in names}
 
 
 def sample_test(task: Task, n: int | None, seed: int = 0, split: str = "test") -> Task:
@@ -167,6 +202,79 @@ def build_method(
     if data_dir is not None and "data_dir" in accepted:
         params["data_dir"] = str(data_dir)
     return cls(**params)
+
+
+#: Notebook parameters with a name of their own: parameter -> (registry name of the one method it
+#: is for, or None for every method that accepts it; the method's ``Params`` field).
+PARAMETER_ALIASES: dict[str, tuple[str | None, str]] = {
+    "train_steps": (None, "steps"),
+    "icl_k": ("cross_task_icl", "k"),
+    "cast_alphas": ("cast", "alphas"),
+    "icv_alphas": ("icv", "alphas"),
+}
+#: Parameters of the run itself, never handed to a method even where a method's ``Params`` has
+#: a field of that name (LoRA's ``targets`` are modules, a notebook's are tasks).
+RUN_PARAMETERS = frozenset(
+    {"model", "device", "data_dir", "output_dir", "methods", "method_params", "seeds", "n_test"}
+    | {"targets", "sources", "pairs", "families"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodPlan:
+    """The methods a notebook runs and how each is configured (`method_plan`)."""
+
+    #: method labels in run order (`expand_methods`)
+    labels: list[str]
+    #: parameters given once for every method that accepts them (`build_method`'s ``shared``)
+    shared: dict[str, Any]
+    #: parameters per registry name or label (`build_method`'s ``overrides``)
+    overrides: dict[str, dict[str, Any]]
+    data_dir: str | Path | None = None
+
+    def build(self, label: str) -> Method:
+        """A configured method for ``label`` (`build_method`)."""
+        return build_method(label, self.shared, self.overrides, self.data_dir)
+
+
+def method_plan(parameters: Mapping[str, Any]) -> MethodPlan:
+    """The methods of a notebook run and their parameters, from the run's parameters
+    (`notebook_parameters`).
+
+    * labels: ``parameters["methods"]`` (`expand_methods`);
+    * shared: every parameter a registered method's ``Params`` has a field for (except the
+      `RUN_PARAMETERS`), and each `PARAMETER_ALIASES` entry for every method under its field's
+      name (``train_steps`` -> ``steps``); ``None`` leaves each method at its default;
+    * overrides: the aliases for one method (``cast_alphas`` -> ``cast``'s ``alphas``; None:
+      its default), then ``parameters["method_params"]`` per label, on top of its method's
+      overrides (a preset label such as ``cast_target_dev`` keeps ``cast``'s).
+
+    So a method with new hyper-parameters needs no notebook change: its ``Params`` defaults,
+    its presets and a config's ``method_params`` configure it, and a parameters-cell name equal
+    to one of its fields reaches it.
+    """
+    fields = {f.name for name in available() for f in dataclasses.fields(get(name).Params)}
+    shared: dict[str, Any] = {}
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, value in parameters.items():
+        if value is None:
+            continue
+        if name in PARAMETER_ALIASES:
+            method, field = PARAMETER_ALIASES[name]
+            target = shared if method is None else overrides.setdefault(method, {})
+            target[field] = value
+        elif name in fields and name not in RUN_PARAMETERS:
+            shared[name] = value
+    for label, extra in (parameters.get("method_params") or {}).items():
+        fixed = preset(label)
+        base = fixed.method if fixed else label
+        overrides[label] = {**overrides.get(label, overrides.get(base, {})), **extra}
+    return MethodPlan(
+        labels=expand_methods(parameters["methods"]),
+        shared=shared,
+        overrides=overrides,
+        data_dir=parameters.get("data_dir"),
+    )
 
 
 def source_groups(label: str, sources: Sequence[str]) -> list[list[str]]:

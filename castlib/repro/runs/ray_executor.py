@@ -1,14 +1,14 @@
 """Run a batch grid on a Ray cluster: one Ray task per notebook run.
 
-``python -m castlib.repro.runs CONFIG --executor ray [--address ADDR]`` calls `run_batch_ray`. Each
-run that is not already complete (`castlib.repro.runs.is_complete`, unless ``force``) becomes one Ray
+``castlib run CONFIG --executor ray [--address ADDR]`` calls `run_batch_ray`. Each
+run that is not already complete (`castlib.repro.runs.execute.is_complete`, unless ``force``) becomes one Ray
 task with the resources the config asks for (``num_cpus``, default 1, and ``num_gpus``, default
 0, at the config's top level or per entry). The task executes the run with papermill exactly
-as the sequential executor does (`castlib.repro.runs.execute_run`, same kernel rule, same run.json),
+as the sequential executor does (`castlib.repro.runs.execute.execute_run`, same kernel rule, same run.json),
 but into a private temporary folder on whichever node runs it, and returns that folder's files;
 the driver writes them to ``<output_dir>/<run id>/`` (run.json last, with ``executor`` and
 ``node`` added). So results come back whether or not the nodes share a disk, and the output
-layout, resuming and aggregation (`castlib.repro.runs.aggregate`) are the sequential executor's.
+layout, resuming and aggregation (`castlib.repro.runs.aggregate.aggregate`) are the sequential executor's.
 
 What every node needs: the same Python environment with castlib importable, and the notebooks
 (and the data they read) at the same absolute paths as on the driver, e.g. the repository
@@ -16,7 +16,7 @@ checked out at one path on a shared or replicated disk. Only the results travel.
 
 Stores: each task points its kernel at the batch's activation store
 (``<output_dir>/.activation_store``) and, when the config names one, at its ``fit_store``
-folder, as the sequential executor does (`castlib.repro.runs.run_batch`; a variable the worker's
+folder, as the sequential executor does (`castlib.repro.runs.execute.run_batch`; a variable the worker's
 environment sets already wins). Both are the driver's absolute paths: on a shared disk every
 node reads and adds to the same stores (their writes are atomic renames, so concurrent tasks
 never leave a torn entry; two tasks that need the same missing fit may both compute it); on
@@ -52,24 +52,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .runs import (
-    RESULTS_FILE,
-    RUN_FILE,
-    STORE_FOLDER,
-    Run,
-    RunConfig,
+from .config import Run, RunConfig, runnable_config, select_runs
+from .execute import (
     RunOutcome,
-    _error_record,
-    _jsonable,
-    _now,
-    _select,
-    _store_for_kernels,
-    _write_json,
+    error_record,
     execute_run,
     is_complete,
     run_record_base,
-    runnable_config,
+    store_for_kernels,
+    timestamp,
 )
+from .layout import RESULTS_FILE, RUN_FILE, STORE_FOLDER, jsonable, write_json
 
 __all__ = ["EXECUTORS", "RayConnectionError", "run_batch_ray", "check_address"]
 
@@ -162,7 +155,7 @@ def _execute_remote(
         node = socket.gethostname()
     with (
         tempfile.TemporaryDirectory(prefix="castlib-ray-") as tmp,
-        _store_for_kernels(store, fit_store),
+        store_for_kernels(store, fit_store),
     ):
         outcome = execute_run(run, tmp, kernel_name=kernel, force=True)
         run_dir = run.run_dir(tmp)
@@ -191,12 +184,12 @@ def _write_back(run: Run, output_dir: Path, result: dict[str, Any]) -> None:
         target.write_bytes(data)
     record = json.loads(record_bytes) if record_bytes else _failed_record(run, None, "")
     record.update(executor="ray", node=result.get("node"))
-    _write_json(run_dir / RUN_FILE, record)
+    write_json(run_dir / RUN_FILE, record)
 
 
 def _failed_record(run: Run, exc: BaseException | None, message: str) -> dict[str, Any]:
     error = (
-        _error_record(exc)
+        error_record(exc)
         if exc is not None
         else {"type": "Unschedulable", "message": message, "exception": None, "cell": None}
     )
@@ -204,8 +197,8 @@ def _failed_record(run: Run, exc: BaseException | None, message: str) -> dict[st
         error["message"] = message
     return {
         **run_record_base(run),
-        "resources": _jsonable(run.resources),
-        "finished": _now(),
+        "resources": jsonable(run.resources),
+        "finished": timestamp(),
         "seconds": None,
         "error": error,
         "executor": "ray",
@@ -220,7 +213,7 @@ def _record_failure(
     for stale in (RUN_FILE, RESULTS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
     record = _failed_record(run, exc, message)
-    _write_json(run_dir / RUN_FILE, record)
+    write_json(run_dir / RUN_FILE, record)
     error = record["error"]
     return RunOutcome(run, "failed", 0.0, f"{error['type']}: {error['message']}")
 
@@ -262,7 +255,7 @@ def run_batch_ray(
     Args:
         config: a RunConfig or the path of a YAML config.
         address: the cluster to join (see the module docstring); None starts a local Ray.
-        only, force, kernel_name, progress: as in `castlib.repro.runs.run_batch`.
+        only, force, kernel_name, progress: as in `castlib.repro.runs.execute.run_batch`.
         num_cpus: CPUs of the local Ray started when ``address`` is None (default: all).
 
     Raises:
@@ -274,7 +267,7 @@ def run_batch_ray(
     ray = _import_ray()
     cfg = runnable_config(config)
     kernel = kernel_name or cfg.kernel
-    runs = _select(cfg.runs, only)
+    runs = select_runs(cfg.runs, only)
     output_dir = cfg.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     store = (output_dir / STORE_FOLDER).resolve()

@@ -1,7 +1,9 @@
-"""The command line of `castlib.repro.runs`: ``python -m castlib.repro.runs CONFIG.yaml [...]``.
+"""The command line of batch runs: ``castlib run CONFIG.yaml [...]`` (also
+``python -m castlib.repro.runs CONFIG.yaml [...]``).
 
-It sits above both executors (sequential, `castlib.repro.runs.run_batch`; Ray,
-`castlib.repro.executors.run_batch_ray`), so imports run one way: runs <- executors <- runs_cli.
+It sits above both executors (sequential, `castlib.repro.runs.execute.run_batch`; Ray,
+`castlib.repro.runs.ray_executor.run_batch_ray`), so imports run one way:
+config <- execute <- ray_executor <- cli (and aggregate <- cli).
 """
 
 from __future__ import annotations
@@ -12,24 +14,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .executors import RayConnectionError, run_batch_ray
-from .runs import (
-    SUMMARY_FILE,
-    ConfigError,
-    _select,
-    aggregate,
-    is_complete,
-    load_config,
-    run_batch,
-    runnable_config,
-)
+from .aggregate import aggregate
+from .config import ConfigError, load_config, runnable_config, select_runs
+from .execute import is_complete, run_batch
+from .layout import SUMMARY_FILE
+from .ray_executor import RayConnectionError, run_batch_ray
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m castlib.repro.runs",
+        prog="castlib run",
         description="Run parameterised notebooks over a grid with papermill and aggregate results.",
         epilog="Exit status: 0 all runs ok, 1 some run failed, 2 config/usage error.",
     )
@@ -56,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("sequential", "ray"),
         default="sequential",
         help="sequential (default: one run after another in this process) or ray (one Ray "
-        "task per run; see castlib.repro.executors)",
+        "task per run; see castlib.repro.runs.ray_executor)",
     )
     parser.add_argument(
         "--address",
@@ -92,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    runs = _select(config.runs, args.only)
+    runs = select_runs(config.runs, args.only)
     if not runs:
         print(f"error: no run id contains any of {args.only}", file=sys.stderr)
         return 2
