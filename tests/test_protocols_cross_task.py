@@ -52,8 +52,10 @@ def test_every_steering_method_has_a_target_dev_label():
         preset = methods.preset(f"{name}_target_dev")
         assert preset is not None and preset.method == name
         assert dict(preset.params) == {"protocol": "target_dev"}
+    i2cl = methods.preset("i2cl_target_dev")
+    assert i2cl is not None and dict(i2cl.params) == {"protocol": "target_dev"}
     labels = nbtools.expand_methods("all")
-    for name in ("cast", "task_vector", "icv", "function_vector"):  # both protocols listed
+    for name in ("cast", "task_vector", "icv", "function_vector", "i2cl"):  # both protocols
         assert name in labels and f"{name}_target_dev" in labels
     assert "cross_task_icl" not in labels and "lora" not in labels  # split into their presets
 
