@@ -101,225 +101,33 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
-import time
-import warnings
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from tqdm.auto import tqdm
 
-from ..hooks import HookGroup, hidden_of, with_hidden
-from ..logprobs import answer_token_ids
 from ..models import LanguageModel
-from ..padding import encode, iter_batches, pad, position_ids_from_mask
-from ..prompts import demonstration, zero_shot
+from ..prompts import demonstration
 from ..tasks import Example, Task
 from .base import Method
-from .function_vector import attention_module, mlp_module
+from .i2cl_calibration import calibrate, lr_factor
+from .i2cl_injection import SITES, I2CLInjection, context_vectors, residual_sites
 from .labelled_rows import choose_steering, stratified_sample
 from .registry import register, register_preset
 from .steering import MAX_TARGET_DEV, PROTOCOLS, row_keys, tuning_set
 
-__all__ = ["I2CL", "I2CLInjection", "context_vectors", "residual_sites", "SITES"]
+__all__ = [
+    "I2CL",
+    "I2CLInjection",
+    "context_vectors",
+    "residual_sites",
+    "lr_factor",
+    "SITES",
+]
 
 CONTEXT_FILE = "context.safetensors"
-#: the two injection sites of a block, in the order of ``coef``'s second axis
-SITES = ("attn", "mlp")
-
-
-def residual_sites(block: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The modules whose outputs are the attention's and the MLP's residual contributions."""
-    if hasattr(block, "pre_feedforward_layernorm") and hasattr(block, "post_feedforward_layernorm"):
-        return block.post_attention_layernorm, block.post_feedforward_layernorm
-    return attention_module(block), mlp_module(block)
-
-
-def context_vectors(
-    lm: LanguageModel, texts: list[str], batch_size: int = 16
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(c_attn, c_mlp)``, each ``[n_layers, hidden]``: mean attention and MLP outputs at the
-    last token of each text (left padding, so the last column)."""
-    sums = torch.zeros(2, lm.n_layers, lm.hidden_size, dtype=torch.float64)
-    shape: list[int] = []  # [batch, seq] of the current forward pass
-
-    def make_hook(kind: int, layer: int):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            out = hidden_of(output)
-            if out.ndim == 2:  # OPT runs its feed-forward on flattened [batch * seq, hidden]
-                out = out.view(*shape, -1)
-            sums[kind, layer] += out[:, -1].double().sum(0).cpu()
-
-        return hook
-
-    ids = encode(lm.tokenizer, texts)
-    with HookGroup() as hooks, torch.inference_mode():
-        for layer, block in enumerate(lm.blocks):
-            attn, mlp = residual_sites(block)
-            hooks.add(attn.register_forward_hook(make_hook(0, layer)))
-            hooks.add(mlp.register_forward_hook(make_hook(1, layer)))
-        for batch in iter_batches(ids, batch_size, lm.tokenizer.pad_token_id, "left", lm.device):
-            shape[:] = batch.input_ids.shape
-            lm.base(**batch.model_inputs(), use_cache=False)
-    mean = (sums / len(texts)).float()
-    return mean[0], mean[1]
-
-
-class _SiteHook:
-    """``o <- coef[0] * c + coef[1] * o`` (+ noise while calibrating) on one submodule."""
-
-    def __init__(
-        self,
-        coef: torch.Tensor,
-        context: torch.Tensor,
-        noise_scale: float,
-        generator: torch.Generator | None,
-    ) -> None:
-        self.coef = coef  # [2] view of the (possibly trainable) coefficients
-        self.context = context
-        self.noise_scale = noise_scale
-        self.generator = generator
-        self._cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        out = hidden_of(output)
-        key = (out.device, out.dtype)
-        ctx = self._cast.get(key)
-        if ctx is None:  # the context vector in the activation's dtype and device, once
-            ctx = self._cast[key] = self.context.to(device=out.device, dtype=out.dtype)
-        coef = self.coef.to(device=out.device, dtype=out.dtype)
-        new = coef[0] * ctx + coef[1] * out
-        if self.noise_scale > 0 and self.generator is not None:
-            gen = self.generator
-            noise = torch.randn(new.shape, generator=gen, device=gen.device).to(new)
-            new = new + noise * new.detach().norm(dim=-1, keepdim=True) * self.noise_scale
-        return with_hidden(output, new)
-
-
-class I2CLInjection:
-    """The injection hooks on every block's attention and MLP sites (`SITES`), for
-    ``coef [n_layers, 2 sites, 2 (context, query)]`` and ``context [n_layers, 2 sites, hidden]``;
-    a context manager that removes them on exit, also after an exception. With
-    ``noise_scale > 0`` and a ``generator``, the calibration noise is added."""
-
-    def __init__(
-        self,
-        lm: LanguageModel,
-        coef: torch.Tensor,
-        context: torch.Tensor,
-        noise_scale: float = 0.0,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        want = (lm.n_layers, len(SITES))
-        if tuple(coef.shape) != (*want, 2) or tuple(context.shape) != (*want, lm.hidden_size):
-            raise ValueError(
-                f"i2cl: coefficients {tuple(coef.shape)} and context vectors "
-                f"{tuple(context.shape)} do not fit {lm.name} ({lm.n_layers} layers, hidden "
-                f"{lm.hidden_size}); refit the method on this model"
-            )
-        self.hooks = HookGroup()
-        try:
-            for layer, block in enumerate(lm.blocks):
-                for s, module in enumerate(residual_sites(block)):
-                    hook = _SiteHook(coef[layer, s], context[layer, s], noise_scale, generator)
-                    self.hooks.add(module.register_forward_hook(hook))
-        except BaseException:
-            self.hooks.remove()
-            raise
-
-    def remove(self) -> None:
-        self.hooks.remove()
-
-    def __enter__(self) -> I2CLInjection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-
-@dataclasses.dataclass
-class _Calibration:
-    """Everything a calibration step changes: the coefficients, the optimiser and its schedule,
-    both generators, the current epoch's order and the losses so far."""
-
-    coef: torch.Tensor
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
-    order_gen: torch.Generator
-    noise_gen: torch.Generator
-    losses: list[list[float]] = dataclasses.field(default_factory=list)
-    order: list[int] = dataclasses.field(default_factory=list)
-
-
-class _Checkpoint:
-    """A `_Calibration` at an epoch boundary, in a fit's scratch folder
-    (`castlib.fit_store.FitStore.scratch`; none without one). Restoring it and going on gives
-    what an uninterrupted calibration gives, bit for bit."""
-
-    FILE = "i2cl_calibration.pt"
-
-    def __init__(self, folder: Path | None, total: int, n_prompts: int) -> None:
-        self.path = None if folder is None else Path(folder) / self.FILE
-        self.shape = {"total": total, "n_prompts": n_prompts}
-        self.seconds_before = 0.0
-        self._started = time.perf_counter()
-
-    def save(self, step: int, cal: _Calibration) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            **self.shape,
-            "step": step,
-            "coef": cal.coef.detach().cpu().clone(),
-            "opt": cal.opt.state_dict(),
-            "sched": cal.sched.state_dict(),
-            "order_gen": cal.order_gen.get_state(),
-            "noise_gen": cal.noise_gen.get_state(),
-            "losses": [list(e) for e in cal.losses],
-            "order": list(cal.order),
-            "seconds": self.seconds_before + time.perf_counter() - self._started,
-        }
-        tmp = self.path.with_name(f"{self.FILE}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
-
-    def restore(self, cal: _Calibration) -> int:
-        """Load the checkpoint into ``cal``; the step to go on from (0: none, or one of
-        another calibration, which is ignored)."""
-        if self.path is None or not self.path.is_file():
-            return 0
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - a torn checkpoint: start again
-            warnings.warn(
-                f"i2cl: checkpoint {self.path} unreadable ({err}); starting again", stacklevel=2
-            )
-            return 0
-        if any(state.get(k) != v for k, v in self.shape.items()):
-            return 0
-        with torch.no_grad():
-            cal.coef.copy_(state["coef"].to(cal.coef.device))
-        cal.opt.load_state_dict(state["opt"])
-        cal.sched.load_state_dict(state["sched"])
-        cal.order_gen.set_state(state["order_gen"])
-        cal.noise_gen.set_state(state["noise_gen"])
-        cal.losses[:] = [list(e) for e in state["losses"]]
-        cal.order[:] = list(state["order"])
-        self.seconds_before = float(state["seconds"])
-        return int(state["step"])
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """The authors' schedule: linear warm-up over ``warmup`` steps, then cosine decay
-    ``(1 + cos(pi * step / total)) / 2`` over the whole run."""
-    if warmup > 0 and step <= warmup:
-        return step / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
 
 
 @register
@@ -519,67 +327,13 @@ class I2CL(Method):
         init: torch.Tensor,
         seed: int,
     ) -> tuple[torch.Tensor, int, list[float]]:
-        """Noisy self-calibration of the coefficients (module docstring, step 4); returns the
-        learned ``coef``, the number of optimiser steps and the mean loss of each epoch."""
-        p = self.params
-        prompts = encode(lm.tokenizer, [zero_shot(task, ex) for task, ex in calib])
-        gold = [answer_token_ids(lm.tokenizer, [t.answer(ex)])[0][0] for t, ex in calib]
-        coef = init.repeat(lm.n_layers, len(SITES), 1).to(lm.device).requires_grad_(True)
-        bs = min(p.train_batch_size, len(prompts))
-        per_epoch = len(prompts) // bs
-        total = p.epochs * per_epoch if p.steps is None else min(p.steps, p.epochs * per_epoch)
-        warmup = int(p.warmup * total)
-        opt = torch.optim.AdamW([coef], lr=p.lr, weight_decay=p.weight_decay)
-        cal = _Calibration(
-            coef=coef,
-            opt=opt,
-            sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup)),
-            order_gen=torch.Generator().manual_seed(seed),
-            noise_gen=torch.Generator(device=lm.device).manual_seed(seed),
+        """`calibrate` on ``calib`` with this fit's context vectors and parameters."""
+        coef, total, losses, resumed = calibrate(
+            lm, calib, self.context, init, self.params, seed, self.fit_scratch, self.name
         )
-        losses, order = cal.losses, cal.order
-        quiet = None if p.progress is None else not p.progress
-        checkpoint = _Checkpoint(self.fit_scratch, total, len(prompts))
-        start = checkpoint.restore(cal)
-        if start:
-            self.info["calib_resumed_at_step"] = start
-            self.info["resumed_seconds"] = checkpoint.seconds_before
-        with (
-            I2CLInjection(lm, coef, self.context, p.noise_scale, cal.noise_gen),
-            torch.enable_grad(),
-        ):
-            for step in tqdm(
-                range(start, total),
-                desc=self.name,
-                disable=quiet,
-                leave=False,
-                initial=start,
-                total=total,
-            ):
-                if step % per_epoch == 0:
-                    if step > start:  # an epoch ended: keep where calibration stands
-                        checkpoint.save(step, cal)
-                    order[:] = torch.randperm(len(prompts), generator=cal.order_gen).tolist()
-                    losses.append([])
-                idx = order[(step % per_epoch) * bs : (step % per_epoch + 1) * bs]
-                ids, mask = pad([prompts[i] for i in idx], lm.tokenizer.pad_token_id, "left")
-                ids, mask = ids.to(lm.device), mask.to(lm.device)
-                logits = lm.model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=position_ids_from_mask(mask),
-                    use_cache=False,
-                    logits_to_keep=1,
-                ).logits[:, -1]
-                target = torch.as_tensor([gold[i] for i in idx], device=logits.device)
-                loss = torch.nn.functional.cross_entropy(logits.float(), target)
-                (grad,) = torch.autograd.grad(loss, [coef])  # the model's weights get no grad
-                coef.grad = grad
-                opt.step()
-                cal.sched.step()
-                coef.grad = None
-                losses[-1].append(float(loss.detach()))
-        return coef.detach().float().cpu(), total, [sum(e) / len(e) for e in losses]
+        if resumed is not None:
+            self.info["calib_resumed_at_step"], self.info["resumed_seconds"] = resumed
+        return coef, total, losses
 
     def coefficients(self) -> dict[str, dict[str, list[float]]]:
         """The learned coefficients, ``{site: {"context": [L], "query": [L]}}``."""
