@@ -45,7 +45,6 @@ as the paper and the authors' code (github.com/LzVv123456/I2CL, ``configs/config
    also checkpoints its state after every epoch, and a fit run again after an interruption
    goes on from the last checkpoint with the uninterrupted result (``calib_resumed_at_step``
    in the record; ``fit_seconds`` counts the interrupted runs too).
-
 5. ``protocol="target_dev"`` (``i2cl_target_dev``, the labelled-target race), after the
    authors' transfer script (``run_i2cl_transfer_learning.py``): the source fit above (reused
    from the store when ``i2cl`` ran with the same parameters) gives context vectors and
@@ -81,7 +80,8 @@ Still different from the paper and the authors' code, and why:
   source tasks, weighted by a softmax (temperature 0.5) of the cosine between each source's
   coefficients and the target's own, keeping sources above 0.8; here the given sources are
   pooled into one fit, so the ensemble has one member of weight 1 and no target fit is needed
-  to weigh it. Their target demonstrations are 5 per class of the target's train set; here
+  to weigh it. Their source context vectors and coefficients are averages over their 5 runs
+  (seeds) of each source; here the source fit of the same seed is used. Their target demonstrations are 5 per class of the target's train set; here
   they count against the race's <= 32 labelled target rows, with at least one row left for
   the choice (6), so a target with more than 6 labels needs a lower ``demos_per_class`` (an
   error says so).

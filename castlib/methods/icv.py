@@ -8,8 +8,10 @@
        delta_l(x) = h_l(Pk(x; D)) - h_l(P0(x)),   l = 0..L-1,
 
    and ``dH(x) = [delta_0(x); ...; delta_{L-1}(x)]``, the shifts of all layers concatenated
-   into one ``L * hidden`` row (the authors read the block outputs the same way and drop the
-   embedding output: their ``icv[1:]``).
+   into one ``L * hidden`` row (the authors read the block outputs the same way; their PCA
+   also spans the embedding output's shift and then drops that slice, ``icv[1:]``; here that
+   shift is exactly zero, both prompts ending on the same token, so leaving it out of the
+   SVD changes nothing).
 2. The in-context vector, taken jointly across layers (one SVD of ``X = [dH(x_1); ...]``,
    ``[n, L * hidden]``, not one per layer); v_l is its l-th ``hidden`` slice. ``direction``:
 
