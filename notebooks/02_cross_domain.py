@@ -31,10 +31,8 @@
 # second race, never mixed with the label-free one): `cast_target_dev`,
 # `task_vector_target_dev`, `icv_target_dev` and `function_vector_target_dev` (layer and
 # alpha chosen on <= `n_tune` (at most 32) labelled target train rows, disjoint from the test
-# rows), `i2cl_target_dev` (coefficients calibrated on labelled target rows, as the I2CL
-# authors' transfer script does, within <= `n_target` of them), `lora_target_dev` and
-# `kasa_target_dev` (trained on <= 32 labelled target examples), and `few_shot` (k target
-# demonstrations). `methods="all"` runs every method
+# rows), `lora_target_dev` and `kasa_target_dev` (trained on <= 32 labelled target
+# examples), and `few_shot` (k target demonstrations). `methods="all"` runs every method
 # registered in `castlib.methods`. All methods see the same seeded sample of test examples.
 #
 # Sources: pooled for every method except cross-task ICL, which Chatterjee et al. run per
@@ -87,7 +85,6 @@ methods = [
     "task_vector_target_dev",
     "icv_target_dev",
     "function_vector_target_dev",
-    "i2cl_target_dev",
     "lora_target_dev",
     "kasa_target_dev",
 ]  # or "all": every registered method
@@ -106,9 +103,9 @@ n_prompts = 4  # task vector, function vector: source few-shot prompts averaged
 n_samples = 4  # ICV: source samples
 top_heads = [2]  # function vector: candidate K (heads summed); None: the method's default
 n_corrupted = 2  # function vector: corrupted prompts for the heads' indirect effects
-n_demos = 4  # I2CL: demonstrations in all, stratified by label; None: 5 per label
+n_demos = 4  # I2CL: source demonstrations (context vectors, calibration); None: 5/label
 train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
-n_target = 8  # LoRA/KaSA/I2CL on target_dev: labelled target examples, at most 32
+n_target = 8  # LoRA/KaSA on target_dev: labelled target examples, at most 32
 method_params = {}  # extra parameters per method label, e.g. {"cast": {"gamma": 0.0}}
 prompt_format = "plain"  # "plain" (the spec's prompts) or "chat" (the tokenizer's chat template)
 batch_size = 16

@@ -46,7 +46,6 @@ CROSS_DOMAIN_METHODS = {
     "task_vector_target_dev",
     "icv_target_dev",
     "function_vector_target_dev",
-    "i2cl_target_dev",
 }
 # Methods of 05_scalability_cost's cost table (default `cost_methods` plus the m sweep).
 COST_METHODS = {
