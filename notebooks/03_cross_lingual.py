@@ -28,14 +28,17 @@
 #
 # Every method is fitted on one source per (source, target) pair, as Chatterjee et al. run
 # cross-task ICL (`cross_task_icl_random`, `icl_k` = 1 demonstration by default); with one
-# English source per target, the per-source result is the pooled one. Two races are kept apart:
-# label-free methods (`zero_shot`, `cross_task_icl_random`, `function_vector`, `i2cl`,
-# `lora_source`, `kasa_source`, `cast`; the steering methods choose layer and alpha on
-# held-out source rows) and methods that read labelled *target* rows (CAST_SPEC step 5's
-# `target_dev` protocol: `cast_target_dev`, `function_vector_target_dev` choose layer and
-# alpha on <= `n_tune` (at most 32) labelled target train rows, disjoint from the test rows;
-# `lora_target_dev`, `kasa_target_dev` train on <= 32 of them). `task_vector_target_dev`
-# and `icv_target_dev` are registered too (`methods="all"`).
+# English source per target, the per-source result is the pooled one. Two races are kept apart,
+# and every steering baseline runs in both: label-free methods (`zero_shot`,
+# `cross_task_icl_random`, `task_vector`, `icv`, `function_vector`, `i2cl`, `lora_source`,
+# `kasa_source`, `cast`; the steering methods choose layer and alpha, and I2CL whether to
+# inject at all, on held-out source rows) and methods that read labelled *target* rows
+# (CAST_SPEC step 5's `target_dev` protocol: `cast_target_dev`, `task_vector_target_dev`,
+# `icv_target_dev`, `function_vector_target_dev` choose layer and alpha on <= `n_tune` (at
+# most 32) labelled target train rows, disjoint from the test rows; `i2cl_target_dev`
+# calibrates its coefficients on labelled target rows as the I2CL authors' transfer script
+# does, within <= `n_target` of them; `lora_target_dev`, `kasa_target_dev` train on <= 32 of
+# them). Every steering method's choice includes the unsteered model.
 #
 # **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
 # of the `parameters` cell), executed so that the notebook stays tested: their numbers are
@@ -53,6 +56,10 @@
 # `k=4`, `icl_k=1`, `m=32`, `n_candidates=256`, `n_queries=64`, `n_tune=32`, `layers=None`,
 # `cast_alphas=None`, `top_heads=None`, `n_corrupted=8`, `n_demos=16`,
 # `train_steps=None` (`gpu.yaml`: `pairs="auto"`, every family member, `methods="all"`).
+# The archived runs predate the task vector, ICV and `i2cl_target_dev` in this list.
+# `n_demos=None` gives I2CL the authors' 5 demonstrations per label (stratified); a target
+# with more than 6 labels (SIB-200 has 7) then needs `method_params={"i2cl_target_dev":
+# {"demos_per_class": 4}}` to fit its calibration rows in the 32 labelled target rows.
 
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
@@ -66,13 +73,18 @@ families = None  # only these families when pairs is auto; None: all
 methods = [
     "zero_shot",
     "cross_task_icl_random",
+    "task_vector",
+    "icv",
     "function_vector",
     "i2cl",
     "lora_source",
     "kasa_source",
     "cast",
     "cast_target_dev",
+    "task_vector_target_dev",
+    "icv_target_dev",
     "function_vector_target_dev",
+    "i2cl_target_dev",
     "lora_target_dev",
     "kasa_target_dev",
 ]  # or "all"
@@ -91,9 +103,9 @@ n_prompts = 4  # task vector, function vector: source few-shot prompts averaged
 n_samples = 4  # ICV: source samples
 top_heads = [2]  # function vector: candidate K (heads summed); None: the method's default
 n_corrupted = 2  # function vector: corrupted prompts for the heads' indirect effects
-n_demos = 4  # I2CL: source demonstrations (context vectors, calibration); None: 5/label
+n_demos = 4  # I2CL: demonstrations in all, stratified by label; None: 5 per label
 train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
-n_target = 8  # LoRA/KaSA on target_dev: labelled target examples, at most 32
+n_target = 8  # LoRA/KaSA/I2CL on target_dev: labelled target examples, at most 32
 method_params = {}  # extra parameters per method label, e.g. {"cast": {"gamma": 0.0}}
 prompt_format = "plain"  # "plain" (the spec's prompts) or "chat" (the tokenizer's chat template)
 batch_size = 16

@@ -29,7 +29,9 @@ TARGET_B = make_task("tgt_b", n_train=8, n_test=6, seed=3)
 
 
 def _i2cl(**extra) -> I2CL:
+    # no choice against the unsteered model: the forward passes counted are the fit's own
     params = {"batch_size": 8, "demos_per_class": 2, "epochs": 2, "lr": 0.05, **extra}
+    params.setdefault("include_unsteered", False)
     return I2CL(progress=False, **params)
 
 

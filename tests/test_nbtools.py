@@ -11,7 +11,9 @@ def test_all_expands_every_registered_method_into_its_variants():
     assert len(labels) == len(set(labels))
     bases = {methods.preset(lab).method if methods.preset(lab) else lab for lab in labels}
     assert bases == set(methods.available())
-    steering = {f"{n}_target_dev" for n in ("cast", "task_vector", "icv", "function_vector")}
+    steering = {
+        f"{n}_target_dev" for n in ("cast", "task_vector", "icv", "function_vector", "i2cl")
+    }
     for preset in methods.PRESETS.values():
         assert preset.label in labels
         # a preset that is the method's default configuration stands for the bare name

@@ -1,12 +1,18 @@
 """Issue 20 points 1 and 7: the steering methods under the labelled-target protocol
 (``<name>_target_dev`` labels), and cross-task ICL run one source task per fit."""
 
+import random
+
 import pytest
+import torch
+import torch.nn.functional as F
 
 import castlib.methods as methods
 from castlib.methods import steering
+from castlib.methods.cross_task_icl import task_centred
 from castlib.methods.tuning import MAX_TARGET_DEV
 from castlib.prompts import cross_task, demonstration, zero_shot
+from castlib.record import record_activations
 from castlib.repro import nbtools
 from tests.conftest import make_task
 from tests.test_methods import guarded
@@ -46,8 +52,10 @@ def test_every_steering_method_has_a_target_dev_label():
         preset = methods.preset(f"{name}_target_dev")
         assert preset is not None and preset.method == name
         assert dict(preset.params) == {"protocol": "target_dev"}
+    i2cl = methods.preset("i2cl_target_dev")
+    assert i2cl is not None and dict(i2cl.params) == {"protocol": "target_dev"}
     labels = nbtools.expand_methods("all")
-    for name in ("cast", "task_vector", "icv", "function_vector"):  # both protocols listed
+    for name in ("cast", "task_vector", "icv", "function_vector", "i2cl"):  # both protocols
         assert name in labels and f"{name}_target_dev" in labels
     assert "cross_task_icl" not in labels and "lora" not in labels  # split into their presets
 
@@ -131,12 +139,57 @@ def test_random_variant_source_does_not_depend_on_the_seed(lm, source, target):
 
 
 def test_similar_variant_puts_the_most_similar_candidate_first(lm, source, target):
-    m = methods.get("cross_task_icl")(demo_choice="similar", k=3, n_candidates=12)
+    """Retrieval on CAST's content embedding: states at L // 2 of the zero-shot prompts, the
+    candidates centred on their mean, the queries on the mean of n_queries target inputs."""
+    m = methods.get("cross_task_icl")(demo_choice="similar", k=3, n_candidates=12, n_queries=8)
     m.fit(lm, [source], target, seed=0)
+    rng = random.Random(0)  # the fit's draws, in its order: candidates, then target inputs
+    rng.sample(list(source.train), 12)
+    inputs = rng.sample(list(target.train), 8)
+
+    def states(task, rows):
+        texts = [zero_shot(task, ex) for ex in rows]
+        return record_activations(lm, texts, layers=[lm.n_layers // 2])[:, 0].double()
+
+    cand_h = states(source, [ex for _, ex in m.candidates])
+    cand_e = F.normalize(cand_h - cand_h.mean(0), dim=-1)
+    torch.testing.assert_close(m.cand_e.double(), cand_e, atol=1e-5, rtol=1e-5)
     xs = target.test[:2]
+    query_e = F.normalize(states(target, xs) - states(target, inputs).mean(0), dim=-1)
     prompts = m.prompts(lm, target, xs)
-    sims = m._embed(lm, [(target, x) for x in xs]) @ m.cand_e.T
+    sims = query_e @ cand_e.T
     for row, x in enumerate(xs):
         order = sims[row].argsort(descending=True)[:3].tolist()
         demos = [m.candidates[i][1] for i in order]
         assert prompts[row] == cross_task(source, demos, target, x)
+    assert m.info["center"] == "per_task" and m.info["n_queries"] == 8
+
+
+def test_task_centring_finds_the_content_a_shared_offset_hides():
+    """Each task's prompts share a large offset (the instruction); on raw cosines the nearest
+    candidate is the one most aligned with the target's offset, after centring it is the one
+    with the same content."""
+    g = torch.Generator().manual_seed(0)
+    content = torch.randn(12, 48, generator=g, dtype=torch.float64)
+    common = 40 * torch.randn(48, generator=g, dtype=torch.float64)  # the prompt format
+    off_s, off_t = (common + 10 * torch.randn(48, generator=g, dtype=torch.float64) for _ in "st")
+    cand_h = off_s + content
+    picks = [3, 7, 1, 10]
+    queries = off_t + content[picks] + 0.05 * torch.randn(4, 48, generator=g, dtype=torch.float64)
+    others = off_t + torch.randn(30, 48, generator=g, dtype=torch.float64)  # unlabelled inputs
+    centred = task_centred(queries, others.mean(0)) @ task_centred(cand_h, cand_h.mean(0)).T
+    assert centred.argmax(dim=1).tolist() == picks
+    raw = task_centred(queries, None) @ task_centred(cand_h, None).T
+    assert raw.min() > 0.9 and raw.argmax(dim=1).tolist() != picks
+
+
+def test_similar_variant_needs_target_inputs_to_centre_on(lm, source):
+    empty = make_task("tgt0", n_train=0, n_test=4, seed=3)
+    m = methods.get("cross_task_icl")(demo_choice="similar", n_candidates=8)
+    with pytest.raises(ValueError, match=r"n_queries=64 unlabelled inputs.*center='none'"):
+        m.fit(lm, [source], empty)
+    with pytest.raises(ValueError, match="center must be one of"):
+        methods.get("cross_task_icl")(center="global")
+    plain = methods.get("cross_task_icl")(demo_choice="similar", n_candidates=8, center="none")
+    rec = plain.fit(lm, [source], empty).evaluate(lm, empty, limit=2)
+    assert rec["center"] == "none" and rec["n"] == 2

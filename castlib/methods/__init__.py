@@ -12,7 +12,9 @@ registers itself where it is defined (`castlib.methods.registry.register`), with
 (CAST_SPEC step 5, ``protocol="target_dev"``: layer and alpha chosen on <= 32 labelled target
 train rows) has one label each, registered here for all four at once (`TARGET_DEV_PRESETS`):
 ``cast_target_dev``, ``task_vector_target_dev``, ``icv_target_dev``,
-``function_vector_target_dev``.
+``function_vector_target_dev``. I2CL's labelled-target variant, ``i2cl_target_dev`` (its
+coefficients calibrated on labelled target rows), is registered next to it
+(`castlib.methods.i2cl`).
 """
 
 from __future__ import annotations

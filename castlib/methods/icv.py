@@ -1,5 +1,6 @@
-"""In-context vectors (Liu, Ye, Xing & Zou, ICML 2024), as the paper and the authors' code
-(github.com/shengliu66/ICV) define them.
+"""In-context vectors (Liu, Ye, Xing & Zou, ICML 2024), as the authors' code
+(github.com/shengliu66/ICV: ``tasks/base.py`` ``obtain_icv``, ``utils/pca.py``,
+``utils/llm_layers.py`` ``ICVLayer``/``add_icv_layers``) runs them.
 
 1. Shifts. For each of ``n_samples`` source draws (task, x, D) (k demonstrations D, seeded),
    the last-token states of every block in the zero-shot and the k-shot prompt give
@@ -7,49 +8,55 @@
        delta_l(x) = h_l(Pk(x; D)) - h_l(P0(x)),   l = 0..L-1,
 
    and ``dH(x) = [delta_0(x); ...; delta_{L-1}(x)]``, the shifts of all layers concatenated
-   into one ``L * hidden`` row (the paper concatenates the latent states of all layers).
-   The paper contrasts a demonstration's input with its target output; here the contrast is
-   the project's ICL shift (CAST_SPEC step 3), the same for every steering baseline.
-2. The in-context vector is the first principal direction of the stacked rows
-   ``X = [dH(x_1); ...; dH(x_n)]``, taken jointly across layers (one SVD of ``[n, L * hidden]``,
-   not one per layer); v_l is its l-th ``hidden`` slice. ``direction`` chooses how:
+   into one ``L * hidden`` row (the authors read the block outputs the same way; their PCA
+   also spans the embedding output's shift and then drops that slice, ``icv[1:]``; here that
+   shift is exactly zero, both prompts ending on the same token, so leaving it out of the
+   SVD changes nothing).
+2. The in-context vector, taken jointly across layers (one SVD of ``X = [dH(x_1); ...]``,
+   ``[n, L * hidden]``, not one per layer); v_l is its l-th ``hidden`` slice. ``direction``:
 
-   ``"uncentred"`` (default)
-       the first right singular vector of X itself (no mean subtracted), sign-aligned with
-       the mean row. Its direction maximises the second moment ``sum_x <dH(x), u>^2``, so when
-       the shifts share a strong common component it follows their mean; it is a direction,
-       free of units.
-   ``"component_plus_mean"``
-       what the authors' code computes: the first principal component of the *centred* rows
-       (a unit vector) plus the mean row. The component's sign is aligned with the mean here
-       (the authors' code fixes it by an ``svd_flip`` rule, arbitrary with respect to the mean).
+   ``"component_plus_mean"`` (default: what the authors' ``obtain_icv`` computes)
+       the first principal component of the *centred* rows (a unit vector, its sign fixed by
+       the authors' ``svd_flip`` rule: the sample whose score on the component has the largest
+       magnitude gets a positive score) plus the mean row. Because the mean's norm is on the
+       scale of the activations, v_l is close to the mean shift of layer l.
+   ``"uncentred"`` (an ablation, this package's earlier default)
+       the first right singular vector of X itself, sign-aligned with the mean row.
+3. Steering, at the output of every block's MLP (the module the authors wrap:
+   ``layer.mlp = Sequential(mlp, ICVLayer)``; the per-family module name is
+   `castlib.architectures`' ``mlp``), at every position. With o the MLP output of one position
+   and u_l = v_l / ||v_l||:
 
-   The default is the uncentred direction because the paper names the top principal direction
-   of the dH rows as the vector, and it does not depend on the scale of the hidden states: in
-   component-plus-mean a unit vector is added to the mean shift, whose norm is on the scale of
-   the model's activations, so on most models the sum is the mean up to a small tilt.
-3. Steering, at every block and every position, on the block output h (the residual stream
-   the shifts were read from), following the authors' ``ICVLayer``:
+       s  = 1 + max(0, cos(o, -v_l))        (cosine of the MLP output with the negated slice)
+       o' = ||o|| * unit( unit(o) + lambda * s * u_l )
 
-       s   = 1 + max(0, cos(h, -v_l))
-       h' = ||h|| * unit( unit(h) + alpha * s * unit(v_l) )
-
-   i.e. the normalised state is moved by ``alpha`` (times s, up to 2 when h points against
-   v_l) along the unit vector v_l/||v_l||, and the result is rescaled to the original norm of h
-   (the paper's norm preservation). Only each slice's direction is used: the per-layer norms of
-   the joint direction do not matter. alpha is chosen by the spec's tuning protocols (the paper
-   tunes its strength lambda by hand); the layer grid is not used (all layers are steered, each
-   with the full alpha), so ICV's one slot takes the whole shared tuning budget as alphas:
-   ``n_configs - 1`` (default 20) geometric over ``alpha_range`` = (0.025, 0.2), plus alpha = 0,
-   the unsteered model (`castlib.methods.steering`), as many configurations as CAST's.
+   i.e. the normalised MLP output is moved by lambda (times s, up to 2 when o points against
+   v_l) along u_l, and the result is rescaled to the original norm of o (their
+   ``ICVLayer.forward`` with one vector, whose ``y / len(icv)`` is then ``y``). The residual
+   stream receives o' in place of o. Only each slice's direction is used.
    The computation runs in float32 and the result is cast back to the activation's dtype.
+4. Strength. lambda (``alpha`` in the records) is chosen by the spec's tuning protocols over
+   the range the authors' code uses: 0.1 (the README's ``--lam 0.1``; the demo notebook's 0.10
+   and 0.12) to 0.8 (``common.py``'s default ``--lam``), ``alpha_range = (0.1, 0.8)``:
+   ``n_configs - 1`` (default 20) geometric points plus lambda = 0, the unsteered model
+   (`castlib.methods.steering`), as many configurations as CAST's. The layer grid is not used
+   (every layer is steered with the full lambda, as the authors do).
 
-Differences from the authors' code, and why: (a) the shift is written at the block output,
-where it was read and where the paper places it (the latent states), not at the MLP output
-(their ``ICVLayer`` wraps each block's MLP); castlib reads and writes the residual stream at
-one site for every method. Rotating the whole state is a stronger step than rotating an MLP
-output by the same amount, so alpha is not on the scale of their lambda. (b) The default direction is the uncentred one (see 2). (c) The
-demonstration pairs are the project's zero-shot/k-shot prompts (see 1).
+Remaining differences from the authors' code, and why:
+(a) The pairs contrasted are the project's zero-shot and k-shot prompts of a source example
+    (CAST_SPEC step 3, the same for every steering baseline); the authors contrast a
+    demonstration's input with its target output (a style pair). Their demonstrations are of
+    the evaluated task; here they are source-task demonstrations (cross-task transfer).
+(b) lambda is chosen on held-out rows by the shared tuning protocol (``source`` or
+    ``target_dev``) among 20 strengths and the unsteered model; the authors set it by hand.
+(c) On the sandwich-norm families (Gemma 2/3) the steered module is the raw MLP, as the
+    authors' ``find_module`` would find it (``mlp`` comes before the ``*_feedforward_layernorm``
+    modules); its output then passes the post-feed-forward norm. OPT has no MLP module (the
+    authors' keyword search fails there): its second feed-forward linear ``fc2`` is steered.
+(d) Their ``ICVLayer`` returns ``x.half()`` (their models run in half precision or 8-bit);
+    here the result takes the activation's dtype. Their hooks replace the module; here a
+    forward hook on the MLP rewrites its output (the same numbers; removed on exit).
+(e) Prediction is the spec's restricted scoring over the label space; the authors generate.
 """
 
 from __future__ import annotations
@@ -68,24 +75,44 @@ from ..models import LanguageModel
 from ..tasks import Task
 from ..validate import check_finite_number
 from ..vectors import SteeringVector
+from .function_vector import mlp_module
 from .registry import register
 from .steering import SteeringMethod, draw_icl_item, icl_activations, make_vector
 from .tuning import row_keys
 
-__all__ = ["ICV", "DIRECTIONS", "icv_direction", "icv_shift", "icv_steering"]
+__all__ = [
+    "ICV",
+    "DIRECTIONS",
+    "ALPHA_RANGE",
+    "authors_component",
+    "icv_direction",
+    "icv_shift",
+    "icv_steering",
+]
 
-DIRECTIONS = ("uncentred", "component_plus_mean")
+DIRECTIONS = ("component_plus_mean", "uncentred")
+#: lambda from the authors' README/demo (0.1) to their argument parser's default (0.8)
+ALPHA_RANGE = (0.1, 0.8)
 
 
-def icv_direction(deltas: torch.Tensor, direction: str = "uncentred") -> torch.Tensor:
+def authors_component(flat: torch.Tensor) -> torch.Tensor:
+    """The unit first principal component of the centred rows of ``flat [n, d]`` with the sign
+    the authors' ``PCA`` gives it (``svd_flip``: the row whose score on the component has the
+    largest magnitude scores positive); float64."""
+    x = flat.double()
+    u, _, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    return vh[0] * (-1.0 if u[int(u[:, 0].abs().argmax()), 0] < 0 else 1.0)
+
+
+def icv_direction(deltas: torch.Tensor, direction: str = "component_plus_mean") -> torch.Tensor:
     """The in-context vector of per-example, per-layer shifts.
 
     Args:
         deltas: ``[n, n_layers, hidden]`` shifts ``delta_l(x)``.
-        direction: ``"uncentred"`` (the first right singular vector of the flattened rows,
-            sign-aligned with their mean; unit norm over all layers) or
-            ``"component_plus_mean"`` (the unit first principal component of the centred rows,
-            sign-aligned with the mean, plus the mean row). See the module docstring.
+        direction: ``"component_plus_mean"`` (the authors': `authors_component` of the
+            flattened rows plus their mean row) or ``"uncentred"`` (the first right singular
+            vector of the flattened rows, sign-aligned with their mean; unit norm over all
+            layers). See the module docstring.
 
     Returns:
         float32 ``[n_layers, hidden]``: the joint direction cut into per-layer slices.
@@ -106,7 +133,7 @@ def icv_direction(deltas: torch.Tensor, direction: str = "uncentred") -> torch.T
     elif n < 2 or not (flat - mean).abs().max() > 0:  # no spread: no component, the mean only
         vec = mean
     else:
-        vec = first_principal_direction(flat, align_with=mean, center=True) + mean
+        vec = authors_component(flat) + mean
     return vec.reshape(n_layers, hidden).float()
 
 
@@ -125,7 +152,7 @@ def icv_shift(hidden: torch.Tensor, unit: torch.Tensor, alpha: float) -> torch.T
 
 
 class _ICVHook:
-    """Forward hook of one block: `icv_shift` at every position."""
+    """Forward hook of one MLP: `icv_shift` of its output at every position."""
 
     def __init__(self, unit: torch.Tensor, alpha: float) -> None:
         self.unit = unit
@@ -141,7 +168,7 @@ class _ICVHook:
 
 
 class ICVSteering:
-    """Active ICV hooks on every block; a context manager that removes them on exit, also
+    """Active ICV hooks on every block's MLP; a context manager that removes them on exit, also
     after an exception (`icv_steering`)."""
 
     def __init__(self, lm: LanguageModel, vector: SteeringVector, alpha: float) -> None:
@@ -157,7 +184,8 @@ class ICVSteering:
                 v = vector[layer].detach().float().cpu()
                 norm = v.norm()
                 unit = v / norm if norm > 0 else torch.zeros_like(v)
-                self.hooks.add(block.register_forward_hook(_ICVHook(unit, alpha)))
+                site = mlp_module(block)
+                self.hooks.add(site.register_forward_hook(_ICVHook(unit, alpha)))
         except BaseException:
             self.hooks.remove()
             raise
@@ -173,8 +201,9 @@ class ICVSteering:
 
 
 def icv_steering(lm: LanguageModel, vector: SteeringVector, alpha: float) -> ICVSteering:
-    """Steer ``lm`` with the in-context vector at every block and position (`icv_shift`);
-    ``alpha = 0`` installs nothing. Use the result as a context manager."""
+    """Steer ``lm`` with the in-context vector: `icv_shift` of every block's MLP output at every
+    position, with lambda = ``alpha``; ``alpha = 0`` installs nothing. Use the result as a
+    context manager."""
     return ICVSteering(lm, vector, check_finite_number(alpha, "icv: alpha"))
 
 
@@ -186,12 +215,12 @@ class ICV(SteeringMethod):
 
     @dataclasses.dataclass(frozen=True)
     class Params(SteeringMethod.Params):
-        alpha_range: tuple[float, ...] = (0.025, 0.2)
+        alpha_range: tuple[float, ...] = ALPHA_RANGE
         positions: str = "all"
         norm_preserving: bool = True
         k: int = 4
         n_samples: int = 32
-        direction: str = "uncentred"  # or "component_plus_mean" (the authors' code)
+        direction: str = "component_plus_mean"  # the authors'; "uncentred": the ablation
 
     def steering(self, lm: LanguageModel, layer: int, alpha: float) -> AbstractContextManager[Any]:
         assert self.vector is not None
@@ -237,7 +266,8 @@ class ICV(SteeringMethod):
             )
         if p.positions != "all" or p.norm_preserving is not True:
             raise ValueError(
-                "icv shifts every position and preserves each state's norm (Liu et al. 2024): "
+                "icv shifts every position's MLP output and preserves its norm (Liu et al. "
+                "2024): "
                 f"positions='all', norm_preserving=True (got positions={p.positions!r}, "
                 f"norm_preserving={p.norm_preserving!r})"
             )
