@@ -58,7 +58,9 @@ that started it, whatever kernel specs the user has installed.
 A notebook writes ``results.json`` (a list of flat records, or one record) into ``output_dir``.
 Each run writes ``<run_dir>/run.json`` with its status (``"ok"``/``"failed"``), parameters,
 the code that ran it (``source``: git commit of the notebook's checkout, whether its tracked
-files differed and which, `source_state`), timestamps, wall seconds and, on failure, the error type, message, traceback and failing cell. A
+files differed and which, `source_state`), the library versions that ran it (``versions``,
+`castlib.repro.versions.environment_versions`; a kernel outside the batch's interpreter gets a
+``versions_note`` instead), timestamps, wall seconds and, on failure, the error type, message, traceback and failing cell. A
 run that finishes without a readable ``results.json`` counts as failed. A failed run does not
 stop the batch. Rerunning resumes: a run whose run.json says ok with the same parameters and whose
 results.json exists is skipped unless ``--force``; failed runs are retried. A forced rerun of a
@@ -120,6 +122,7 @@ import pandas as pd
 from ..activation_store import STORE_ENV
 from ..fit_store import FIT_STORE_ENV
 from .kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
+from .versions import environment_versions
 
 __all__ = [
     "ConfigError",
@@ -714,6 +717,9 @@ def execute_run(
     if kernel == CURRENT_ENV_KERNEL:
         engine_kwargs["kernel_manager_class"] = CurrentEnvKernelManager
         record["python"] = sys.executable
+        record["versions"] = environment_versions()  # the kernel runs in this interpreter
+    else:
+        record["versions_note"] = f"kernel {kernel!r} runs in its own environment, not recorded"
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(
