@@ -6,8 +6,9 @@ documentation site.
 repository (``build/docs/``):
 
 * ``docs/results.md``: the archives (which runs of each config are archived, which are not, and
-  their measured wall time: `castlib.repro.report.wall_time_text`), the main tables (`castlib.repro.results_md.main_tables_markdown`, the same generated
-  Markdown as the README's), one verdict per claim of the paper and config and model
+  their measured wall time: `castlib.repro.report.wall_time_text`), the main tables
+  (`castlib.repro.results_md.main_tables_markdown`, the same generated Markdown as the README's),
+  one verdict per claim of the paper and config and model
   (`castlib.repro.claims.claim_paragraph`), and one section per notebook whose anchor is the
   notebook stem (``results.html#02_cross_domain``) with the main tables of every config and model
   (`castlib.repro.claims.main_table`), the headline figures (matplotlib PNGs drawn from the

@@ -127,20 +127,53 @@ def _target(files: Files, here: str, url: str) -> File | None:
     return None
 
 
+def _subsequence(short: list[str], long: list[str]) -> bool:
+    it = iter(long)
+    return all(token in it for token in short)
+
+
+def _fix_toc(html: str, toc: Any) -> None:
+    """Point the table of contents of a notebook page at its headings' ids where they differ:
+    mkdocs-jupyter's slugs leave out inline code that nbconvert's ids keep (``is_base``)."""
+    ids = re.findall(r'<h[1-6][^>]*\bid="([^"]+)"', html)
+    items, stack = [], list(toc)
+    while stack:
+        item = stack.pop(0)
+        items.append(item)
+        stack[:0] = list(item.children)
+    for item in items:
+        if item.id in ids:
+            continue
+        words = item.id.split("-")
+        match = next((i for i in ids if _subsequence(words, i.split("-"))), None)
+        if match is not None:
+            item.id = match
+
+
 def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
     """Notebook pages: relative links to repository pages point to their HTML (see the module
-    docstring); the empty MathJax script is dropped."""
+    docstring), resolved from the page's folder or, for an archived notebook, from the folder of
+    the notebook it was executed from (``notebooks/``); the table of contents points at the
+    headings' ids; the empty MathJax script is dropped."""
     if not page.file.src_uri.endswith(".ipynb"):
         return html
     html = _EMPTY_SCRIPT.sub("", html)
+    _fix_toc(html, page.toc)
     here = page.file.src_uri
+    bases = [here]
+    if here.startswith(f"{ARCHIVE}/"):
+        bases.append(f"notebooks/{posixpath.basename(here)}")
 
     def fix(match: re.Match[str]) -> str:
         url = match["url"]
         if not url or url.startswith(("#", "/", "data:", "mailto:")) or re.match(r"\w+://", url):
             return match[0]
         path, _, fragment = url.partition("#")
-        target = _target(files, here, path) if path else None
+        target = None
+        for base in bases if path else []:
+            target = _target(files, base, path)
+            if target is not None:
+                break
         if target is None:
             return match[0]
         new = posixpath.relpath(target.url, posixpath.dirname(page.file.url) or ".")
