@@ -56,7 +56,7 @@ lock:
 	@cp $(LOCK) $(LOCK).new 2>/dev/null || true   # uv keeps the pins it finds there
 	$(VENV)/bin/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
 	  --extra all --extra dev --extra ray --extra docs --extra lock --extra qwen \
-	  --constraint build/archive-pins.txt --custom-compile-command "make lock" \
+	  --constraint build/archive-pins.txt \
 	  --no-header $(LOCK_ARGS) --output-file $(LOCK).new
 	@{ printf '%s\n' "# The exact versions \`make setup\` installs (pip install -c $(LOCK)); written by \`make lock\`" \
 	     "# (uv pip compile, universal, Python >= 3.11, every extra; kept: $(ARCHIVE_PINS))."; \

@@ -67,6 +67,7 @@ __all__ = [
     "input_device",
 ]
 
+#: The model `load_model` loads by default: Gemma 3 270M, embedded (no download).
 EMBEDDED_MODEL = "gemma-3-270m"
 
 _MANIFEST = "castlib_manifest.json"

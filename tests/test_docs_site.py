@@ -19,7 +19,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -163,7 +163,7 @@ def test_site_has_every_page_the_issue_names(site: Path) -> None:
     for nb in archived:
         rel = nb.relative_to(ROOT).with_suffix(".html").as_posix()
         assert (site / rel).is_file(), rel
-        assert f'href="../{rel}"' in results, f"the results page does not link {rel}"
+        assert f'href="../{quote(rel)}"' in results, f"the results page does not link {rel}"
     # every public name of castlib and castlib.methods has its entry in the API pages
     import castlib
     import castlib.methods
