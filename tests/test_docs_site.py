@@ -171,7 +171,9 @@ def test_site_has_every_page_the_issue_names(site: Path) -> None:
     for module, page in ((castlib, "castlib"), (castlib.methods, "methods")):
         html = (site / "docs" / "api" / f"{page}.html").read_text(encoding="utf-8")
         for name in module.__all__:
-            assert f'id="{module.__name__}.{name}"' in html, f"{module.__name__}.{name}"
+            # a function named like its module (castlib.steer) is listed under the module's path
+            ids = {f"{module.__name__}.{name}", f"{module.__name__}.{name}.{name}"}
+            assert any(f'id="{i}"' in html for i in ids), f"{module.__name__}.{name}"
 
 
 # --------------------------------------------------------------------------- browser
