@@ -256,7 +256,7 @@ def test_site_in_headless_chromium(site: Path, tmp_path: Path) -> None:
         assert re.search(rf"<td[^>]*>{target}</td>", landing), f"main table row {target}"
     # an API page: entries rendered from the docstrings
     api = doms["site_api_castlib"]
-    for name in ("load_model", "steer", "SteeringVector", "evaluate_sweep"):
+    for name in ("load_model", "steer.steer", "SteeringVector", "evaluate_sweep"):
         assert f'id="castlib.{name}"' in api, name
     assert "A causal LM with what castlib needs to read and steer its residual stream" in api
     # a notebook page: its cells and outputs, as committed, and the figure it shows
