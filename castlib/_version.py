@@ -1,1 +1,2 @@
 __version__ = "0.1.0"
+"""castlib's version (PEP 440); every result record keeps it as ``castlib_version``."""

@@ -66,8 +66,9 @@ __all__ = [
 ]
 
 _PEERS_HINT = (
-    'pip install --no-deps "steering-vectors>=0.12" "repeng>=0.4" scikit-learn '
-    "(as `make setup` does; their pins predate transformers 5 / numpy 2)"
+    "their pins predate transformers 5 / numpy 2, so they live in their own environment: "
+    "bash benchmarks/setup_peers.sh makes benchmarks/.venv-bench (or: pip install scikit-learn, "
+    'then pip install --no-deps "steering-vectors>=0.12" "repeng>=0.4")'
 )
 
 

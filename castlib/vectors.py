@@ -342,7 +342,10 @@ def from_gguf(
         path: the ``.gguf`` file.
         lm: the model to apply it to (optional); the file is refused when its width or depth
             does not fit.
-        model_id, n_layers, hidden_size: the same facts without a loaded model.
+        model_id: the model's id without a loaded model (default: ``lm.name``, else the
+            file's ``controlvector.model_hint``).
+        n_layers: the model's depth without a loaded model.
+        hidden_size: the model's width without a loaded model.
 
     Raises:
         ValueError: the file is not a control vector (`castlib.vector_files.read_gguf` says

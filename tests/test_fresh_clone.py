@@ -3,8 +3,8 @@
 The repository is cloned into an empty temporary folder (no ``../shared``, no ``$CASTLIB_DATA``,
 an empty ``$CASTLIB_CACHE`` and an empty ``$HOME``), and ``make quickstart`` runs there as a new
 user would type it (with small sizes). It must find the data the repository ships, build its own
-``.venv`` and model cache, print both accuracies, and write nothing into the user's Jupyter
-folders. Slow (a venv and a model cache are built from scratch): marked ``fresh_clone``.
+``.venv`` and model cache, print both accuracies and no ``ERROR`` line (pip's dependency resolver
+included), and write nothing into the user's Jupyter folders. Slow (a venv and a model cache are built from scratch): marked ``fresh_clone``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def test_make_quickstart_on_a_fresh_clone(tmp_path: Path) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
+    errors = [line for line in out.splitlines() if "ERROR" in line]
+    assert not errors, f"make quickstart printed errors: {errors[:5]}"
     assert re.search(r"zero-shot test accuracy \(n=16\): [01]\.\d{3}", out), out[-2000:]
     assert re.search(r"steered test accuracy .*: [01]\.\d{3}", out), out[-2000:]
     assert (clone / ".venv" / "share" / "jupyter" / "kernels" / "castlib").is_dir()

@@ -1,7 +1,9 @@
 """Vectors that travel: llama.cpp control vectors (GGUF), steering-vectors and repeng.
 
-The parity tests need the peers (installed by `make setup`, with --no-deps); they are skipped
-with the reason when a peer is missing.
+The parity tests need the peers, which live in the benchmark's own environment
+(benchmarks/setup_peers.sh makes benchmarks/.venv-bench, layered on the project venv; their pins
+predate transformers 5 and numpy 2). `make test-peers` makes it and runs this file there; in the
+project venv these tests are skipped, saying how to run them.
 """
 
 from __future__ import annotations
@@ -184,10 +186,16 @@ def test_to_gguf_refuses_layer_zero(lm, tmp_path):
 # --------------------------------------------------------------------------- steering-vectors
 
 
+PEERS_HOW = (
+    "the parity peers live in benchmarks/.venv-bench: run `make test-peers` (or bash "
+    "benchmarks/setup_peers.sh, then benchmarks/.venv-bench/bin/python -m pytest tests/test_interop.py)"
+)
+
+
 @pytest.fixture(scope="module")
 def sv():
     return pytest.importorskip(
-        "steering_vectors", reason="steering-vectors not installed (make setup installs it)"
+        "steering_vectors", reason=f"steering-vectors is not installed here; {PEERS_HOW}"
     )
 
 
@@ -195,8 +203,8 @@ def sv():
 def repeng():
     try:
         return import_repeng()
-    except ImportError as exc:
-        pytest.skip(f"repeng not importable: {exc}")
+    except ImportError:
+        pytest.skip(f"repeng is not installed here; {PEERS_HOW}")
 
 
 def test_steering_vectors_round_trip(sv, lm):

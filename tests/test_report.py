@@ -1,5 +1,6 @@
-"""castlib.repro.archive, castlib.repro.claims and castlib.repro.report on a small synthetic batch and on the
-repository's archive; the report rendered in headless Chromium.
+"""castlib.repro.archive, castlib.repro.claims, castlib.repro.report and castlib.repro.results_pages
+on a small synthetic batch and on the repository's archive (the site built from them is checked
+in a browser by tests/test_docs_site.py).
 
 The synthetic batch runs a tiny notebook named ``02_cross_domain.ipynb`` (no model: it writes
 made-up records with per-example predictions, saves a PNG and shows it inline, and prints its
@@ -13,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import textwrap
@@ -28,10 +28,10 @@ from castlib.repro import archive as A
 from castlib.repro import claims as C
 from castlib.repro import report as REP
 from castlib.repro import results_md as MD
+from castlib.repro import results_pages as PAGES
 from castlib.repro import runs as R
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 
 NOTEBOOK_CODE = textwrap.dedent(
     """
@@ -293,144 +293,79 @@ def test_main_table_without_predictions_is_mean_std() -> None:
         C.main_table(rows.drop(columns="target"))
 
 
-# --------------------------------------------------------------------------- report
-
-
-_REMOTE = re.compile(
-    r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//"""
-    r"""|@import\s+(?:url\()?["']?(?:https?:)?//|import\(\s*["'](?:https?:)?//""",
-    re.I,
-)
-
-
-def _assert_offline(html: str, where: str) -> None:
-    match = _REMOTE.search(html)
-    assert match is None, (
-        f"{where} loads a remote asset: {html[match.start() : match.start() + 120]}"
-    )
+# --------------------------------------------------------------------------- results pages
 
 
 @pytest.fixture(scope="module")
-def synthetic_report(synthetic: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("report") / "report"
-    REP.build_report(synthetic["small"], out, root=None, n_boot=300)
+def synthetic_pages(synthetic: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pages")
+    written = PAGES.results_pages(synthetic["small"], out, root=None, n_boot=300)
+    assert out / "docs" / "results.md" in written
     return out
 
 
-def test_report_from_synthetic_archive(synthetic_report: Path) -> None:
-    index = (synthetic_report / "index.html").read_text()
-    _assert_offline(index, "index.html")
-    for claim in C.CLAIMS:
-        assert f'id="{claim.notebook}"' in index
-    assert "paired-bootstrap interval" in index
-    assert "alpha_task" in index and "beta_task" in index
-    assert re.search(r"<td>[\d.]+ h over 1 run \([\d,]+ s\): 02_cross_domain [\d,]+ s</td>", index)
-    for seed in (0,):
-        page = synthetic_report / "synth" / "02_cross_domain" / f"seed={seed}.html"
-        html = page.read_text()
-        _assert_offline(html, page.name)
-        assert "data:image/png;base64," in html  # the dropped image, from the PNG beside it
-        assert f'href="synth/02_cross_domain/seed={seed}.html"' in index
-    for src in re.findall(r'<img[^>]*src="([^"]+)"', index):
-        assert (synthetic_report / src).stat().st_size > 0
+def _image_links(markdown: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
 
 
-def test_report_from_the_repository_archive(tmp_path: Path) -> None:
-    out = tmp_path / "report"
-    index = REP.build_report(ROOT / "papermill_runs" / "results", out, n_boot=200)
-    html = index.read_text()
-    _assert_offline(html, "index.html")
+def test_results_pages_from_synthetic_archive(synthetic_pages: Path) -> None:
+    page = (synthetic_pages / "docs" / "results.md").read_text()
     for claim in C.CLAIMS:
-        assert f'id="{claim.notebook}"' in html
-        assert f'id="claim-{claim.notebook}"' in html
-    summary = pd.read_csv(ROOT / "papermill_runs" / "results" / "full_cpu_200rows" / R.SUMMARY_FILE)
+        assert f"{{ #claim-{claim.notebook} }}" in page
+        assert f"## {claim.notebook} {{ #{claim.notebook} }}" in page
+    assert "paired-bootstrap interval" in page
+    assert "| alpha_task" in page and "| beta_task" in page
+    assert re.search(
+        r"\| `synth` \| tiny \| 1 of \? \| .* \| [\d.]+ h over 1 run \([\d,]+ s\): 02_cross_domain [\d,]+ s \|",
+        page,
+    )
+    run = "../papermill_runs/results/synth/02_cross_domain/seed=0/"
+    assert f"[02_cross_domain]({run}02_cross_domain.ipynb)" in page
+    assert f"[accuracy]({run}accuracy.png)" in page
+    images = _image_links(page)
+    assert images, "the results page shows no figure"
+    for src in images:
+        assert (synthetic_pages / "docs" / src).stat().st_size > 0, src
+    # the archive dropped this notebook's images: the site's copy has its PNG figures appended
+    copy = synthetic_pages / "papermill_runs" / "results" / "synth" / "02_cross_domain" / "seed=0"
+    nb = nbformat.read(copy / "02_cross_domain.ipynb", as_version=4)
+    assert nb.cells[-1].source == "## Figures of this run\n\n![accuracy.png](accuracy.png)"
+    folder = (copy.parent / "index.md").read_text()
+    assert "[02_cross_domain](seed=0/02_cross_domain.ipynb)" in folder
+    assert "../../../../docs/results.md#02_cross_domain-synth" in folder
+
+
+def test_results_pages_from_the_repository_archive(tmp_path: Path) -> None:
+    archive = ROOT / "papermill_runs" / "results"
+    PAGES.results_pages(archive, tmp_path, n_boot=200)
+    page = (tmp_path / "docs" / "results.md").read_text()
+    summary = pd.read_csv(archive / "full_cpu_200rows" / R.SUMMARY_FILE)
     cross = summary[summary["notebook"].str.contains("02_cross_domain")]
     for target in cross["target"].unique():
-        assert f"<td>{target}</td>" in html
-    imgs = re.findall(r'<img[^>]*src="([^"]+)"', html)
-    assert imgs and all((out / src).stat().st_size > 0 for src in imgs)
-    # notebooks with no figure computed from the records show their runs' archived figures
-    for run in (ROOT / "papermill_runs" / "results" / "full_cpu").glob("0[4-7]_*/default"):
-        for png in run.glob("*.png"):
-            assert f"full_cpu/{run.parent.name}/default/{png.name}" in imgs, png
-
-
-def test_report_without_archive_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no archive under"):
-        REP.build_report(tmp_path, tmp_path / "out")
-
-
-# --------------------------------------------------------------------------- browser
-
-
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    return struct.unpack(">II", head[16:24])
-
-
-def _render(browser: str, page: Path, shot: Path, profile: Path) -> str:
-    common = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,2400",
-    ]
-    url = page.resolve().as_uri()
-    dom = subprocess.run(
-        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-    subprocess.run(
-        [*common, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True
+        assert f"| {target} " in page, target
+    # the README's block is on the page, computed the same way
+    assert MD.main_tables_markdown(archive, n_boot=200) in page
+    images = _image_links(page)
+    assert images and all(
+        (tmp_path / "docs" / src).is_file() or src.startswith("../") for src in images
     )
-    assert shot.stat().st_size > 0, f"no screenshot of {page}"
-    return dom
+    # notebooks with no figure computed from the records show their runs' archived figures
+    for run in (archive / "full_cpu").glob("0[4-7]_*/default"):
+        for png in run.glob("*.png"):
+            assert (
+                f"../papermill_runs/results/full_cpu/{run.parent.name}/default/{png.name}" in images
+            )
+    # every archived executed notebook is one link away
+    for nb in archive.glob("*/*/*/*.ipynb"):
+        assert f"(../{nb.relative_to(ROOT).as_posix()})" in page, nb
+        assert (tmp_path / nb.relative_to(ROOT).parent.parent / "index.md").is_file()
 
 
-@pytest.mark.skipif(
-    _chromium() is None,
-    reason="headless Chromium is not installed (Debian: apt-get install chromium; .ci/run does)",
-)
-def test_report_in_headless_chromium(synthetic_report: Path, tmp_path: Path) -> None:
-    browser = _chromium()
-    assert browser is not None
-    ARTIFACTS.mkdir(exist_ok=True)
-    shots = {}
-    index = synthetic_report / "index.html"
-    page = synthetic_report / "synth" / "02_cross_domain" / "seed=0.html"
-    for name, html in (("report_index", index), ("report_notebook_page", page)):
-        shot = ARTIFACTS / f"{name}.png"
-        dom = _render(browser, html, shot, tmp_path / f"profile-{name}")
-        shots[name] = (dom, shot)
-        print(f"screenshot: {shot}")
-    dom, _ = shots["report_index"]
-    for target in ("alpha_task", "beta_task"):
-        assert re.search(rf"<td>{target}</td>", dom), f"main table row {target} not rendered"
-    imgs = re.findall(r'<img[^>]*src="([^"]+)"', dom)
-    assert imgs, "the index shows no figure"
-    for src in imgs:
-        w, h = _png_size(synthetic_report / src)
-        assert w > 50 and h > 50, f"{src} is {w}x{h}"
-    page_dom, _ = shots["report_notebook_page"]
-    embedded = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page_dom)
-    assert embedded, "the notebook page shows no figure"
-    for data in embedded:
-        import base64
-
-        raw = base64.b64decode(data)
-        w, h = struct.unpack(">II", raw[16:24])
-        assert w > 50 and h > 50
-    assert "writing into runs_out/synth/" in page_dom
+def test_results_pages_without_archive_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no archive under"):
+        PAGES.results_pages(tmp_path, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="archive folder not found"):
+        PAGES.results_pages(tmp_path / "none", tmp_path / "out")
 
 
 def _claim(stem: str) -> C.Claim:

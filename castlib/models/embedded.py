@@ -27,6 +27,7 @@ __all__ = [
     "suggest_model",
 ]
 
+#: The model `load_model` loads by default: Gemma 3 270M, embedded (no download).
 EMBEDDED_MODEL = "gemma-3-270m"
 
 

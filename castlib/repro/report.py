@@ -1,25 +1,22 @@
-"""A static HTML report of the reproduction, built from the archived batch records alone.
+"""The archived batch records of the reproduction, read back: which runs each config's archive
+holds and what they cost.
 
-``python -m castlib.repro.report [--archive papermill_runs/results] [--out report]`` (``make report``)
-writes, without loading a model:
+* `load_archive` reads one archive folder (``<archive>/<config>``): its aggregated
+  ``summary.csv``, ``predictions.jsonl.gz`` (None when absent) and its ok runs, and with the
+  repository root, the runs ``papermill_runs/<config>.yaml`` expands to (so `ArchivedConfig.missing`
+  names the runs not archived); `archive_configs` lists an archive's config folders;
+* `wall_time` and `wall_time_text`: the measured wall time of a config's archived runs per
+  notebook; ``python -m castlib.repro.report [--archive papermill_runs/results]`` prints it.
 
-* ``report/index.html``: the archives (which runs of each config are archived, which are not,
-  and their measured wall time: `wall_time`; ``--wall-time`` prints it and builds nothing),
-  one verdict paragraph per claim of the paper (`castlib.repro.claims`), and one section per
-  notebook whose HTML id is the notebook stem (``index.html#02_cross_domain``) with the main
-  tables of every config and model (`castlib.repro.claims.main_table`), the headline figures
-  (matplotlib PNGs drawn from the records into ``report/figures/``) and the archived runs;
-* ``report/<config>/<notebook stem>/<grid point>.html``: one page per archived executed
-  notebook, exported by nbconvert's HTML exporter (lab template without its CDN scripts:
-  ``castlib/templates/report_notebook.html.j2``; images embedded). When the archived notebook
-  lost its image outputs (`castlib.repro.archive`), the run's PNG figures are embedded at its end;
-* ``report/<config>/<notebook stem>/<grid point>/*.png``: the run's archived figures.
+The results themselves (main tables, claims, figures, every archived executed notebook) are
+pages of the documentation site (``make docs``; `castlib.repro.results_pages`). Nothing here
+loads a model.
 
-Archive layout (`castlib.repro.archive`): ``<archive>/<config>/<notebook stem>/<grid point>/`` with
-``run.json``, ``results.json``, CSV tables, PNG figures and ``<notebook stem>.ipynb``; the
+Archive layout (`castlib.repro.archive`): ``<archive>/<config>/<notebook stem>/<grid point>/``
+with ``run.json``, ``results.json``, CSV tables, PNG figures and ``<notebook stem>.ipynb``; the
 config folder holds the aggregated ``summary.csv`` and, where the runs kept per-example
-predictions, ``predictions.jsonl.gz``. ``papermill_runs/<config>.yaml``, when present, says
-which runs the archive should hold. Pages and index use no http(s) script or stylesheet.
+predictions, ``predictions.jsonl.gz``. ``papermill_runs/<config>.yaml``, when present, says which
+runs the archive should hold.
 """
 
 from __future__ import annotations
@@ -28,35 +25,22 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..stats import N_BOOT
-from . import claims as C
 from . import runs as R
-from .archive import DROPPED_IMAGE_NOTE
 
 __all__ = [
     "ArchivedConfig",
     "archive_configs",
-    "build_report",
     "load_archive",
-    "notebook_page",
     "wall_time",
     "wall_time_text",
 ]
-
-TEMPLATES = Path(__file__).parent / "templates"
-INDEX_TEMPLATE = "report_index.html.j2"
-NOTEBOOK_TEMPLATE = "report_notebook.html.j2"
-MAIN_NOTEBOOKS = ("00_quickstart", "02_cross_domain", "03_cross_lingual")
 
 
 @dataclass
@@ -197,282 +181,6 @@ def wall_time_text(cfg: ArchivedConfig) -> str:
     )
 
 
-# --------------------------------------------------------------------------- figures
-
-
-MAX_INLINE_RUNS = 2  # runs whose archived figures are shown inline when none is computed
-
-
-def _main_figure(long: pd.DataFrame, title: str, path: Path) -> Path:
-    """Grouped bars: accuracy of zero-shot, CAST and the best label-free baseline per target,
-    with their interval (or +- std) as error bars."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    targets = sorted(long["target"].unique())
-    present = set(long.loc[long["accuracy"].notna(), "role"])
-    roles = [r for r in ("zero-shot", "CAST", "best label-free") if r in present]
-    fig = Figure(figsize=(max(5.0, 1.6 * len(targets) + 2.0), 3.8), layout="constrained")
-    ax = fig.add_subplot()
-    width = 0.8 / len(roles)
-    x = np.arange(len(targets))
-    for i, role in enumerate(roles):
-        part = long[long["role"] == role].set_index("target").reindex(targets)
-        acc = part["accuracy"].to_numpy(dtype=float)
-        err = np.vstack([acc - part["low"].to_numpy(float), part["high"].to_numpy(float) - acc])
-        ax.bar(
-            x + (i - (len(roles) - 1) / 2) * width,
-            acc,
-            width,
-            yerr=np.nan_to_num(err),
-            capsize=3,
-            label=role,
-        )
-    ax.set_xticks(x, targets, rotation=20 if len(targets) > 3 else 0)
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(loc="upper right", fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _consistency_figure(rows: pd.DataFrame, title: str, path: Path) -> Path | None:
-    """Notebook 01: cross-task cosine per layer against the split-half ceiling and the
-    random floor."""
-    from matplotlib.figure import Figure
-
-    layers = C.consistency_layers(rows)
-    if layers.empty:
-        return None
-    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    for col, style in (("cross_task_cosine", "-o"), ("ceiling", "--"), ("floor", ":")):
-        ax.plot(layers["layer"], layers[col], style, label=col.replace("_", " "))
-    ax.set_xlabel("layer")
-    ax.set_ylabel("cosine")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-# --------------------------------------------------------------------------- notebook pages
-
-
-def notebook_page(notebook: str | Path, html_out: str | Path) -> Path:
-    """Export an archived executed notebook to one offline HTML page (nbconvert, lab template
-    without CDN scripts, images embedded). Image outputs the archive dropped are replaced by
-    the run's PNG figures (the ``*.png`` beside the notebook), embedded at the end."""
-    import jinja2
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    notebook, html_out = Path(notebook), Path(html_out)
-    nb = nbformat.read(notebook, as_version=4)
-    pngs = sorted(p.name for p in notebook.parent.glob("*.png"))
-    if pngs and DROPPED_IMAGE_NOTE in notebook.read_text(encoding="utf-8"):
-        links = "\n\n".join(f"![{name}]({name})" for name in pngs)
-        nb.cells.append(nbformat.v4.new_markdown_cell(f"## Figures of this run\n\n{links}"))
-    loader = jinja2.FileSystemLoader(str(TEMPLATES))
-    exporter = HTMLExporter(
-        template_name="lab",
-        template_file=NOTEBOOK_TEMPLATE,
-        extra_loaders=[loader],
-        embed_images=True,
-    )
-    resources = {"metadata": {"path": str(notebook.parent), "name": notebook.stem}}
-    body, _ = exporter.from_notebook_node(nb, resources=resources)
-    html_out.parent.mkdir(parents=True, exist_ok=True)
-    html_out.write_text(body, encoding="utf-8")
-    return html_out
-
-
-# --------------------------------------------------------------------------- the site
-
-
-def _rows_of(cfg: ArchivedConfig, stem: str) -> pd.DataFrame:
-    s = cfg.summary
-    if "notebook" not in s or s.empty:
-        return s.iloc[0:0]
-    return s[s["notebook"].map(C.notebook_stem) == stem]
-
-
-def _by_model(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    if rows.empty:
-        return []
-    if "model" not in rows:
-        return [("unknown model", rows)]
-    return [(str(m), part) for m, part in rows.groupby("model", sort=True)]
-
-
-def _slug(*parts: str) -> str:
-    return "__".join(R.safe_name(p) for p in parts)
-
-
-def build_report(
-    archive: str | Path = "papermill_runs/results",
-    out: str | Path = "report",
-    root: str | Path | None = None,
-    n_boot: int = N_BOOT,
-) -> Path:
-    """Build the report (see the module docstring) from every config folder of ``archive``
-    that holds a ``summary.csv``; returns the index path. ``root``: the repository, whose
-    ``papermill_runs/<config>.yaml`` say which runs are expected (default: ``archive``'s
-    grandparent when it is ``<repo>/papermill_runs/results``)."""
-    import jinja2
-
-    archive, out = Path(archive), Path(out)
-    if not archive.is_dir():
-        raise FileNotFoundError(f"archive folder not found: {archive}")
-    if root is None and archive.resolve().parent.name == "papermill_runs":
-        root = archive.resolve().parents[1]
-    configs = [load_archive(folder, root) for folder in archive_configs(archive)]
-    if not configs:
-        raise FileNotFoundError(f"no archive under {archive} (no <config>/{R.SUMMARY_FILE})")
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "figures").mkdir(parents=True)
-
-    stems = list(dict.fromkeys([c.notebook for c in C.CLAIMS]))
-    for cfg in configs:
-        found = [C.notebook_stem(n) for n in cfg.summary.get("notebook", pd.Series()).dropna()]
-        found += [run_id.split("/")[0] for run_id in cfg.run_dirs]
-        stems += [s for s in dict.fromkeys(found) if s not in stems]
-
-    notebooks = []
-    verdicts: dict[str, list[dict[str, str]]] = {stem: [] for stem in stems}
-    for stem in stems:
-        parts = []
-        for cfg in configs:
-            rows = _rows_of(cfg, stem)
-            run_ids = [r for r in cfg.run_dirs if r.split("/")[0] == stem]
-            missing = [r for r in cfg.missing if r.split("/")[0] == stem]
-            if rows.empty and not run_ids and not missing:
-                continue
-            part = _section_part(cfg, stem, rows, run_ids, missing, out, n_boot)
-            parts.append(part)
-            claim = next((c for c in C.CLAIMS if c.notebook == stem), None)
-            if claim is not None:
-                for model, model_rows in _by_model(rows) or [("all models", rows)]:
-                    text = C.claim_paragraph(claim, model_rows, cfg.predictions, n_boot=n_boot)
-                    if missing and not rows.empty:
-                        text += f" ({len(missing)} run(s) of the config are not archived.)"
-                    verdicts[stem].append({"config": cfg.name, "model": model, "text": text})
-        notebooks.append({"stem": stem, "parts": parts})
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
-    html = env.get_template(INDEX_TEMPLATE).render(
-        archive=archive.as_posix(),
-        configs=[
-            {
-                "name": c.name,
-                "models": c.models,
-                "n_archived": len(c.run_dirs),
-                "n_expected": None if c.expected is None else len(c.expected),
-                "missing": c.missing,
-                "expected_note": c.expected_note or "unknown",
-                "wall_time": wall_time_text(c) or "not recorded",
-            }
-            for c in configs
-        ],
-        claims=[
-            {
-                "notebook": c.notebook,
-                "title": c.title,
-                "quote": c.quote,
-                "verdicts": verdicts.get(c.notebook, []),
-            }
-            for c in C.CLAIMS
-        ],
-        notebooks=notebooks,
-    )
-    index = out / "index.html"
-    index.write_text(html, encoding="utf-8")
-    return index
-
-
-def _section_part(
-    cfg: ArchivedConfig,
-    stem: str,
-    rows: pd.DataFrame,
-    run_ids: Sequence[str],
-    missing: Sequence[str],
-    out: Path,
-    n_boot: int,
-) -> dict[str, Any]:
-    tables, figures = [], []
-    for model, model_rows in _by_model(rows):
-        title = f"{stem}, {cfg.name}, {model}"
-        if stem in MAIN_NOTEBOOKS and {"target", "method", "accuracy"} <= set(model_rows):
-            try:
-                main = C.main_table(model_rows, cfg.predictions, n_boot=n_boot)
-            except ValueError as exc:
-                warnings.warn(f"{title}: no main table: {exc}", stacklevel=2)
-                continue
-            tables.append(
-                {
-                    "model": model,
-                    "statistic": main.statistic,
-                    "html": main.table.to_html(index=False, border=0, classes="main", escape=True),
-                }
-            )
-            if not main.long.empty:
-                bars = "95% paired-bootstrap interval" if main.paired else "+- std over seeds"
-                png = _main_figure(
-                    main.long, title, out / "figures" / f"{_slug(cfg.name, model, stem)}.png"
-                )
-                figures.append(
-                    {
-                        "src": png.relative_to(out).as_posix(),
-                        "alt": f"accuracy (error bars: {bars}): {title}",
-                    }
-                )
-        elif stem == "01_activation_patterns":
-            png = _consistency_figure(
-                model_rows, title, out / "figures" / f"{_slug(cfg.name, model, stem)}.png"
-            )
-            if png is not None:
-                figures.append(
-                    {"src": png.relative_to(out).as_posix(), "alt": f"cross-task cosine: {title}"}
-                )
-    runs = []
-    for run_id in run_ids:
-        run_dir = cfg.run_dirs[run_id]
-        grid = run_id.split("/", 1)[1] if "/" in run_id else run_id
-        dest = out / cfg.name / stem
-        pngs = []
-        for png in sorted(run_dir.glob("*.png")):
-            (dest / grid).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(png, dest / grid / png.name)
-            pngs.append((dest / grid / png.name).relative_to(out).as_posix())
-        page = None
-        ipynb = run_dir / f"{stem}.ipynb"
-        if not ipynb.is_file():
-            found = sorted(run_dir.glob("*.ipynb"))
-            ipynb = found[0] if found else ipynb
-        if ipynb.is_file():
-            page = notebook_page(ipynb, dest / f"{grid}.html").relative_to(out).as_posix()
-        runs.append({"grid": escape(grid), "page": page, "pngs": pngs})
-    if not figures and len(runs) <= MAX_INLINE_RUNS:
-        # no figure computed from the records (notebooks 04-07): the runs' own archived figures
-        # are this notebook's headline figures
-        for run in runs:
-            for src in run["pngs"]:
-                figures.append(
-                    {"src": src, "alt": f"{Path(src).name}: {stem}, {cfg.name}, {run['grid']}"}
-                )
-    return {
-        "config": cfg.name,
-        "missing": list(missing),
-        "tables": tables,
-        "figures": figures,
-        "runs": runs,
-    }
-
-
 def _print_wall_time(archive: Path) -> int:
     folders = archive_configs(archive)
     if not folders:
@@ -485,29 +193,21 @@ def _print_wall_time(archive: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m castlib.repro.report [--archive DIR] [--out DIR] [--n-boot N]
-    [--wall-time]``."""
+    """Command line: ``python -m castlib.repro.report [--archive DIR]`` prints each archived
+    config's measured wall time per notebook (``--wall-time``, the default, is accepted)."""
     parser = argparse.ArgumentParser(
         prog="python -m castlib.repro.report",
-        description="Build the static HTML report from the archived batch records (no model).",
+        description="Print each archived config's measured wall time per notebook (no model). "
+        "The results pages are part of the documentation site: make docs.",
     )
     parser.add_argument("--archive", type=Path, default=Path("papermill_runs/results"))
-    parser.add_argument("--out", type=Path, default=Path("report"))
-    parser.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
-    parser.add_argument(
-        "--wall-time",
-        action="store_true",
-        help="print each archived config's measured wall time per notebook and build nothing",
-    )
+    parser.add_argument("--wall-time", action="store_true", help="(the default)")
     args = parser.parse_args(argv)
     try:
-        if args.wall_time:
-            return _print_wall_time(args.archive)
-        index = build_report(args.archive, args.out, n_boot=args.n_boot)
+        return _print_wall_time(args.archive)
     except FileNotFoundError as exc:
         parser.error(str(exc))
-    print(f"report written: {index}")
-    return 0
+    return 2
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from typing import Any, Literal
 from ...activation_store import STORE_ENV
 from ...methods.fit_store import FIT_STORE_ENV
 from ..kernels import CURRENT_ENV_KERNEL, CurrentEnvKernelManager
+from ..versions import environment_versions
 from .config import Run, RunConfig, runnable_config, select_runs
 from .layout import (
     NEW_SUFFIX,
@@ -252,6 +253,9 @@ def execute_run(
     if kernel == CURRENT_ENV_KERNEL:
         engine_kwargs["kernel_manager_class"] = CurrentEnvKernelManager
         record["python"] = sys.executable
+        record["versions"] = environment_versions()  # the kernel runs in this interpreter
+    else:
+        record["versions_note"] = f"kernel {kernel!r} runs in its own environment, not recorded"
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(
