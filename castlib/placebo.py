@@ -20,10 +20,13 @@ demonstrations produces. Two placebos:
   changed is returned.
 * **unrelated task** (`unrelated_demos`): ``k`` rows of another task ``U`` in place of
   ``D_x``, each rendered as ``U``'s demonstration (its input block and answer) under the task's
-  own instruction and followed by the task's query (`demo_prompt`). Each one is the row of a
-  seeded pool of ``U``'s train rows whose demonstration has the token length closest to the
-  real demonstration it replaces (`match_lengths`), so the prefix has the same number of
-  demonstrations and nearly the same number of tokens.
+  own instruction and followed by the task's query (`demo_prompt`). Each one is a distinct row
+  of a seeded pool of ``U``'s train rows whose demonstration is the closest in token length to
+  the real demonstration it replaces (`match_lengths`, greedy), so the prefix has the same
+  number of demonstrations and as nearly the same number of tokens as ``U``'s lengths allow
+  (a task of short inputs cannot match long demonstrations: measure the gap). One ``U`` serves
+  every studied task, so the placebo enhancements share ``U``'s content across tasks (a
+  stricter placebo than one whose demonstrations differ per task).
 
 `icl_items` draws the real ``(x, D_x)`` the same way as the notebooks' ``icl_deltas``
 (``random.Random(seed)``: ``n`` rows, then ``k`` other rows per row), so the real enhancement is

@@ -285,7 +285,10 @@ lengths.round(3)
 # of each placebo's, and the difference real - placebo with its 95% interval (two-level
 # bootstrap: each task's queries resampled, the same rows for real and placebo, then the
 # task pairs resampled; pairs that share a task are not independent, so with few tasks the
-# interval is optimistic). `supported`: both intervals lie above zero.
+# interval is optimistic). `supported`: both intervals lie above zero. The unrelated-task
+# placebo puts demonstrations of one task (`placebo_task`) before every studied task's
+# queries, so its enhancements share that content across tasks: a stricter placebo than the
+# shuffled-label one, whose demonstrations keep each task's own inputs.
 
 # %%
 versus = {
