@@ -7,6 +7,11 @@
   :func:`expected_abs_cosine`) -- the within-task ceiling and the random-direction floor the
   cross-task cosines are read against.
 * :func:`pca_2d` / :func:`first_principal_direction` -- PCA of per-example deltas.
+* :func:`pair_cosines` / :func:`placebo_comparison` -- the cross-task cosine of the real ICL
+  enhancement against that of a placebo prefix (`castlib.placebo`), per layer, with a
+  two-level bootstrap interval (queries within tasks, then task pairs).
+* :func:`most_predicted_share` -- the share of rows given the most frequent prediction (a method
+  above 0.9 has collapsed to one label).
 
 All computations run in float64 on CPU; inputs may be any real tensor (or array-like).
 """
@@ -14,7 +19,8 @@ All computations run in float64 on CPU; inputs may be any real tensor (or array-
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,7 +34,10 @@ __all__ = [
     "expected_abs_cosine",
     "first_principal_direction",
     "matrix_entropy",
+    "most_predicted_share",
+    "pair_cosines",
     "pca_2d",
+    "placebo_comparison",
     "random_floor",
     "split_half_ceiling",
 ]
@@ -283,3 +292,104 @@ def expected_abs_cosine(d: int) -> float:
     if d < 1:
         raise ValueError(f"d must be >= 1, got {d}")
     return math.exp(math.lgamma(d / 2) - math.lgamma((d + 1) / 2)) / math.sqrt(math.pi)
+
+
+def pair_cosines(vectors: Tensor) -> Tensor:
+    """Cosines of the ``P = T (T - 1) / 2`` task pairs ``(i < j)``, in ``torch.triu_indices``
+    order: ``[T, ..., d] -> [P, ...]`` (float64; a zero vector gives cosine 0)."""
+    v = torch.nn.functional.normalize(torch.as_tensor(vectors).to(torch.float64), dim=-1)
+    i, j = torch.triu_indices(v.shape[0], v.shape[0], 1)
+    return (v[i] * v[j]).sum(-1)
+
+
+def _resampled_means(deltas: Tensor, idx: Tensor) -> Tensor:
+    """Means of ``deltas[idx[c]]`` for each row ``c`` of ``idx`` (``[c, n]`` row indices)."""
+    w = torch.zeros(idx.shape[0], deltas.shape[0], dtype=torch.float64)
+    w.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+    return torch.einsum("cn,n...->c...", w / idx.shape[1], deltas)
+
+
+def placebo_comparison(
+    real: Sequence[Tensor],
+    placebo: Sequence[Tensor],
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Cross-task cosine of the real ICL enhancement against a placebo's, layer by layer.
+
+    With ``v_t = mean_x delta_t(x)`` (real) and ``w_t`` the same for the placebo deltas of the
+    same queries, the estimate is the mean over task pairs ``p = (a, b)`` of
+    ``cos(v_a, v_b) - cos(w_a, w_b)``. Its percentile interval comes from a two-level
+    bootstrap: each replicate resamples every task's queries with replacement (the same rows for
+    real and placebo, which share their zero-shot states: paired), recomputes the vectors and
+    the pair cosines, then resamples the ``P`` pairs with replacement and averages the
+    differences. Pairs that share a task are not independent, so with few tasks the pair level
+    understates the spread; with one pair (two tasks) only the query level remains.
+
+    Args:
+        real, placebo: one tensor per task, ``[n_t, L, d]`` (or ``[n_t, d]``), row ``i`` of the
+            placebo the same query as row ``i`` of the real deltas; at least two tasks.
+        n_boot: bootstrap replicates; level: interval coverage; seed: ``torch.Generator`` seed.
+
+    Returns:
+        ``DataFrame`` with one row per layer: ``layer``, ``real`` and ``placebo`` (mean pair
+        cosine), ``difference`` (real - placebo), ``low``, ``high``, ``n_pairs``.
+    """
+    import pandas as pd
+
+    if len(real) != len(placebo) or len(real) < 2:
+        raise ValueError(
+            f"real and placebo need the same number of tasks, at least 2; got {len(real)} and "
+            f"{len(placebo)}"
+        )
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"n_boot must be >= 1 and level in (0, 1), got {n_boot}, {level}")
+    ndim = torch.as_tensor(real[0]).ndim
+    if ndim not in (2, 3):
+        raise ValueError(f"real[0] must be [n, d] or [n, L, d], got {ndim} dimensions")
+    r = [_as_f64(x, f"real[{t}]", ndim) for t, x in enumerate(real)]
+    p = [_as_f64(x, f"placebo[{t}]", ndim) for t, x in enumerate(placebo)]
+    for t, (a, b) in enumerate(zip(r, p, strict=True)):
+        if a.shape != b.shape or a.shape[1:] != r[0].shape[1:] or a.shape[0] == 0:
+            raise ValueError(
+                f"task {t}: real {tuple(a.shape)} and placebo {tuple(b.shape)} must be the same "
+                f"non-empty shape, with the trailing shape {tuple(r[0].shape[1:])} of task 0"
+            )
+    if ndim == 2:
+        r, p = [x[:, None] for x in r], [x[:, None] for x in p]
+    cos_r = pair_cosines(torch.stack([x.mean(0) for x in r]))  # [P, L]
+    cos_p = pair_cosines(torch.stack([x.mean(0) for x in p]))
+    n_pairs, n_layers = cos_r.shape
+    gen = torch.Generator().manual_seed(seed)
+    boots = []
+    for start in range(0, n_boot, 50):
+        c = min(50, n_boot - start)
+        idx = [torch.randint(x.shape[0], (c, x.shape[0]), generator=gen) for x in r]
+        vr = torch.stack([_resampled_means(x, i) for x, i in zip(r, idx, strict=True)], 1)
+        vp = torch.stack([_resampled_means(x, i) for x, i in zip(p, idx, strict=True)], 1)
+        diff = pair_cosines(vr.transpose(0, 1)) - pair_cosines(vp.transpose(0, 1))  # [P, c, L]
+        pick = torch.randint(n_pairs, (c, n_pairs), generator=gen)
+        boots.append(diff.transpose(0, 1).gather(1, pick[..., None].expand(-1, -1, n_layers)))
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.quantile(torch.cat(boots).mean(1), q, dim=0)
+    return pd.DataFrame(
+        {
+            "layer": range(n_layers),
+            "real": cos_r.mean(0).numpy(),
+            "placebo": cos_p.mean(0).numpy(),
+            "difference": (cos_r - cos_p).mean(0).numpy(),
+            "low": low.numpy(),
+            "high": high.numpy(),
+            "n_pairs": n_pairs,
+        }
+    )
+
+
+def most_predicted_share(pred: Sequence[object]) -> float:
+    """Share of rows whose prediction is the most frequent one, ``max_c #{i: pred_i = c} / n``:
+    1.0 when a method answers one label on every row (collapsed), ``1 / n_labels`` at best for
+    balanced answers. ``pred``: one prediction (label index or string) per evaluated row."""
+    if len(pred) == 0:
+        raise ValueError("pred must hold at least one prediction")
+    return max(Counter(pred).values()) / len(pred)

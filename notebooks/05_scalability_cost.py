@@ -29,7 +29,17 @@
 #    inference; and each method's one-off fitting cost (CAST: selection, activations and
 #    the (l*, alpha) search; LoRA/KaSA: selection and training) in zero-shot queries, with
 #    its trainable parameters: CAST against cross-task ICL, the other steering methods and
-#    the parameter-updating LoRA and KaSA, all at the same m.
+#    the parameter-updating LoRA and KaSA, all at the same m. Cross-task ICL is timed twice:
+#    prefix-cached (its shared demonstrations run once, their key/value cache reused by every
+#    query: `castlib.prefix_cache`, the cheapest way to serve it) and naive (the whole prompt
+#    per query).
+# 3. The verdicts. "Scales with source data": CAST against zero-shot at every m, against
+#    itself at the smallest m, and against every baseline at the same m that has not
+#    collapsed (a method whose most-predicted label covers more than `collapse_share` of
+#    the rows scores its class's share, not transfer, so beating it says nothing); paired
+#    bootstrap intervals over test rows (`castlib.stats.paired_difference`). "Costs less":
+#    CAST's measured latency per query against prefix-cached and naive ICL's, measured in
+#    this one run on this machine (ratios of wall times, no repeat, no interval).
 #
 # **The outputs committed with this notebook are a CI-sized smoke run** (the small defaults
 # of the `parameters` cell), executed so that the notebook stays tested: their numbers are
@@ -78,6 +88,7 @@ top_heads = [2]  # function vector: candidate K; None: the method's default
 n_corrupted = 2  # function vector: corrupted prompts
 n_demos = 4  # I2CL: source demonstrations (context vectors, calibration); None: 5/label
 train_steps = 4  # I2CL, LoRA, KaSA: optimiser steps; None: each method's default
+collapse_share = 0.9  # a baseline predicting one label on more than this share has collapsed
 batch_size = 16
 
 # %% tags=["nbval-ignore-output"]
@@ -93,6 +104,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import castlib
+from castlib import analysis, stats
 from castlib.methods.shared_eval import measure
 from castlib.repro import nbtools, plots
 
@@ -125,6 +137,7 @@ def run(method, seed, fitted=False):
         rec = method.evaluate(lm, tgt)  # inference only
     return {
         **rec,
+        "most_predicted_share": analysis.most_predicted_share(rec["predictions"]["pred"]),
         "infer_peak_memory_mb": mem["peak_mb"],
         "latency_ms_per_query": 1000 * stats["seconds"] / rec["n"],
         "extract_seconds": rec["fit_seconds"],
@@ -257,9 +270,15 @@ shared = dict(
 )
 shared = {name: value for name, value in shared.items() if value is not None}
 cost_records = []
+icl_fits_at_cost = m_cost in set(icl_fits.astype(int))
 for seed, label in tqdm([(s, lab) for s in seeds for lab in cost_methods], desc="cost"):
     method = nbtools.build_method(label, shared, {}, data_dir)
     cost_records.append({**run(method, seed), "method": label, "m": m_cost})
+for seed in seeds if icl_fits_at_cost else []:  # naive ICL: the whole prompt for every query
+    naive = castlib.methods.get("cross_task_icl")(
+        k=m_cost, demo_choice="random", prefix_cache=False, batch_size=batch_size, data_dir=data_dir
+    )
+    cost_records.append({**run(naive, seed), "m": m_cost})
 others = pd.DataFrame([nbtools.flat_record(r) for r in cost_records])
 
 # %% tags=["nbval-ignore-output"]
@@ -268,8 +287,19 @@ swept = results[
     ((results.method == "zero_shot") & (results.m == 0))
     | ((results.method != "zero_shot") & (results.m == m_cost))
 ]
+
+
+def row_label(method, scoring):
+    """Cross-task ICL's two timings apart: prefix-cached (the sweep) and naive (full)."""
+    if method != "cross_task_icl":
+        return method
+    return f"{method} ({'prefix-cached' if scoring == 'demo_prefix_cached' else 'naive'})"
+
+
+both = pd.concat([swept, others])
+both["row"] = [row_label(m, sc) for m, sc in zip(both["method"], both["scoring"], strict=True)]
 rows = []
-for name, part in pd.concat([swept, others]).groupby("method", sort=False):
+for name, part in both.groupby("row", sort=False):
     if part["accuracy"].isna().all():
         continue
     r = part.mean(numeric_only=True)
@@ -278,6 +308,7 @@ for name, part in pd.concat([swept, others]).groupby("method", sort=False):
             "method": name,
             "m": int(r["m"]),
             "accuracy": r["accuracy"],
+            "most_predicted_share": r["most_predicted_share"],
             "trainable_params": int(r["trainable_params"]),
             "prompt_tokens_ratio": r["prompt_tokens_per_query"] / zero["prompt_tokens_per_query"],
             "latency_ratio": r["latency_ms_per_query"] / zero["latency_ms_per_query"],
@@ -309,6 +340,70 @@ fig = plots.bar(
 nbtools.save_figure(fig, out, "cost_latency_ratio")
 
 # %% [markdown]
+# ## Does CAST scale with source data? Paired comparisons
+# Each row is CAST minus a reference on the same test rows (seeds pooled per row) with a 95%
+# paired bootstrap interval (`castlib.stats.paired_difference`); `resolved` where it
+# excludes zero. `reference_share` is the reference's most-predicted-label share
+# (`castlib.analysis.most_predicted_share`, from its predictions): above `collapse_share`
+# it is `collapsed` and does not count in the verdict. Naive ICL makes the same predictions
+# as prefix-cached ICL (the same demonstrations), so it appears in the cost table only.
+
+
+# %%
+def runs_of(pool, method, m):
+    return [r for r in pool if r["method"] == method and r["m"] == m and "predictions" in r]
+
+
+def correct(runs):
+    """[runs, rows] 0/1 correctness; every run must be on the same rows in the same order."""
+    ids = runs[0]["predictions"]["id"]
+    if any(r["predictions"]["id"] != ids for r in runs):
+        raise ValueError("records to compare are not on the same test rows")
+    return np.stack(
+        [stats.correctness(r["predictions"]["pred"], r["predictions"]["gold"]) for r in runs]
+    )
+
+
+def compare(m, cast_runs, reference, ref_runs, ref_m):
+    diff = stats.paired_difference(correct(cast_runs), correct(ref_runs))
+    share = float(np.mean([r["most_predicted_share"] for r in ref_runs]))
+    is_baseline = reference not in ("zero_shot", "cast")
+    return {
+        "m": m,
+        "reference": reference,
+        "reference_m": ref_m,
+        "reference_share": share,
+        "collapsed": bool(is_baseline and share > collapse_share),
+        "difference": diff.estimate,
+        "low": diff.low,
+        "high": diff.high,
+        "resolved": diff.excludes_zero,
+        "n": diff.n,
+        "seeds": len(cast_runs),
+    }
+
+
+zero_runs = runs_of(records, "zero_shot", 0)
+comparisons = []
+for m in m_grid:
+    cast_runs = runs_of(records, "cast", m)
+    comparisons.append(compare(m, cast_runs, "zero_shot", zero_runs, 0))
+    if m != min(m_grid):
+        comparisons.append(
+            compare(m, cast_runs, "cast", runs_of(records, "cast", min(m_grid)), min(m_grid))
+        )
+    if runs_of(records, "cross_task_icl", m):  # only where ICL fits the context
+        comparisons.append(
+            compare(m, cast_runs, "cross_task_icl", runs_of(records, "cross_task_icl", m), m)
+        )
+    if m == m_cost:
+        for label in cost_methods:
+            comparisons.append(compare(m, cast_runs, label, runs_of(cost_records, label, m), m))
+scaling = pd.DataFrame(comparisons)
+nbtools.write_table(scaling, out, "scaling_comparisons")
+scaling.round(3)
+
+# %% [markdown]
 # ## Conclusion (from this run's numbers)
 
 # %%
@@ -329,36 +424,110 @@ print(
     if unfit
     else f"ICL fits the {budget}-token context at every m tried."
 )
-for m in m_grid:
-    icl_acc, cast_acc = icl_rows.loc[m, "accuracy"], cast_rows.loc[m, "accuracy"]
-    versus = (
-        f"CAST {nbtools.verdict(cast_acc, icl_acc)} ICL"
-        if pd.notna(icl_acc)
-        else "ICL does not fit the context"
+
+
+def line(row):
+    ref = "CAST" if row["reference"] == "cast" else row["reference"]
+    tag = (
+        f", {ref} collapsed ({nbtools.fmt(100 * row['reference_share'], 0)}% one label): "
+        "not counted"
+        if row["collapsed"]
+        else ""
     )
-    print(
-        f"m={m}: CAST {nbtools.fmt(cast_acc)}, cross-task ICL {nbtools.fmt(icl_acc)}, "
-        f"zero-shot {nbtools.fmt(zero_acc)}: {versus}; CAST "
-        f"{nbtools.verdict(cast_acc, zero_acc)} zero-shot."
+    return (
+        f"CAST - {ref} (m={int(row['reference_m'])}) {nbtools.fmt(row['difference'])} "
+        f"[{nbtools.fmt(row['low'])}, {nbtools.fmt(row['high'])}] "
+        f"{stats.verdict((row['low'], row['high']), int(row['n']))}{tag}"
     )
+
+
+for m, part in scaling.groupby("m", sort=True):
+    accs = f"CAST {nbtools.fmt(cast_rows.loc[m, 'accuracy'])}, zero-shot {nbtools.fmt(zero_acc)}"
+    print(f"m={m} ({accs}): " + "; ".join(line(r) for _, r in part.iterrows()) + ".")
+
+top, bottom = max(m_grid), min(m_grid)
+at_top = scaling[(scaling.m == top) & (scaling.reference == "zero_shot")].iloc[0]
+trend = scaling[(scaling.m == top) & (scaling.reference == "cast")]
+live = scaling[~scaling.reference.isin(["zero_shot", "cast"]) & ~scaling.collapsed]
+collapsed = sorted(set(scaling.loc[scaling.collapsed, "reference"]))
+beaten_by = sorted(set(live.loc[live.resolved & (live.difference < 0), "reference"]))
+up = not trend.empty and bool(trend.iloc[0]["resolved"] and trend.iloc[0]["difference"] > 0)
+down = not trend.empty and bool(trend.iloc[0]["resolved"] and trend.iloc[0]["difference"] < 0)
+above_zero = bool(at_top["resolved"] and at_top["difference"] > 0)
+below_zero = bool(at_top["resolved"] and at_top["difference"] < 0)
+if below_zero or down or beaten_by:
+    scales = "not supported"
+elif above_zero and (up or trend.empty):
+    scales = "supported"
+else:
+    scales = "not resolved"
+print(
+    f"'Scales with source data' is {scales} by this run: at the largest m={top} CAST is "
+    f"{'resolved above' if above_zero else 'resolved below' if below_zero else 'not resolved against'}"
+    f" zero-shot, "
+    + (
+        f"{'resolved above' if up else 'resolved below' if down else 'not resolved against'} "
+        f"itself at m={bottom}, "
+        if not trend.empty
+        else "(one m: no trend), "
+    )
+    + (
+        f"and resolved below {beaten_by}"
+        if beaten_by
+        else f"and resolved below none of the {live.reference.nunique()} baseline(s) that did not collapse"
+    )
+    + (f"; left out as collapsed: {collapsed}." if collapsed else "; no baseline collapsed.")
+)
+print(
+    f"{len(seeds)} seed(s), seeds pooled per test row: "
+    + (
+        "the variance of the fit across seeds is not counted."
+        if len(seeds) > 1
+        else "fit variance not measured."
+    )
+)
 
 # %% tags=["nbval-ignore-output"]
 c = cost.set_index("method")
+cached, naive = "cross_task_icl (prefix-cached)", "cross_task_icl (naive)"
+print(
+    f"Latencies measured once each, in this run on {lm.device}; ratios of wall times, no interval."
+)
 if "cast" in c.index:
     print(
         f"At m={m_cost}, CAST's latency is {nbtools.fmt(c.loc['cast', 'latency_ratio'], 2)}x "
-        f"zero-shot's per query and its one-off extraction costs "
+        f"zero-shot's per query ({nbtools.fmt(c.loc['cast', 'latency_ms_per_query'], 1)} ms) and "
+        f"its one-off extraction costs "
         f"{nbtools.fmt(c.loc['cast', 'fit_in_zero_shot_queries'], 0)} zero-shot queries."
     )
-if "cross_task_icl" in c.index:
+    for ref in (cached, naive):
+        if ref not in c.index:
+            print(f"{ref}: not run at m={m_cost} (ICL does not fit the context there).")
+            continue
+        ref_ms, cast_ms = c.loc[ref, "latency_ms_per_query"], c.loc["cast", "latency_ms_per_query"]
+        saved = ref_ms - cast_ms
+        payback = (
+            f"its one-off fit is paid back after {nbtools.fmt(c.loc['cast', 'fit_seconds'] * 1000 / saved, 0)} queries"
+            if saved > 0
+            else "its one-off fit is never paid back at these latencies"
+        )
+        print(
+            f"CAST vs {ref} ({nbtools.fmt(ref_ms, 1)} ms per query, "
+            f"{nbtools.fmt(c.loc[ref, 'prompt_tokens_ratio'], 2)}x zero-shot's prompt tokens): "
+            f"CAST's latency is {nbtools.fmt(cast_ms / ref_ms, 2)}x, "
+            f"{'less' if cast_ms < ref_ms else 'not less'}; {payback}."
+        )
+if "cast" in c.index and cached in c.index:
+    less = c.loc["cast", "latency_ms_per_query"] < c.loc[cached, "latency_ms_per_query"]
     print(
-        f"Cross-task ICL's latency is {nbtools.fmt(c.loc['cross_task_icl', 'latency_ratio'], 2)}x"
-        f" zero-shot's per query, on every query."
+        f"'Costs less' in latency per query against the cheapest way to serve ICL "
+        f"(prefix-cached): {'yes' if less else 'no'} in this run (one measurement each)."
     )
-for name, row in c.drop(index=["zero_shot", "cross_task_icl", "cast"], errors="ignore").iterrows():
+for name, row in c.drop(index=["zero_shot", cached, naive, "cast"], errors="ignore").iterrows():
     print(
         f"{name}: accuracy {nbtools.fmt(row['accuracy'])}, latency "
         f"{nbtools.fmt(row['latency_ratio'], 2)}x zero-shot, one-off fit "
         f"{nbtools.fmt(row['fit_in_zero_shot_queries'], 0)} zero-shot queries, "
-        f"{int(row['trainable_params'])} trained parameters."
+        f"{int(row['trainable_params'])} trained parameters, most-predicted label "
+        f"{nbtools.fmt(100 * row['most_predicted_share'], 0)}% of rows."
     )

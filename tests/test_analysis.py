@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,7 +14,10 @@ from castlib.analysis import (
     expected_abs_cosine,
     first_principal_direction,
     matrix_entropy,
+    most_predicted_share,
+    pair_cosines,
     pca_2d,
+    placebo_comparison,
     random_floor,
     split_half_ceiling,
 )
@@ -204,3 +208,123 @@ def test_first_principal_direction_center_flag() -> None:
         first_principal_direction(x, align_with=torch.ones(d + 1))
     with pytest.raises(ValueError, match="no variation"):
         first_principal_direction(torch.ones(5, d))
+
+
+# ------------------------------------------------------------------------------------------------
+# placebo comparison (notebook 01) and collapse share (notebook 05)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_pair_cosines_by_hand() -> None:
+    v = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])
+    r = 2**-0.5
+    assert pair_cosines(v).tolist() == pytest.approx([r, 0.0, -r], abs=1e-15)
+    # extra dimensions between the task and the feature axis are kept: [T, L, d] -> [P, L]
+    stacked = torch.stack([v, -v], dim=1)
+    expected = torch.tensor([[r, r], [0.0, 0.0], [-r, -r]], dtype=torch.float64)
+    assert torch.allclose(pair_cosines(stacked), expected, atol=1e-15, rtol=0)
+    assert pair_cosines(torch.zeros(2, 3)).tolist() == [0.0]
+
+
+def _tasks(n_tasks: int, n: int, d: int, shift: torch.Tensor, noise: float, seed: int):
+    """Per-task deltas [n, 1, d]: a task's own random direction + ``shift`` + noise."""
+    g = _gen(seed)
+    out = []
+    for _ in range(n_tasks):
+        own = torch.randn(d, generator=g, dtype=torch.float64)
+        rows = own + shift + noise * torch.randn(n, d, generator=g, dtype=torch.float64)
+        out.append(rows[:, None])
+    return out
+
+
+def test_placebo_comparison_point_estimates_match_cosine_matrix() -> None:
+    real = _tasks(4, 6, 5, torch.zeros(5, dtype=torch.float64), 1.0, seed=0)
+    plac = _tasks(4, 6, 5, torch.zeros(5, dtype=torch.float64), 1.0, seed=1)
+    table = placebo_comparison(real, plac, n_boot=20)
+    off = ~np.eye(4, dtype=bool)
+
+    def mean_cos(deltas):
+        mat = cosine_matrix({str(t): x[:, 0].mean(0) for t, x in enumerate(deltas)})
+        return mat.to_numpy()[off].mean()
+
+    assert table["real"].iloc[0] == pytest.approx(mean_cos(real), abs=1e-12)
+    assert table["placebo"].iloc[0] == pytest.approx(mean_cos(plac), abs=1e-12)
+    assert table["difference"].iloc[0] == pytest.approx(mean_cos(real) - mean_cos(plac), 1e-12)
+    assert table["n_pairs"].iloc[0] == 6
+    assert list(table.columns) == [
+        "layer",
+        "real",
+        "placebo",
+        "difference",
+        "low",
+        "high",
+        "n_pairs",
+    ]
+
+
+def test_identical_placebo_gives_zero() -> None:
+    real = _tasks(3, 5, 4, torch.zeros(4, dtype=torch.float64), 1.0, seed=2)
+    table = placebo_comparison(real, [x.clone() for x in real], n_boot=50)
+    assert (table[["difference", "low", "high"]].to_numpy() == 0).all()
+
+
+def test_shared_direction_beats_a_placebo_without_it() -> None:
+    """The criterion can say yes: real deltas share a direction the placebo's lack."""
+    d = 64
+    shift = 3 * torch.nn.functional.normalize(
+        torch.randn(d, generator=_gen(9), dtype=torch.float64), dim=0
+    )
+    real = _tasks(5, 16, d, shift * 4, 0.5, seed=3)
+    plac = _tasks(5, 16, d, torch.zeros(d, dtype=torch.float64), 0.5, seed=4)
+    row = placebo_comparison(real, plac, n_boot=300, seed=0).iloc[0]
+    assert row["real"] > 0.6 and abs(row["placebo"]) < 0.3
+    assert 0 < row["low"] <= row["difference"] <= row["high"]
+
+
+def test_a_placebo_with_the_same_shift_is_not_beaten() -> None:
+    """The criterion can say no: the placebo adds the same shared shift (any prefix would)."""
+    d = 64
+    shift = 4 * torch.nn.functional.normalize(
+        torch.randn(d, generator=_gen(9), dtype=torch.float64), dim=0
+    )
+    real = _tasks(5, 16, d, shift, 1.0, seed=5)
+    plac = _tasks(5, 16, d, shift, 1.0, seed=6)
+    row = placebo_comparison(real, plac, n_boot=300, seed=0).iloc[0]
+    assert row["real"] > 0.05 and row["placebo"] > 0.05  # both above a random-direction floor
+    assert row["low"] <= 0 <= row["high"]
+
+
+def test_placebo_comparison_layers_and_2d_input() -> None:
+    g = _gen(0)
+    real = [torch.randn(4, 3, 6, generator=g) for _ in range(3)]
+    plac = [torch.randn(4, 3, 6, generator=g) for _ in range(3)]
+    table = placebo_comparison(real, plac, n_boot=10, seed=1)
+    assert table["layer"].tolist() == [0, 1, 2]
+    one = placebo_comparison([x[:, 1] for x in real], [x[:, 1] for x in plac], n_boot=10, seed=1)
+    assert one["real"].iloc[0] == pytest.approx(table["real"].iloc[1], abs=1e-12)
+    again = placebo_comparison(real, plac, n_boot=10, seed=1)
+    assert again.equals(table)  # seeded
+
+
+def test_placebo_comparison_bad_input() -> None:
+    x = torch.ones(3, 2, 4)
+    with pytest.raises(ValueError, match="at least 2"):
+        placebo_comparison([x], [x])
+    with pytest.raises(ValueError, match="same number of tasks"):
+        placebo_comparison([x, x], [x])
+    with pytest.raises(ValueError, match=r"task 1: real \(2, 2, 4\)"):
+        placebo_comparison([x, x[:2]], [x, x])
+    with pytest.raises(ValueError, match="n_boot"):
+        placebo_comparison([x, x], [x, x], n_boot=0)
+    with pytest.raises(ValueError, match="NaN"):
+        placebo_comparison([x, x * float("nan")], [x, x])
+    with pytest.raises(ValueError, match="dimensions"):
+        placebo_comparison([torch.ones(3)] * 2, [torch.ones(3)] * 2)
+
+
+def test_most_predicted_share() -> None:
+    assert most_predicted_share([0, 0, 1, 0]) == 0.75
+    assert most_predicted_share(["neg"] * 10) == 1.0
+    assert most_predicted_share([0, 1, 2, 3]) == 0.25
+    with pytest.raises(ValueError, match="pred"):
+        most_predicted_share([])
