@@ -225,3 +225,33 @@ def test_archive_nusax_jav_is_not_resolved_once_seeds_count() -> None:
     assert jav["low"] < 0 < jav["high"] and not jav["resolved"]
     per_seed = [float(x) for x in jav["per_seed"].split(", ")]
     assert max(per_seed) - min(per_seed) > 0.1
+
+
+def _layer_rows(supported: list[object] | None) -> pd.DataFrame:
+    rows = [
+        {
+            "analysis": "layer",
+            "layer": layer,
+            "cross_task_cosine": 0.5,
+            "ceiling": 0.9,
+            "floor": 0.03,
+            "target": "a+b+c",
+        }
+        for layer in range(4)
+    ]
+    if supported is not None:
+        for row, value in zip(rows, supported, strict=True):
+            row["supported"] = value
+    return pd.DataFrame(rows)
+
+
+def test_consistency_is_judged_against_the_placebos_not_the_floor() -> None:
+    # every layer is far above the random floor: that alone decides nothing
+    old = C._consistency_paragraph(_layer_rows(None))
+    assert C.verdict_label(old) == "Not evaluated"
+    assert "cannot fail" in old
+    none = C._consistency_paragraph(_layer_rows([False] * 4))
+    assert none.startswith("Not supported at any of 4 layers")
+    some = C._consistency_paragraph(_layer_rows([False, True, True, False]))
+    assert some.startswith("Supported at layers [1, 2] (2 of 4)")
+    assert C.verdict_label(some) == "Supported at layers [1, 2] (2 of 4)"

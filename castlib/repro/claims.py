@@ -199,21 +199,40 @@ def consistency_layers(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _consistency_paragraph(rows: pd.DataFrame) -> str:
+    """Notebook 01's claim, judged against placebo prefixes: supported at the layers where the
+    95% interval of real minus placebo cross-task cosine is above zero for both placebos
+    (shuffled labels, an unrelated task: the records' ``supported``). Records made before the
+    placebo analysis hold only the random-direction floor, which any mean shift beats: for them
+    the claim is not evaluated."""
     layers = consistency_layers(rows)
     if layers.empty:
         return "The records hold no per-layer cross-task cosine: not evaluated."
-    above = layers["cross_task_cosine"] > layers["floor"]
     n_layers = len(layers)
     middle = layers[layers["layer"] == n_layers // 2]  # notebook 01 quotes layer L // 2
     mid = middle.iloc[0] if len(middle) else layers.iloc[n_layers // 2]
-    consistent = above.mean() > 0.5  # notebook 01's rule: above the floor at most layers
     tasks = str(layers["target"].iloc[0]).count("+") + 1 if "target" in layers else "the"
+    context = (
+        f"at layer {int(mid['layer'])} the mean cross-task cosine of the ICL enhancement across "
+        f"{tasks} tasks is {_fmt(mid['cross_task_cosine'])}, against a split-half ceiling of "
+        f"{_fmt(mid['ceiling'])} and a random-direction floor of {_fmt(mid['floor'])}"
+    )
+    if "supported" not in layers or layers["supported"].isna().all():
+        return (
+            "Not evaluated: these records predate the placebo comparison, and the random-"
+            "direction floor they hold cannot fail (any shared mean shift beats it); "
+            f"{context}."
+        )
+    supported = truthy(layers["supported"].fillna(False))
+    which = [int(x) for x in layers.loc[supported, "layer"]]
+    verdict = (
+        f"Supported at layers {which} ({len(which)} of {n_layers})"
+        if which
+        else f"Not supported at any of {n_layers} layers"
+    )
     return (
-        f"{'Supported' if consistent else 'Not supported'} by notebook 01's measure: across "
-        f"{tasks} tasks the mean cross-task cosine of the ICL enhancement is above the random "
-        f"floor at {int(above.sum())} of {n_layers} layers; at layer {int(mid['layer'])} it is "
-        f"{_fmt(mid['cross_task_cosine'])}, against a split-half ceiling of "
-        f"{_fmt(mid['ceiling'])} and a floor of {_fmt(mid['floor'])}."
+        f"{verdict}: there the cross-task cosine of the real ICL enhancement exceeds both "
+        "placebo prefixes of the same length (shuffled labels; an unrelated task), the 95% "
+        f"interval of each difference above zero; {context}."
     )
 
 
