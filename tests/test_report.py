@@ -409,7 +409,7 @@ def test_ablation_scalability_robustness_similarity_verdicts() -> None:
     )  # fmt: skip
     text = C.claim_paragraph(_claim("05_scalability_cost"), sc)
     assert text.startswith("Partly supported")
-    assert "At m = 16" in text and "m = [64]" in text and "more accurate at 1 of 2" in text
+    assert "At m = 16" in text and "m = [64]" in text and "more accurate than ICL at 1 of 2" in text
 
     sens = pd.DataFrame(
         [{"param": p, "value": v, "accuracy": a, "method": "cast"}

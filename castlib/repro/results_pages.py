@@ -128,7 +128,7 @@ def _by_model(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _slug(*parts: str) -> str:
-    return "__".join(R._safe(p) for p in parts)
+    return "__".join(R.safe_name(p) for p in parts)
 
 
 def _grid(run_id: str) -> str:
