@@ -314,7 +314,7 @@ def test_nbval_collects_the_solutions_only() -> None:
 TINY = {
     "01_residual_stream": 'tasks = ["sst2", "ag_news"]\nn_per_task = 3',
     "02_icl_vector": (
-        "n_train = 6\nk = 2\nn_dev = 8\nn_test = 12\nlayer_grid = [6]\nalpha_grid = [0.0, 2.0]"
+        "n_train = 6\nk = 2\nn_dev = 8\nn_test = 12\nlayer_grid = [6]\nalpha_grid = [0.0, 1.0, 8.0]"
     ),
     "03_select_and_transfer": (
         "n_candidates = 16\nn_queries = 6\nn_tune = 6\nn_test = 8\nm = 4\nk = 2\n"
@@ -634,13 +634,16 @@ def run_here(nb: nbformat.NotebookNode, cwd: Path) -> None:
 
 @pytest.mark.real_model
 @pytest.mark.parametrize("stem", STEMS)
-def test_wrong_answers_are_caught(stem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_answers_are_caught(
+    stem: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     exercises = len(exercise_cells(jupytext.read(TUTORIAL / f"{stem}.py")))
     assert set(WRONG[stem]) == set(range(1, exercises + 1)), f"{stem}: an exercise untested"
     nb, expect = scripted(stem)
     path = os.environ.get("PYTHONPATH", "")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), path) if p))
     run_here(nb, TUTORIAL)
+    nbformat.write(nb, tmp_path / f"{stem}.ipynb")  # to read when an assertion below fails
     for index, cell in enumerate(nb.cells):
         errors = [o for o in cell.outputs if o.output_type == "error"]
         printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")

@@ -375,12 +375,22 @@ display(
         f"{float(best['source accuracy']):.3f} against {src_zero:.3f} unsteered. On the "
         f"{len(test)} target rows it moved {len(moved)} predictions "
         f"({sum(not a and b for a, b in moved)} wrong to right, "
-        f"{sum(a and not b for a, b in moved)} right to wrong): {zero.accuracy:.3f} to "
-        f"{steered.accuracy:.3f}. The largest shift is towards '{shift.idxmax()}' "
-        f"({int(predicted.loc[shift.idxmax(), 'zero-shot'])} to "
+        f"{sum(a and not b for a, b in moved)} right to wrong, "
+        f"{sum(not a and not b for a, b in moved)} from one wrong label to another): "
+        f"{zero.accuracy:.3f} to {steered.accuracy:.3f}. The largest shift is towards "
+        f"'{shift.idxmax()}' ({int(predicted.loc[shift.idxmax(), 'zero-shot'])} to "
         f"{int(predicted.loc[shift.idxmax(), 'steered'])} predictions), a label that "
         f"{int(predicted.loc[shift.idxmax(), 'gold'])} of the {len(test)} rows carry; the "
-        f"{source.name} vector was made from the labels {list(source.labels)}. If each moved "
+        f"{source.name} vector was made from the labels {list(source.labels)}."
+        + "".join(
+            f" '{label}', a label {source.name} does not have, is predicted "
+            f"{int(predicted.loc[label, 'zero-shot'])} times zero-shot and "
+            f"{int(predicted.loc[label, 'steered'])} times steered, and "
+            f"{int(predicted.loc[label, 'gold'])} rows carry it."
+            for label in target.labels
+            if label not in source.labels
+        )
+        + " If each moved "
         "row were as likely to go either way (no effect), the difference would have a "
         f"standard deviation of sqrt({len(moved)}) / {len(test)} = "
         f"{len(moved) ** 0.5 / len(test):.3f}."
