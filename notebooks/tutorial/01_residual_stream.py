@@ -27,16 +27,32 @@
 # 3. compare tasks: are prompts of the same task closer to each other than to other tasks, and
 #    at which layers?
 #
-# Each exercise cell (tagged `exercise`) is followed by a check cell: run it, and it tells you
-# what is wrong or prints `correct`. Time: about a minute of CPU time (the
-# embedded Gemma 3 270M, 18 blocks). This notebook comes twice: `notebooks/tutorial/` has the
-# exercises to do, `notebooks/tutorial/solutions/` has them done.
+# **Where the course is going.** CAST has two steps (tutorial 3 puts them together): it
+# *selects* source samples that are influential for the target task and diverse, then builds a
+# *contrastive* steering vector from them, the few-shot state minus the zero-shot state, and
+# adds it to the target's zero-shot run. Both steps read the residual stream this notebook is
+# about.
+#
+# ![CAST in two steps: selection of influential and diverse source samples, then the contrastive steering vector added to the target's zero-shot run](figures/cast_two_steps.png)
+#
+# **How to work.** Each exercise cell (tagged `exercise`) is followed by a check cell: run it,
+# and it tells you what is wrong or prints `correct`. Each exercise gives an estimate of your
+# time, hints that stay folded until you open them, and a link to its solution. Your time:
+# about 45 minutes; the cells run in about a minute of CPU time (the embedded Gemma 3 270M, 18
+# blocks). This notebook comes twice:
+# [the exercise version](01_residual_stream.ipynb) to do and
+# [the solutions version](solutions/01_residual_stream.ipynb), done and executed.
 
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M (no download), or any Hugging Face causal LM
 device = "cpu"
 tasks = ["sst2", "ag_news", "arc_easy"]  # tasks compared in exercise 1.3
 n_per_task = 12  # zero-shot prompts recorded per task
+
+# %% [markdown]
+# ### Setup
+# Imports, the helpers the check cells use (`castlib.tutorial_checks`) and the model. Nothing
+# to change here: run it once.
 
 # %% tags=["nbval-ignore-output"]
 import warnings
@@ -46,30 +62,25 @@ from tqdm import TqdmWarning
 # before castlib imports tqdm.auto, which warns when ipywidgets is missing
 warnings.filterwarnings("ignore", category=TqdmWarning)
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
+from IPython.display import Markdown, display
 
 import castlib
 from castlib.analysis import cosine_matrix
 from castlib.padding import last_token_index
-from castlib.repro import plots
-
-
-def answered(value, exercise):
-    """``value``, or a friendly error while the exercise still holds its placeholder."""
-    if value is None or value is Ellipsis:
-        raise NotImplementedError(
-            f"Exercise {exercise} is not done yet: replace the `...` in the exercise cell above "
-            "with your code, run that cell, then run this check again."
-        )
-    return value
-
+from castlib.tutorial_checks import attempt, clear_hooks
 
 lm = castlib.load_model(model, device=device)
 print(f"{lm.name}: {lm.n_layers} decoder blocks, hidden size {lm.hidden_size}")
 
 # %% [markdown]
 # ## Exercise 1.1: the last real token
+# *About 10 minutes.* This exercise: [to do](01_residual_stream.ipynb#Exercise-1.1:-the-last-real-token) ·
+# [solved](solutions/01_residual_stream.ipynb#Exercise-1.1:-the-last-real-token)
+#
 # Prompts in a batch have different lengths, so the shorter ones are padded. The attention
 # mask says which tokens are real (1) and which are padding (0). With *right* padding the
 # padding comes after the prompt; with *left* padding, before it. Position `-1` is the last
@@ -77,7 +88,20 @@ print(f"{lm.name}: {lm.n_layers} decoder blocks, hidden size {lm.hidden_size}")
 # padding): reading position `-1` blindly reads padding.
 #
 # Write `last_real_token(mask)`: for a `[batch, seq]` mask, the index of the last 1 in each
-# row, for either padding side. (Hint: `flip` and `argmax`, or `arange` times the mask.)
+# row, for either padding side.
+#
+# <details><summary>Hint</summary>
+#
+# Multiply the mask by the positions `torch.arange(seq)`: padding becomes 0 and every real token
+# keeps its position. In each row, where is the largest value?
+# </details>
+#
+# <details><summary>Second hint</summary>
+#
+# `(positions * mask).argmax(dim=1)` is the last real position under either padding side. A
+# `flip` along the sequence and an `argmax` of the first 1 work as well (then convert back:
+# `seq - 1 - index`).
+# </details>
 
 
 # %% tags=["exercise"]
@@ -92,7 +116,7 @@ masks = {
     "left padding": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]),
 }
 for name, mask in masks.items():
-    got = answered(last_real_token(mask), "1.1")
+    got = attempt("1.1", last_real_token, mask, on=f"the {name} mask {mask.tolist()}")
     want = last_token_index(mask)  # castlib's own
     assert torch.is_tensor(got) and got.shape == want.shape, (
         f"Exercise 1.1 ({name}): return one index per row, a tensor of shape "
@@ -106,17 +130,35 @@ for name, mask in masks.items():
 print("Exercise 1.1: correct")
 
 # %% [markdown]
-# ## Exercise 1.2: record a block's output with a forward hook
+# ## Exercise 1.2: record block outputs with a forward hook
+# *About 15 minutes.* This exercise: [to do](01_residual_stream.ipynb#Exercise-1.2:-record-block-outputs-with-a-forward-hook) ·
+# [solved](solutions/01_residual_stream.ipynb#Exercise-1.2:-record-block-outputs-with-a-forward-hook)
+#
 # `module.register_forward_hook(fn)` makes PyTorch call `fn(module, args, output)` after every
 # forward pass of `module`; it returns a handle whose `remove()` takes the hook off again. A
 # hook that is never removed keeps running on every later forward pass, so remove it in a
-# `finally:` block (it then goes even when the forward pass fails).
+# `finally:` block (it then goes even when the forward pass fails). The check removes any hook
+# that an earlier attempt left on the blocks before it calls your function, and says so, so
+# that a corrected attempt passes without restarting the kernel.
 #
 # Complete `record_block(lm, prompts, layer)`: register `hook` on `lm.blocks[layer]`, run
 # `lm.model(**batch)` under `torch.no_grad()`, remove the hook, and return the captured hidden
 # state at each row's last real token (your `last_real_token`), as float32 of shape
 # `[len(prompts), hidden]`. The batch is right-padded, so the real tokens keep their
 # positions 0, 1, 2, ...
+#
+# <details><summary>Hint</summary>
+#
+# `handle = lm.blocks[layer].register_forward_hook(hook)`, then the forward pass inside
+# `try:`, and `handle.remove()` inside `finally:`.
+# </details>
+#
+# <details><summary>Second hint</summary>
+#
+# `captured["hidden"]` is `[batch, seq, hidden]`. Pick one position per row by indexing with
+# two tensors of the same length: the rows `torch.arange(len(prompts))` and the positions
+# `last_real_token(batch["attention_mask"])`.
+# </details>
 
 
 # %% tags=["exercise"]
@@ -142,12 +184,19 @@ def record_block(lm, prompts: list[str], layer: int) -> torch.Tensor:
 sst2 = castlib.load_task("sst2")
 prompts = [castlib.zero_shot(sst2, x) for x in sst2.train[:4]]  # four lengths: padding
 layer = lm.n_layers // 2
-mine = answered(record_block(lm, prompts, layer), "1.2")
-reference = castlib.record_activations(lm, prompts, layers=[layer])[:, 0]
-assert not lm.blocks[layer]._forward_hooks, (
-    "Exercise 1.2: a hook is still registered on the block; keep the handle that "
-    "register_forward_hook returns and call handle.remove() in a `finally:` block"
+earlier = clear_hooks(lm)  # hooks an earlier attempt left behind
+if earlier:
+    print(f"(removed {earlier} hook(s) that an earlier attempt left on the blocks)")
+mine = attempt(
+    "1.2", record_block, lm, prompts, layer, on=f"the {len(prompts)} sst2 prompts, layer={layer}"
 )
+left = clear_hooks(lm)
+assert not left, (
+    f"Exercise 1.2: your record_block left {left} hook(s) registered on the blocks (this check "
+    "has removed them, so your next attempt starts clean). Keep the handle that "
+    "register_forward_hook returns and call handle.remove() in a `finally:` block."
+)
+reference = castlib.record_activations(lm, prompts, layers=[layer])[:, 0]
 assert torch.is_tensor(mine) and mine.shape == reference.shape, (
     f"Exercise 1.2: expected a tensor of shape {tuple(reference.shape)} (one row per prompt), "
     f"got {getattr(mine, 'shape', mine)!r}"
@@ -176,6 +225,9 @@ at_minus_one = out.hidden_states[layer + 1][:, -1].float()
 
 # %% [markdown]
 # ## Exercise 1.3: compare tasks
+# *About 20 minutes.* This exercise: [to do](01_residual_stream.ipynb#Exercise-1.3:-compare-tasks) ·
+# [solved](solutions/01_residual_stream.ipynb#Exercise-1.3:-compare-tasks)
+#
 # We record the zero-shot states of a few prompts of each task at every layer
 # (`castlib.record_activations`: `[n_prompts, n_layers, hidden]`).
 #
@@ -185,6 +237,20 @@ at_minus_one = out.hidden_states[layer + 1][:, -1].float()
 # is the mean cosine between the centred states of prompts of task a and prompts of task b at
 # `layer`; on the diagonal, average over pairs of *different* prompts only (a prompt's cosine
 # with itself is always 1).
+#
+# <details><summary>Hint</summary>
+#
+# Take every task's states at `layer` (`a[:, layer]`), subtract the mean of all of them
+# together (`torch.cat(...).mean(0)`), and normalise each row
+# (`torch.nn.functional.normalize(x, dim=1)`): the cosine of two unit rows is their dot product.
+# </details>
+#
+# <details><summary>Second hint</summary>
+#
+# For tasks a and b, `unit_a @ unit_b.T` holds every pairwise cosine, and its mean is the entry
+# (a, b). For a == b, subtract the diagonal (the n self-pairs, each 1) from the sum and divide
+# by the n (n - 1) remaining pairs.
+# </details>
 
 # %%
 loaded = {name: castlib.load_task(name) for name in tasks}
@@ -217,7 +283,7 @@ def reference_similarity(acts, layer):
 
 
 for check_layer in (1, lm.n_layers // 2, lm.n_layers - 1):
-    got = answered(task_similarity(acts, check_layer), "1.3")
+    got = attempt("1.3", task_similarity, acts, check_layer, on=f"acts, layer={check_layer}")
     want = reference_similarity(acts, check_layer)
     assert hasattr(got, "loc") and set(got.index) == set(tasks) == set(got.columns), (
         f"Exercise 1.3: return a pandas DataFrame with the tasks {tasks} as index and "
@@ -233,28 +299,71 @@ print("Exercise 1.3: correct")
 
 # %% [markdown]
 # Within-task similarity (the diagonal) against between-task similarity (off the diagonal),
-# layer by layer: where do prompts of one task cluster most clearly?
+# layer by layer: where do prompts of one task cluster most clearly? The dashed line is what
+# centring alone predicts for the between-task cosine (explained below the table).
 
 # %%
+n_tasks = len(tasks)
+off_diagonal = ~np.eye(n_tasks, dtype=bool)
+sizes = np.array([acts[name].shape[0] for name in tasks])
 rows = []
 for block in range(lm.n_layers):
-    table = task_similarity(acts, block).to_numpy()
-    off = ~torch.eye(len(tasks), dtype=torch.bool).numpy()
-    rows.append({"layer": block, "pair": "same task", "cosine": table.diagonal().mean()})
-    rows.append({"layer": block, "pair": "different tasks", "cosine": table[off].mean()})
-by_layer = pd.DataFrame(rows)
-fig = plots.lines(
-    by_layer,
-    x="layer",
-    y="cosine",
-    hue="pair",
-    title="Centred zero-shot states: mean cosine within vs between tasks",
+    table = task_similarity(acts, block).loc[tasks, tasks].to_numpy(dtype=float)
+    within = table.diagonal()
+    # |mean unit vector of task a|^2 from its within-task cosine (n self-pairs of cosine 1)
+    squared = (1 + (sizes - 1) * within) / sizes
+    rows.append(
+        {
+            "layer": block,
+            "same task": within.mean(),
+            "different tasks": table[off_diagonal].mean(),
+            "different tasks, centring alone": -squared.sum() / (n_tasks * (n_tasks - 1)),
+        }
+    )
+by_layer = pd.DataFrame(rows).set_index("layer")
+fig, ax = plt.subplots(figsize=(6.5, 4.0))
+for column, style in zip(by_layer.columns, ("o-", "o-", "k--"), strict=True):
+    ax.plot(by_layer.index, by_layer[column], style, label=column)
+ax.axhline(0.0, color="0.6", linewidth=0.8)
+ax.set_xticks(range(lm.n_layers))
+ax.set(xlabel="layer", ylabel="mean cosine of centred states")
+ax.set_title("Centred zero-shot states: within vs between tasks")
+ax.legend(frameon=False)
+fig.tight_layout()
+by_layer.round(2).T
+
+# %% [markdown]
+# **Why the between-task cosines are negative.** Centring subtracts the mean of all recorded
+# states, so the centred states sum to zero, and so (nearly) do the tasks' mean directions
+# `u_a` (the mean of task a's unit-length centred states). For k vectors that sum to zero,
+# `sum over a != b of <u_a, u_b> = -sum over a of |u_a|^2`: the between-task cosines must be
+# negative on average, whatever the tasks are. If every prompt of a task had the same state
+# (`|u_a| = 1`), the mean would be exactly `-1/(k-1)`; prompts of a task spread, so `|u_a|^2 =
+# (1 + (n-1) w_a) / n` from the within-task cosine `w_a` (the diagonal of the table), which
+# gives the dashed line. The numbers of this run:
+
+# %%
+middle = lm.n_layers // 2
+display(
+    Markdown(
+        f"At layer {middle}, the measured mean between-task cosine is "
+        f"{by_layer.loc[middle, 'different tasks']:.3f}; centring alone predicts "
+        f"{by_layer.loc[middle, 'different tasks, centring alone']:.3f} from the within-task "
+        f"cosines, and {-1 / (n_tasks - 1):.3f} (= -1/(k-1) for k = {n_tasks} tasks) if each "
+        "task's prompts coincided. Across layers the measured value is within "
+        f"{(by_layer['different tasks'] - by_layer['different tasks, centring alone']).abs().max():.3f}"
+        " of the centring prediction: the negative sign says nothing about tasks opposing "
+        "each other. What carries information is the diagonal: the same-task cosine is above "
+        f"the between-task cosine at {int((by_layer['same task'] > by_layer['different tasks']).sum())}"
+        f" of {lm.n_layers} layers, highest at layer {int(by_layer['same task'].idxmax())} "
+        f"({by_layer['same task'].max():.3f})."
+    )
 )
-by_layer.pivot(index="layer", columns="pair", values="cosine").round(2).T
 
 # %% [markdown]
 # **What to take away.** The residual stream at the last real token is where the model keeps
 # what it needs for the answer; castlib reads it at block outputs through hooks, at the last
 # real token found from the attention mask. Prompts of one task are closer to each other than
-# to other tasks' prompts at most layers: the stream carries the task. Tutorial 2 uses the
-# *difference* that in-context examples make to this state.
+# to other tasks' prompts at most layers: the stream carries the task. Between-task cosines
+# after centring are negative by construction; compare them with the centring prediction,
+# never with 0. Tutorial 2 uses the *difference* that in-context examples make to this state.
