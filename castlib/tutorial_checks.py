@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from .scoring import EvalResult
 from .models import LanguageModel
+from .scoring import EvalResult
 
 __all__ = ["ExerciseError", "answered", "attempt", "clear_hooks", "accuracy_bounds"]
 
