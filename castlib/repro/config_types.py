@@ -47,10 +47,10 @@ _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _YAML_BOOLS = "YAML 1.1 reads yes/no/on/off/true/false as booleans"
 
 
-def notebook_defaults(notebook: str | Path) -> dict[str, Any] | None:
-    """``{name: default}`` of the top-level assignments in the notebook's cell tagged
-    ``parameters`` (`UNKNOWN` where the value is not a literal); None when there is no such
-    cell. Raises ValueError when the cell is not plain Python."""
+def parameters_cell(notebook: str | Path) -> ast.Module | None:
+    """The parsed source of the notebook's cell tagged ``parameters`` (None when there is no
+    such cell); ValueError when the cell is not plain Python (an IPython magic, say) and so
+    cannot be read without a kernel."""
     import nbformat
 
     nb = nbformat.read(Path(notebook), as_version=4)
@@ -58,9 +58,18 @@ def notebook_defaults(notebook: str | Path) -> dict[str, Any] | None:
     if not cells:
         return None
     try:
-        tree = ast.parse(cells[0].source)
+        return ast.parse(cells[0].source)
     except SyntaxError as exc:
         raise ValueError(f"the parameters cell of {notebook} is not plain Python: {exc}") from exc
+
+
+def notebook_defaults(notebook: str | Path) -> dict[str, Any] | None:
+    """``{name: default}`` of the top-level assignments in the notebook's cell tagged
+    ``parameters`` (`UNKNOWN` where the value is not a literal); None when there is no such
+    cell. Raises ValueError when the cell is not plain Python."""
+    tree = parameters_cell(notebook)
+    if tree is None:
+        return None
     out: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and node.value is not None:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config_types import check_entry_types, check_output_dir
+from ..config_types import check_entry_types, check_output_dir, parameters_cell
 from .layout import safe_name
 
 __all__ = [
@@ -266,16 +266,9 @@ def declared_parameters(notebook: str | Path) -> list[str] | None:
     Returns None when the notebook has no such cell; raises ValueError when the cell is not plain
     Python (an IPython magic, say) and so cannot be read without a kernel.
     """
-    import nbformat
-
-    nb = nbformat.read(Path(notebook), as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if not cells:
+    tree = parameters_cell(notebook)
+    if tree is None:
         return None
-    try:
-        tree = ast.parse(cells[0].source)
-    except SyntaxError as exc:
-        raise ValueError(f"the parameters cell of {notebook} is not plain Python: {exc}") from exc
     names: dict[str, None] = {}
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else []
