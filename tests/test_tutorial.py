@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import castlib
-from castlib.evaluate import EvalResult
+from castlib.scoring import EvalResult
 from castlib.testing import tiny_model
 from castlib.tutorial_checks import (
     ExerciseError,
