@@ -7,7 +7,7 @@ the zero-shot states of source examples, the candidate embeddings of CAST's sele
     sha256(model fingerprint | padding side | pad id | layers | prompt token ids)
 
 in memory (least-recently-used, bounded in bytes) and, when given a folder, on disk as one
-safetensors file per row, so that the notebooks of one batch run (`castlib.repro.runs` points every
+safetensors file per row, so that the notebooks of one batch run (the batch runner, `castlib run`, points every
 kernel at one folder through ``$CASTLIB_ACTIVATION_STORE``) share it. The key holds the
 prompt's token ids, not its text, so two tokenizers that split a prompt differently (one adds
 BOS, the other does not; other special tokens) never share a row.
@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 
 __all__ = ["ActivationStore", "model_fingerprint", "STORE_ENV", "store_from_env"]
 
-#: The environment variable naming an on-disk store folder (set by `castlib.repro.runs`).
+#: The environment variable naming an on-disk store folder (set by the batch runner, `castlib run`).
 STORE_ENV = "CASTLIB_ACTIVATION_STORE"
 
 _SAMPLE = 4096

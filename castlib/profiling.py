@@ -16,7 +16,7 @@ Memory, by device:
 between methods run one after the other; ``growth = max(peak - base, 0)`` is what the block
 itself added. ``settle=True`` runs ``gc.collect`` (and, on glibc, ``malloc_trim``) at entry so
 the base does not carry freed-but-unreturned memory (used by the benchmark).
-Used by `castlib.methods.base` (result records), `castlib.repro.nbtools` and ``benchmarks/bench.py``.
+Used by `castlib.methods.base` (result records), the notebooks' helpers (`nbtools`) and ``benchmarks/bench.py``.
 """
 
 from __future__ import annotations

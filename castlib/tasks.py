@@ -200,7 +200,7 @@ def _nonempty_str(value: Any) -> bool:
 
 def parse_row(obj: Any, meta: Mapping[str, Any], where: str = "row") -> Example:
     """The `Example` of one jsonl row of a task with this ``meta``; the one validator of the row
-    format (FORMAT.md), used by the loader and by `castlib.repro.fetch.validate_row`.
+    format (FORMAT.md), used by the loader and by `castlib data fetch` (its `validate_row`).
 
     A row is a JSON object with a non-empty string ``id``; every ``meta["fields"]`` entry a
     non-empty string; ``paper_subset``, when present, a bool; classification: ``label`` one of

@@ -72,7 +72,7 @@ class Method:
     """Base class: parameters, fit/evaluate protocol, result records, save/load."""
 
     name: ClassVar[str] = ""
-    #: parameters of ``Params`` the method does not use (see `castlib.repro.nbtools.build_method`)
+    #: parameters of ``Params`` the method does not use (see the notebooks' `nbtools.build_method`)
     unused_params: ClassVar[tuple[str, ...]] = ()
     #: whether fitting reads the source tasks' labelled rows (a target among the sources then
     #: means the target's labels were used)

@@ -17,7 +17,7 @@ versions. A stored fit is reloaded only when every part matches; a folder that c
 counts as a miss and is replaced.
 
 A batch's fit store is the ``fits/`` folder of its on-disk activation store (`fit_store_for`:
-``castlib.repro.runs`` points every kernel at one through ``$CASTLIB_ACTIVATION_STORE``), or the
+the batch runner (``castlib run``) points every kernel at one through ``$CASTLIB_ACTIVATION_STORE``), or the
 folder ``$CASTLIB_FIT_STORE`` names (a run config's ``fit_store`` key: a folder that outlives
 the batch's output, e.g. one kept in git, so that a long fit and its checkpoints carry over to a
 machine that continues the batch); a model with a memory-only store, or none, and no

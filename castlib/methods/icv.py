@@ -253,7 +253,7 @@ class ICV(SteeringMethod):
         self.record_vector_norm(lm)
 
     #: inherited parameters ICV does not use (it steers every layer); refused when given,
-    #: skipped when shared by a notebook (`castlib.repro.nbtools.build_method`)
+    #: skipped when shared by a notebook (the notebooks' `nbtools.build_method`)
     unused_params = ("layers", "layer_window")
 
     def check_params(self) -> None:

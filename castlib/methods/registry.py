@@ -6,7 +6,7 @@
 
 A *preset* is a label for a registered method with fixed parameters (e.g. ``lora_target_dev``:
 LoRA trained on labelled target examples); the notebooks and batch configs name methods by
-registry name or preset label (`castlib.repro.nbtools.build_method`).
+registry name or preset label (the notebooks' `nbtools.build_method`).
 
 Methods whose module needs an optional extra (``lora`` and ``kasa`` need ``peft``, the
 ``adapters`` extra) are listed in `LAZY`: their names are always `available`, and their module
