@@ -48,6 +48,8 @@ NOTEBOOK_GLOBS = (
     "notebooks/tutorial/[0-9][0-9]_*.ipynb",
     "notebooks/tutorial/solutions/[0-9][0-9]_*.ipynb",
 )
+#: figures the pages embed that live beside the notebooks (the tutorial's drawing of CAST)
+FIGURE_GLOBS = ("notebooks/tutorial/figures/*.png",)
 ARCHIVE = "papermill_runs/results"
 GENERATED = "build/docs"
 #: addresses that the committed notebooks name and that moved into the site
@@ -59,7 +61,7 @@ _EMPTY_SCRIPT = re.compile(r"<script\s+src=(['\"])\1\s*>\s*</script>")
 
 def site_files(root: str | Path, generated: str | Path) -> dict[str, Path]:
     """``{path in the site's source tree: file}`` of everything the site shows besides
-    ``docs/``: `REPO_PAGES`, the notebooks, the archive (its README and every file of its config
+    ``docs/``: `REPO_PAGES`, the notebooks and their figures, the archive (its README and every file of its config
     folders but the unkept ``figures/``) and the generated files under ``generated`` (which
     replace an archive file at the same path)."""
     root, generated = Path(root), Path(generated)
@@ -67,7 +69,7 @@ def site_files(root: str | Path, generated: str | Path) -> dict[str, Path]:
     for rel in REPO_PAGES:
         if (root / rel).is_file():
             out[rel] = root / rel
-    for pattern in NOTEBOOK_GLOBS:
+    for pattern in (*NOTEBOOK_GLOBS, *FIGURE_GLOBS):
         for path in sorted(root.glob(pattern)):
             out[path.relative_to(root).as_posix()] = path
     archive = root / ARCHIVE
