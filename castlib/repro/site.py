@@ -22,6 +22,7 @@ Imports here are absolute: MkDocs loads this file by its path.
 
 from __future__ import annotations
 
+import html as html_lib
 import posixpath
 import re
 import shutil
@@ -57,6 +58,7 @@ MOVED = {"report/index.html": "docs/results.md"}
 
 _LINK = re.compile(r"""(?P<attr>\b(?:href|src))=(?P<q>["'])(?P<url>[^"']*)(?P=q)""")
 _EMPTY_SCRIPT = re.compile(r"<script\s+src=(['\"])\1\s*>\s*</script>")
+_HEADING = re.compile(r"(?P<open><h[1-6][^>]*\bid=\"[^\"]*\"[^>]*>)(?P<text>[^<]*)")
 
 
 def site_files(root: str | Path, generated: str | Path) -> dict[str, Path]:
@@ -152,6 +154,16 @@ def _fix_toc(html: str, toc: Any) -> None:
             item.id = match
 
 
+def _jupyter_anchor(match: re.Match[str]) -> str:
+    """A heading of a notebook page also answers to the anchor Jupyter and nbconvert give it
+    (its text with spaces as ``-``), so a notebook's links to its own headings work on the site
+    as they do in Jupyter."""
+    anchor = html_lib.unescape(match["text"]).strip().replace(" ", "-")
+    if not anchor:
+        return match[0]
+    return f'{match["open"]}<a id="{html_lib.escape(anchor, quote=True)}"></a>{match["text"]}'
+
+
 def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
     """Notebook pages: relative links to repository pages point to their HTML (see the module
     docstring), resolved from the page's folder or, for an archived notebook, from the folder of
@@ -161,6 +173,7 @@ def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
         return html
     html = _EMPTY_SCRIPT.sub("", html)
     _fix_toc(html, page.toc)
+    html = _HEADING.sub(_jupyter_anchor, html)
     here = page.file.src_uri
     bases = [here]
     if here.startswith(f"{ARCHIVE}/"):
