@@ -257,21 +257,3 @@ def test_address_needs_the_ray_executor(tmp_path):
     cfg = _config(tmp_path, "x", [{"notebook": str(nb)}])
     with pytest.raises(SystemExit):
         main([str(cfg), "--address", "127.0.0.1:1"])
-
-
-def test_without_address_a_local_ray_runs_the_batch_and_stops(tmp_path):
-    nb = _notebook(tmp_path / "tiny.ipynb")
-    cfg = _config(tmp_path, "local", [{"notebook": str(nb), "grid": {"value": [4, 5]}}])
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old) if p)
-    try:
-        outcomes = run_batch_ray(cfg, num_cpus=2, progress=False)
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-    assert [o.status for o in outcomes] == ["ok", "ok"]
-    assert not ray.is_initialized()
-    summary, _ = _tables(tmp_path / "local")
-    assert summary["square"].tolist() == [16, 25]
