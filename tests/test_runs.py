@@ -649,3 +649,23 @@ def test_source_state_names_the_commit_and_dirty_tree(tmp_path: Path) -> None:
     assert R.source_state(tmp_path)["dirty"] is False
     (tmp_path / "a.txt").write_text("2")
     assert R.source_state(tmp_path) == {"commit": head, "dirty": True, "changed": ["a.txt"]}
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"seeds": []}, "'seeds' = \\[\\] \\(list\\) must name at least one item"),
+        ({"seeds": [0, 0]}, "'seeds' = \\[0, 0\\] \\(list\\) repeats a seed"),
+        ({"seeds": [-1]}, "must be non-negative ints"),
+        ({"targets": []}, "'targets' = \\[\\] \\(list\\) must name at least one item"),
+        ({"methods": []}, "'methods' = \\[\\] \\(list\\) must name at least one item"),
+    ],
+)
+def test_a_run_that_would_run_nothing_is_refused(parameters: dict, message: str) -> None:
+    """An empty seed, target or method list (or a repeated seed) is refused when the config is
+    read, before any model is loaded: it would otherwise write an empty or double-counted record."""
+    notebook = Path(__file__).parents[1] / "notebooks" / "02_cross_domain.ipynb"
+    config = {"output_dir": "o", "runs": [{"notebook": str(notebook), "parameters": parameters}]}
+    with pytest.raises(R.ConfigError, match=message):
+        R.parse_config(config)
+    assert R.parse_config({"output_dir": "o", "runs": [{"notebook": str(notebook)}]}).runs

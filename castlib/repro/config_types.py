@@ -16,7 +16,9 @@ expected and the run would fail (or, worse, run) far from the config line that c
     None, or not a literal
                        anything (the default says nothing about the type)
 
-``null`` (None) is accepted for every parameter (the notebooks document ``None`` as "all" or
+A list parameter that names what a run iterates over (``seeds``, ``targets``, ``sources``,
+``tasks``, ``pairs``, ``methods``) must not be empty, and seeds must be distinct non-negative
+ints. ``null`` (None) is accepted for every parameter (the notebooks document ``None`` as "all" or
 "the method's default"). YAML 1.1 traps are named in the error: ``1e-3`` (no dot) is read as the
 string ``"1e-3"``, ``yes`` as True. `check_output_dir` refuses an output folder that cannot be
 written (read-only, or below a regular file), naming the path.
@@ -161,15 +163,35 @@ def _problem(value: Any, default: Any) -> str | None:
     return _scalar_problem(value, default)
 
 
+#: List parameters that name what a run iterates over: an empty list would run nothing (a run
+#: with no seed, no target, no task) and write an empty record, so it is refused.
+NON_EMPTY = ("seeds", "targets", "sources", "tasks", "pairs", "methods")
+
+
+def _value_problem(name: str, value: Any) -> str | None:
+    """Value checks beyond the type: a `NON_EMPTY` list that is empty or repeats an item."""
+    if name not in NON_EMPTY or not isinstance(value, (list, tuple)):
+        return None
+    if not value:
+        return f"must name at least one item (an empty list would run no {name.rstrip('s')})"
+    if name == "seeds":
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value):
+            return "must be non-negative ints"
+        if len(set(value)) != len(value):
+            return "repeats a seed (each seed would count twice in the statistics)"
+    return None
+
+
 def check_parameter_types(
     defaults: Mapping[str, Any], parameters: Mapping[str, Any], notebook: str, where: str
 ) -> None:
     """Raise ValueError naming the first parameter whose value does not fit its default's type
-    (see the module docstring); names without a default are left to the name check."""
+    (see the module docstring), or that names nothing to run (`NON_EMPTY`: ``seeds: []``);
+    names without a default are left to the name check."""
     for name, value in parameters.items():
         if name not in defaults:
             continue
-        why = _problem(value, defaults[name])
+        why = _problem(value, defaults[name]) or _value_problem(name, value)
         if why is not None:
             raise ValueError(
                 f"{where}: parameter {name!r} = {_kind(value)} {why}; the default in "
