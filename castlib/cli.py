@@ -103,8 +103,8 @@ VERBS: dict[str, tuple[str, Main]] = {
         _module_main("castlib.repro.archive"),
     ),
     "report": (
-        "the static HTML report from the archived records (no model loaded)",
-        _module_main("castlib.repro.report"),
+        "where the archived runs' time went: wall time per notebook, seconds per method (no model)",
+        _module_main("castlib.repro.costs"),
     ),
     "tables": (
         "the README's result tables from the archived records",

@@ -33,8 +33,14 @@ def _cfg(tmp_path):
         tmp_path,
         "02_x/b",
         [
-            {**rec, "method": "cast", "fit_seconds": 12.0},
-            {**rec, "method": "i2cl", "fit_seconds": 30.0, "fit_reused_from": "t"},
+            {**rec, "method": "cast", "fit_seconds": 12.0, "tune_seconds": 5.0},
+            {
+                **rec,
+                "method": "i2cl",
+                "fit_seconds": 30.0,
+                "tune_seconds": 3.0,
+                "fit_reused_from": "t",
+            },
         ],
     )
     return ArchivedConfig(
@@ -49,12 +55,17 @@ def _cfg(tmp_path):
 
 def test_costs_by_hand(tmp_path):
     table = costs.cost_table(_cfg(tmp_path)).set_index("method")
-    assert table.loc["cast", "fit_seconds"] == 22.0
+    # run b's CAST record times its tuning apart (5 of its 12 s); run a's does not
+    assert table.loc["cast", "fit_seconds"] == 17.0
+    assert table.loc["cast", "tune_seconds"] == 5.0
+    assert table.loc["cast", "tuning_timed"] == 1
     assert table.loc["cast", "eval_seconds"] == 4.0
     # the reloaded fit counts 0 s; the one that made it counts its 30 s once
     assert table.loc["i2cl", "fit_seconds"] == 30.0
     assert table.loc["i2cl", "fits_reused"] == 1
     assert table.loc["i2cl", "records"] == 2
+    assert table.loc["i2cl", "tune_seconds"] == 0.0  # the reloaded fit's choice cost nothing here
+    assert pd.isna(table.loc[costs.OUTSIDE, "tune_seconds"])
     # run a: 50 - (12 + 32) = 6; run b: 20 - (14 + 2) = 4
     assert table.loc[costs.OUTSIDE, "eval_seconds"] == 10.0
     assert table["seconds"].sum() == 70.0  # the runs' wall time, all accounted for

@@ -82,6 +82,8 @@ def test_method_protocol(lm, source, target, name, params, tmp_path):
     assert rec["n"] == 5 and rec["method"] == name and 0 <= rec["accuracy"] <= 1
     assert rec["trainable_params"] > 0 or name == "function_vector"
     assert rec["fit_seconds"] > 0 and rec["peak_memory_mb"] >= 0
+    if rec.get("tuning_grid") or rec.get("choice_grid"):  # a method that chose on tuning rows
+        assert 0 <= rec["tune_seconds"] <= rec["fit_seconds"]  # timed apart, part of the fit
     json.dumps(rec)
     again = methods.get(name)(**params).fit(lm, [source], target, seed=0)
     assert strip(again.evaluate(lm, target, limit=5)) == strip(rec)  # deterministic per seed

@@ -17,6 +17,7 @@ tuning does (`castlib.methods.steering`).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -103,9 +104,11 @@ def choose_steering(
 ) -> dict[str, Any]:
     """Whether to keep the steered model (``steering()``, a context) or the unsteered one,
     judged on ``rows``; returns ``{"steered": bool, "choice_grid": [unsteered, steered]}``,
-    each entry with its ``accuracy`` and mean ``gold_logp``. NaN scores count as worst."""
+    each entry with its ``accuracy`` and mean ``gold_logp``, and ``tune_seconds`` (the wall
+    seconds of the choice). NaN scores count as worst."""
     if not rows:
         raise ValueError("choose_steering needs at least one labelled row")
+    t0 = time.perf_counter()
     grid = []
     for steered in (False, True):
         if steered:
@@ -120,4 +123,5 @@ def choose_steering(
         grid[0]["accuracy"],
         grid[0]["gold_logp"],
     )
-    return {"steered": bool(better), "choice_grid": grid}
+    seconds = round(time.perf_counter() - t0, 3)
+    return {"steered": bool(better), "choice_grid": grid, "tune_seconds": seconds}

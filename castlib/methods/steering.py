@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 import warnings
 from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -242,8 +243,10 @@ class SteeringMethod(Method):
         slots: Sequence[Slot] | None = None,
     ) -> None:
         """Choose the configuration on ``rows`` (`tuning_rows`) among `config_grid` over
-        ``slots`` (default: `candidate_layers`); the grid, its size and the choice go to
+        ``slots`` (default: `candidate_layers`); the grid, its size, the choice and the wall
+        seconds of the choice (``tune_seconds``, part of the fit's ``fit_seconds``) go to
         ``self.info``."""
+        t0 = time.perf_counter()
         p = self.params
         slots = list(slots) if slots is not None else self.candidate_layers(lm)
         alphas = None
@@ -299,6 +302,7 @@ class SteeringMethod(Method):
         )
         self.adopt(lm, *points[best])
         self.record_vector_norm(lm)
+        self.info["tune_seconds"] = round(time.perf_counter() - t0, 3)
 
     def record_vector_norm(self, lm: LanguageModel) -> None:
         """Store the layers actually steered (``info["steered_layers"]``: a ``layer_window``

@@ -37,6 +37,7 @@ from ..stats import N_BOOT
 from . import claims as C
 from . import runs as R
 from .archive import DROPPED_IMAGE_NOTE
+from .costs import costs_markdown
 from .report import ArchivedConfig, archive_configs, load_archive, wall_time_text
 from .results_md import main_tables_markdown
 
@@ -320,7 +321,17 @@ def results_pages(
             f"| `{c.name}`{' (superseded)' if c.superseded else ''} | {', '.join(c.models)} | "
             f"{len(c.run_dirs)} of {expected} | {missing} | {wall_time_text(c) or 'not recorded'} |"
         )
-    lines += ["", "## Main tables", "", main_tables_markdown(archive, root, n_boot=n_boot), ""]
+    lines += ["", "## Where the time goes", ""]
+    lines += [
+        "Seconds per model and method summed over each config's archived runs "
+        "(`castlib.repro.costs`; `castlib report` prints the same): a fit reloaded from the fit "
+        "store counts once, in the run that made it; `(outside methods)` is loading the model, "
+        "analyses and writing.",
+        "",
+    ]
+    for c in configs:
+        lines += [costs_markdown(c), ""]
+    lines += ["## Main tables", "", main_tables_markdown(archive, root, n_boot=n_boot), ""]
     lines += ["## The paper's claims, judged from the records", ""]
     for claim in C.CLAIMS:
         lines += [
