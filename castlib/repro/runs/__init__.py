@@ -11,6 +11,8 @@ does, each part importing only the ones above it in this list:
 
 * `layout` -- the output folder's file names and the JSON helpers every part uses;
 * `config` -- the grammar of a run config (YAML): `load_config`, `parse_config`, run ids;
+* `preflight` -- what a machine must offer a unit (device, dtype, memory), checked before
+  any model loads;
 * `execute` -- executing runs with papermill in the current interpreter's kernel
   (`execute_run`, `run_batch`, resuming, forced reruns swapped in);
 * `aggregate` -- summary.csv, runs.csv, predictions.jsonl.gz and figures (`aggregate`,

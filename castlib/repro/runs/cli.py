@@ -109,7 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:
-        outcomes = run_batch(config, progress=not args.no_progress, **batch)
+        try:
+            outcomes = run_batch(config, progress=not args.no_progress, **batch)
+        except ConfigError as exc:  # preflight: a unit this machine cannot run
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     summary = aggregate(config.output_dir)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "failed", "skipped")}
     print(

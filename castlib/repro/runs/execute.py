@@ -68,6 +68,7 @@ from .layout import (
     result_records,
     write_json,
 )
+from .preflight import preflight
 
 __all__ = [
     "MissingResultsError",
@@ -352,6 +353,8 @@ def run_batch(
     progress: bool = True,
 ) -> list[RunOutcome]:
     """Execute the config's runs in order (resuming), with a tqdm bar; returns one outcome each.
+    Before anything runs, `castlib.repro.runs.preflight.preflight` checks that this machine can
+    run every unit left to run (device, dtype, memory; `ConfigError` otherwise).
 
     Args:
         config: a RunConfig or the path of a YAML config.
@@ -365,6 +368,7 @@ def run_batch(
     cfg = runnable_config(config)
     kernel = kernel_name or cfg.kernel
     runs = select_runs(cfg.runs, only)
+    preflight([r for r in runs if force or not is_complete(r, cfg.output_dir)])
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
     with (
