@@ -73,7 +73,7 @@ class EmbeddedModel:
         cpu_memory_gb: resident memory of one notebook run on this model on CPU in float32, as
             measured (``ps`` RSS of a notebook 02 kernel on this project's 2-core machine, 7
             December 2026); the batch runner refuses a unit on a machine with less memory in
-            all (`castlib.repro.runs.preflight`).
+            all (the preflight of `castlib run`).
     """
 
     name: str

@@ -96,6 +96,11 @@ def _method_rows(cfg: ArchivedConfig) -> list[dict]:
     return rows
 
 
+def _sum_or_nan(values: pd.Series) -> float:
+    """The sum, or NaN when no value was recorded (tuning not timed apart)."""
+    return values.sum(min_count=1)
+
+
 def cost_table(cfg: ArchivedConfig) -> pd.DataFrame:
     """Seconds per (notebook, model, method) of ``cfg``'s archived runs, with ``records`` (method
     records summed), ``fits_reused`` (of those, fits reloaded from the store and counted as 0 s),
@@ -115,7 +120,7 @@ def cost_table(cfg: ArchivedConfig) -> pd.DataFrame:
             fits_reused=("fits_reused", "sum"),
             tuning_timed=("tuning_timed", "sum"),
             fit_seconds=("fit_seconds", "sum"),
-            tune_seconds=("tune_seconds", lambda x: x.sum(min_count=1)),
+            tune_seconds=("tune_seconds", _sum_or_nan),
             eval_seconds=("eval_seconds", "sum"),
         )
         .reset_index()
@@ -150,7 +155,7 @@ def method_shares(cfg: ArchivedConfig) -> pd.DataFrame:
         table.groupby(["model", "method"], sort=True)
         .agg(
             fit_seconds=("fit_seconds", "sum"),
-            tune_seconds=("tune_seconds", lambda x: x.sum(min_count=1)),
+            tune_seconds=("tune_seconds", _sum_or_nan),
             eval_seconds=("eval_seconds", "sum"),
             seconds=("seconds", "sum"),
         )

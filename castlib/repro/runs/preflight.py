@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ...models.embedded import EMBEDDED_MODELS
-from ...models.loading import resolve_dtype
+from ...models.loading import resolve_device, resolve_dtype
 from .config import ConfigError, Run
 
 __all__ = ["preflight", "machine_memory_gb"]
@@ -33,10 +33,6 @@ def machine_memory_gb() -> float:
     return psutil.virtual_memory().total / 1e9
 
 
-def _cuda(device: str) -> bool:
-    return device == "cuda" or device.startswith("cuda:")
-
-
 def preflight(runs: Iterable[Run], memory_gb: float | None = None) -> None:
     """Raise `ConfigError` for the first run this machine cannot run (see the module
     docstring); ``memory_gb``: the machine's memory (default: `machine_memory_gb`)."""
@@ -46,27 +42,28 @@ def preflight(runs: Iterable[Run], memory_gb: float | None = None) -> None:
     for run in runs:
         params = run.parameters
         device = str(params.get("device") or "auto")
-        cuda = torch.cuda.is_available()
-        if _cuda(device) and not cuda:
+        try:
+            kind = resolve_device(device).type  # "auto": CUDA, else MPS, else CPU
+        except (RuntimeError, ValueError) as exc:  # torch.device("gpu") and the like
+            raise ConfigError(f"{run.run_id}: parameter 'device': {exc}") from None
+        if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 f"{run.run_id}: device {device!r}, but torch sees no CUDA device on this machine "
                 f"(use device: cpu, or auto to take CUDA where there is one)"
             )
-        on_cuda = _cuda(device) or (device == "auto" and cuda)
         dtype = params.get("dtype")
         if dtype is not None:
             try:
                 dt = resolve_dtype(dtype)
             except ValueError as exc:
                 raise ConfigError(f"{run.run_id}: parameter 'dtype': {exc}") from None
-            if dt == torch.bfloat16 and on_cuda and not torch.cuda.is_bf16_supported():
+            if dt == torch.bfloat16 and kind == "cuda" and not torch.cuda.is_bf16_supported():
                 raise ConfigError(
                     f"{run.run_id}: dtype {dtype!r} on a CUDA device without bfloat16 "
                     f"support; use float16 or auto"
                 )
         spec = EMBEDDED_MODELS.get(str(params.get("model")))
-        on_cpu = device == "cpu" or (device == "auto" and not cuda)
-        if spec is not None and on_cpu and spec.cpu_memory_gb is not None:
+        if spec is not None and kind == "cpu" and spec.cpu_memory_gb is not None:
             if total < spec.cpu_memory_gb:
                 raise ConfigError(
                     f"{run.run_id}: model {spec.name!r} needs about {spec.cpu_memory_gb:g} GB of "
