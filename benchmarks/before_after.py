@@ -39,27 +39,39 @@ def _field(rec: dict, key: str):
     return json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
 
 
-def correctness(folder: Path, notebook: str) -> dict[tuple, dict]:
-    """(target, method, seed) -> {"rows": {id: [correct (0/1) per record]}, "layer", "alpha"};
-    a method with one record per source (cross-task ICL) has one value per source, pooled by
-    the paired bootstrap as the main tables pool them."""
+def correctness(
+    folder: Path, notebook: str, where: dict[str, object] | None = None
+) -> dict[tuple, dict]:
+    """(target, method, seed) -> {"rows": {id: [correct (0/1) per record]}, "preds": {id:
+    [predicted label per record]}, "layer", "alpha"}; a method with one record per source
+    (cross-task ICL) has one value per source, pooled by the paired bootstrap as the main tables
+    pool them. ``where``: keep only the records whose fields have these values (e.g.
+    ``{"dtype": "bfloat16"}``)."""
     per: dict[tuple, list[dict]] = defaultdict(list)
     for rec in _records(folder, notebook):
         preds = _field(rec, "predictions")
         if not isinstance(preds, dict) or "id" not in preds or rec.get("split") != "test":
             continue
-        rows = {
-            i: float(p == g)
-            for i, p, g in zip(preds["id"], preds["pred"], preds["gold"], strict=True)
-        }
+        if any(rec.get(k) != v for k, v in (where or {}).items()):
+            continue
+        triples = list(zip(preds["id"], preds["pred"], preds["gold"], strict=True))
+        rows = {i: float(p == g) for i, p, g in triples}
         key = (rec.get("target"), rec.get("method"), rec.get("seed"))
-        per[key].append({"rows": rows, "layer": rec.get("layer"), "alpha": rec.get("alpha")})
+        per[key].append(
+            {
+                "rows": rows,
+                "preds": {i: p for i, p, _ in triples},
+                "layer": rec.get("layer"),
+                "alpha": rec.get("alpha"),
+            }
+        )
     out = {}
     for key, recs in per.items():
         ids = set.intersection(*(set(r["rows"]) for r in recs))
         rows = {i: [r["rows"][i] for r in recs] for i in ids}  # one value per source record
+        preds = {i: [r["preds"][i] for r in recs] for i in ids}
         one = recs[0] if len(recs) == 1 else {"layer": None, "alpha": None}
-        out[key] = {"rows": rows, "layer": one["layer"], "alpha": one["alpha"]}
+        out[key] = {"rows": rows, "preds": preds, "layer": one["layer"], "alpha": one["alpha"]}
     return out
 
 

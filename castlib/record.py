@@ -31,6 +31,7 @@ from .activation_store import ActivationStore
 from .hooks import HookGroup, StopForward, hidden_of
 from .models import LanguageModel
 from .padding import encode, iter_batches, last_token_index
+from .progress import shown
 from .steer import installed_hooks
 from .validate import (
     check_positive_int,
@@ -94,7 +95,7 @@ def record_token_ids(
     pad_id = lm.tokenizer.pad_token_id
     batches = iter_batches(token_ids, batch_size, pad_id, padding_side, lm.device)
     n_batches = -(-len(token_ids) // batch_size)
-    show = progress if progress is not None else n_batches > 4
+    show = shown(progress, n_batches)
     entry = Recording(layers=tuple(wanted))
     with HookGroup() as hooks, torch.inference_mode(), _listed(lm, entry):
         for slot, layer in enumerate(wanted):

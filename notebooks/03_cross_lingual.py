@@ -64,6 +64,7 @@
 # %% tags=["parameters"]
 model = "gemma-3-270m"  # the embedded Gemma 3 270M, or any Hugging Face causal LM id or path
 device = "auto"  # "auto" (CUDA when present), "cpu", "cuda"
+dtype = "auto"  # "auto" (bf16 on CUDA if supported, else float32), "float32" or "bfloat16"
 data_dir = None  # None: $CASTLIB_DATA, else the data/ folder the repository ships
 output_dir = (
     "results/03_cross_lingual"  # tables, figures and results.json of this run (not committed)
@@ -126,7 +127,7 @@ import castlib
 from castlib import stats
 from castlib.repro import nbtools, plots
 
-lm, out = nbtools.setup(model, device=device, output_dir=output_dir)
+lm, out = nbtools.setup(model, device=device, dtype=dtype, output_dir=output_dir)
 print(lm)
 
 # %%

@@ -184,3 +184,10 @@ def test_imports_run_one_way() -> None:
     assert not reaches("scoring.logprobs", "scoring.evaluation")
     assert not any(reaches(s, "scoring.evaluation") for s in scorers)
     assert {"scoring.plain", "scoring.prefix_cache"} <= deps["scoring.evaluation"]
+
+
+def test_the_progress_rule_obeys_a_flag_and_otherwise_counts_steps():
+    from castlib.progress import QUIET_STEPS, shown
+
+    assert shown(True, 1) and not shown(False, 10_000)
+    assert not shown(None, QUIET_STEPS) and shown(None, QUIET_STEPS + 1)

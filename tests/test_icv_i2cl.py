@@ -347,6 +347,19 @@ def test_i2cl_steps_caps_the_calibration(lm):
         I2CL(n_demos=100, n_tune=4, steps=1).fit(lm, [source], target)
 
 
+@pytest.mark.parametrize(
+    ("progress", "steps", "bar"), [(None, 5, True), (None, 4, False), (False, 5, False)]
+)
+def test_i2cl_calibration_shows_its_progress_when_it_is_long(lm, capsys, progress, steps, bar):
+    # a batch's kernel writes no terminal: a long calibration shows its bar all the same
+    source = make_task("src", n_train=30, n_test=2, seed=1)
+    target = make_task("tgt", n_train=4, n_test=2, seed=2)
+    method = I2CL(batch_size=2, n_demos=6, n_tune=4, epochs=100, steps=steps, progress=progress)
+    method.fit(lm, [source], target, seed=0)
+    err = capsys.readouterr().err
+    assert (f"{steps}/{steps}" in err) is bar, err
+
+
 # -- I2CL: stratified demonstrations, the labelled-target transfer, the unsteered choice -----
 def _label_counts(task, ids):
     by_id = {f"{task.name}:{ex.id}": ex.label for ex in task.train}

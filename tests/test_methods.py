@@ -161,3 +161,14 @@ def test_registry_and_bad_params():
         methods.get("cast")(protocol="test")
     with pytest.raises(RuntimeError, match="fit"):
         methods.get("zero_shot")().evaluate(None, make_task())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_record_names_the_dtype_the_model_ran_in(tokenizer, source, target, dtype):
+    from castlib.testing import tiny_model
+
+    lm = tiny_model("llama", tokenizer=tokenizer, dtype=dtype)
+    method = methods.get("zero_shot")()
+    method.fit(lm, [source], target, seed=0)
+    rec = method.evaluate(lm, target, limit=3)
+    assert rec["dtype"] == str(dtype).removeprefix("torch.")

@@ -70,7 +70,7 @@ def test_every_notebook_has_one_parameters_cell_and_is_in_smoke_yaml(
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
         source = tagged[0].source
-        for name in ("model", "device", "data_dir", "output_dir"):
+        for name in ("model", "device", "dtype", "data_dir", "output_dir"):
             assert f"\n{name} = " in f"\n{source}", f"{path.name}: no {name!r} parameter"
     monkeypatch.chdir(REPO)
     config = R.load_config(SMOKE)

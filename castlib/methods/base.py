@@ -294,6 +294,7 @@ class Method:
         params.pop("data_dir", None)
         rec: dict[str, Any] = {
             "model": lm.name,
+            "dtype": str(lm.dtype).removeprefix("torch."),
             "method": self.name,
             "params": params,
             "seed": self.seed,

@@ -66,6 +66,7 @@ from ..architectures import ATTENTION_NAMES, MLP_NAMES, OUT_PROJ_NAMES
 from ..hooks import HookGroup
 from ..models import LanguageModel
 from ..padding import encode, iter_batches
+from ..progress import shown
 from ..prompts import k_shot
 from ..scoring.kv_cache import cache_kwargs, expand_cache, new_cache, returned_cache
 from ..scoring.logprobs import answer_token_ids
@@ -227,7 +228,9 @@ def head_effects(
     chunks = [list(heads[i : i + heads_batch]) for i in range(0, len(heads), heads_batch)]
     with HookGroup() as hooks, torch.inference_mode():
         patcher.install(lm, hooks)
-        for i, row in enumerate(tqdm(ids, desc="head effects", disable=progress is not True)):
+        for i, row in enumerate(
+            tqdm(ids, desc="head effects", disable=not shown(progress, len(ids)))
+        ):
             if len(row) < 2:
                 raise ValueError("a corrupted prompt needs at least two tokens")
             prefix = torch.as_tensor([row[:-1]], device=lm.device)

@@ -163,7 +163,7 @@ class I2CL(Method):
         n_tune: int = 32  # source: held-out source rows for the choice against no steering
         n_target: int = 32  # target_dev: labelled target rows (<= 32), calibration + choice
         include_unsteered: bool = True  # the unsteered model among the choices (6)
-        progress: bool | None = None  # tqdm bar (None: when stderr is a terminal)
+        progress: bool | None = None  # tqdm bar (None: over 4 steps, `castlib.progress`)
 
     def check_params(self) -> None:
         p = self.params

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..models import LanguageModel
 from ..padding import encode, pad, position_ids_from_mask
+from ..progress import shown
 from ..prompts import zero_shot
 from ..scoring.logprobs import answer_token_ids
 from ..tasks import Example, Task
@@ -138,7 +139,6 @@ def calibrate(
         noise_gen=torch.Generator(device=lm.device).manual_seed(seed),
     )
     losses, order = cal.losses, cal.order
-    quiet = None if p.progress is None else not p.progress
     checkpoint = _Checkpoint(scratch, total, len(prompts))
     start = checkpoint.restore(cal)
     with (
@@ -148,7 +148,7 @@ def calibrate(
         for step in tqdm(
             range(start, total),
             desc=name,
-            disable=quiet,
+            disable=not shown(p.progress, total - start),
             leave=False,
             initial=start,
             total=total,

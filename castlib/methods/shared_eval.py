@@ -47,6 +47,7 @@ __all__ = [
 #: Keys of every result record (methods may add more).
 RESULT_FIELDS = (
     "model",
+    "dtype",
     "method",
     "params",
     "seed",

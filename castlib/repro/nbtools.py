@@ -84,13 +84,17 @@ def output_path(output_dir: str | Path) -> Path:
 
 
 def setup(
-    model: str, device: str = "auto", output_dir: str | Path = "results"
+    model: str,
+    device: str = "auto",
+    output_dir: str | Path = "results",
+    dtype: str = "auto",
 ) -> tuple[LanguageModel, Path]:
     """The common setup of the reproduction notebooks, run right after their parameters cell.
 
     Sets the display of tables and figures (`castlib.repro.plots.set_theme`; pandas shows 3 decimals
     in 120 columns; both process-wide, as display settings are), creates ``output_dir`` and loads
-    ``model`` on ``device`` (`castlib.load_model`).
+    ``model`` on ``device`` in ``dtype`` (`castlib.load_model`: ``"auto"`` is bfloat16 on a CUDA
+    device that supports it, float32 elsewhere; every result record names the dtype it ran in).
 
     Returns:
         ``(lm, out)``: the loaded model and ``output_dir`` as a Path.
@@ -99,7 +103,7 @@ def setup(
     pd.set_option("display.precision", 3)
     pd.set_option("display.width", 120)
     out = output_path(output_dir)
-    return load_model(model, device=device), out
+    return load_model(model, device=device, dtype=dtype), out
 
 
 def params_table(params: Mapping[str, Any], hide: Iterable[str] = _PATH_PARAMS) -> pd.DataFrame:
@@ -215,7 +219,8 @@ PARAMETER_ALIASES: dict[str, tuple[str | None, str]] = {
 #: Parameters of the run itself, never handed to a method even where a method's ``Params`` has
 #: a field of that name (LoRA's ``targets`` are modules, a notebook's are tasks).
 RUN_PARAMETERS = frozenset(
-    {"model", "device", "data_dir", "output_dir", "methods", "method_params", "seeds", "n_test"}
+    {"model", "device", "dtype", "data_dir", "output_dir", "methods", "method_params", "seeds"}
+    | {"n_test"}
     | {"targets", "sources", "pairs", "families"}
 )
 

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ..models import LanguageModel
 from ..padding import encode, iter_batches, position_ids_from_mask
+from ..progress import shown
 from ..steer import active_steer_hooks, foreign_hooks
 from ..validate import check_positive_int
 from .kv_cache import cache_kwargs, fork_cache, merge_caches, mergeable, new_cache, returned_cache
@@ -228,7 +229,7 @@ def sweep_scores(
     single = single_token_answers(answer_ids)
     n, k = len(prompt_ids), len(answer_ids)
     outs = [torch.empty((n, k), dtype=torch.float32) for _ in configs]
-    show = progress if progress is not None else -(-n // batch_size) > 4
+    show = shown(progress, -(-n // batch_size))
     cand = torch.as_tensor(firsts)
     bar = tqdm(total=n, desc="scoring (last token)", disable=not show, leave=False)
     with torch.inference_mode(), bar:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..models import LanguageModel
 from ..padding import encode, iter_batches
+from ..progress import shown
 from .logprobs import answer_token_ids, continuation_log_probs, single_token_answers
 
 __all__ = ["score_plain"]
@@ -78,7 +79,7 @@ def score_plain(
     `castlib.scoring.logprobs.Scorer`)."""
     prompt_ids = encode(lm.tokenizer, prompts)
     answer_ids = answer_token_ids(lm.tokenizer, answers)
-    show = progress if progress is not None else len(prompts) > 4 * batch_size
+    show = shown(progress, -(-len(prompts) // batch_size))
     firsts = [row[0] for row in answer_ids]
     with torch.inference_mode():
         if single_token_answers(answer_ids):

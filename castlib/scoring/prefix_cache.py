@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from ..models import LanguageModel
 from ..padding import encode, pad
+from ..progress import shown
 from ..steer import active_steer_hooks
 from .kv_cache import cache_kwargs, expand_cache, new_cache, returned_cache
 from .logprobs import answer_token_ids, single_token_answers
@@ -262,7 +263,7 @@ def score_suffixes(
         items = [(i, j) for i in range(n) for j in range(k)]
     order = sorted(range(len(items)), key=lambda s: -len(suffix_ids[items[s][0]]))
     n_batches = -(-len(items) // batch_size)
-    show = progress if progress is not None else n_batches > 4
+    show = shown(progress, n_batches)
     cand = torch.as_tensor(firsts)
     with torch.inference_mode():
         for start in tqdm(

@@ -82,7 +82,7 @@ class AdapterMethod(Method):
         # diversity weight under the name `selection_gamma` (CAST's `gamma`)
         selection_gamma: float = DEFAULT_GAMMA
         merge: bool = True  # evaluate with the adapter folded into the weights (no overhead)
-        progress: bool | None = None  # tqdm bar (None: when stderr is a terminal)
+        progress: bool | None = None  # tqdm bar (None: over 4 steps, `castlib.progress`)
 
     def check_params(self) -> None:
         p = self.params

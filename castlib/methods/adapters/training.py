@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ...models import LanguageModel
 from ...padding import encode
+from ...progress import shown
 from ...prompts import zero_shot
 from ...scoring.logprobs import answer_token_ids, continuation_log_probs
 from ...tasks import Example, Task
@@ -75,7 +76,7 @@ def train_adapter(
         for _ in tqdm(
             range(steps),
             desc=desc,
-            disable=None if progress is None else not progress,
+            disable=not shown(progress, steps),
             leave=False,
         ):
             if len(order) < bs:

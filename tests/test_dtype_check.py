@@ -1,0 +1,59 @@
+"""benchmarks/dtype_check.py: a bfloat16 difference inside or outside its float32 interval."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import dtype_check
+
+
+def _write(folder: Path, dtype: str, correct: dict[str, np.ndarray], unit: str) -> None:
+    ids = [f"r{i}" for i in range(len(next(iter(correct.values()))))]
+    recs = [
+        {
+            "dtype": dtype,
+            "target": "t",
+            "method": method,
+            "seed": 0,
+            "split": "test",
+            "predictions": {"id": ids, "pred": [int(c) for c in ok], "gold": [1] * len(ids)},
+        }
+        for method, ok in correct.items()
+    ]
+    run = folder / "02_cross_domain" / unit
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps(recs), encoding="utf-8")
+
+
+def _case(tmp_path: Path, flip: int) -> Path:
+    rng = np.random.default_rng(0)
+    cast = rng.random(200) < 0.7
+    zero = rng.random(200) < 0.5
+    _write(tmp_path, "float32", {"cast": cast, "zero_shot": zero}, "fp32")
+    moved = cast.copy()
+    moved[np.flatnonzero(moved)[:flip]] = False  # bfloat16 loses `flip` of CAST's right rows
+    _write(tmp_path, "bfloat16", {"cast": moved, "zero_shot": zero}, "bf16")
+    return tmp_path
+
+
+def test_a_small_bf16_change_is_inside_the_float32_interval(tmp_path, capsys):
+    (row,) = dtype_check.checks(_case(tmp_path, flip=2))
+    assert row.baseline == "zero_shot" and row.n == 200 and row.inside
+    assert abs(row.candidate - (row.reference - 2 / 200)) < 1e-12
+    assert dtype_check.main([str(tmp_path)]) == 0
+    assert "| t | zero_shot | 0 | 200/200 (1.000) |" in capsys.readouterr().out
+
+
+def test_a_large_bf16_change_fails_the_check(tmp_path, capsys):
+    (row,) = dtype_check.checks(_case(tmp_path, flip=60))
+    assert not row.inside and row.candidate < row.low
+    assert dtype_check.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "0 of 1 bfloat16 differences inside" in out and "| t | cast | 0 | 140/200" in out
+
+
+def test_records_of_one_dtype_only_are_refused(tmp_path, capsys):
+    _write(tmp_path, "float32", {"cast": np.ones(5, bool), "zero_shot": np.ones(5, bool)}, "a")
+    assert dtype_check.main([str(tmp_path)]) == 2
+    assert "in both float32 and bfloat16" in capsys.readouterr().out
