@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import castlib
 from castlib.methods.cast import CAST
-from castlib.methods.steering import row_keys
+from castlib.methods.tuning import row_keys
 from castlib.selection import DEFAULT_GAMMA, diffusion_matrix, greedy_coverage, knn_graph
 
 

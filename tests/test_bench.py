@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,3 +241,24 @@ def test_main_writes_json(tmp_path, monkeypatch, tokenizer):
     data = json.loads(out.read_text())
     for key in ("eval_vs_forward", "record_vs_forward", "steer_last_overhead"):
         assert _finite_positive(data[key])
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.stem
+        for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
+        if p.stem != "__init__"
+    ),
+)
+def test_every_benchmark_script_still_imports(name: str) -> None:
+    # the scripts beside the package import its internals: a refactor that moves a name
+    # breaks them silently unless something imports them
+    importlib.import_module(f"benchmarks.{name}")
+
+
+def test_selection_reach_saturation_counts_the_picks_until_the_curve_stops_growing() -> None:
+    from benchmarks.selection_reach import saturation
+
+    assert saturation([0.1, 0.3, 0.5, 0.5, 0.5]) == 3
+    assert saturation([0.2, 0.4]) == 2
