@@ -40,19 +40,24 @@ def _field(rec: dict, key: str):
 
 
 def correctness(
-    folder: Path, notebook: str, where: dict[str, object] | None = None
+    folder: Path,
+    notebook: str,
+    where: dict[str, object] | None = None,
+    assume: dict[str, object] | None = None,
 ) -> dict[tuple, dict]:
     """(target, method, seed) -> {"rows": {id: [correct (0/1) per record]}, "preds": {id:
     [predicted label per record]}, "layer", "alpha"}; a method with one record per source
     (cross-task ICL) has one value per source, pooled by the paired bootstrap as the main tables
     pool them. ``where``: keep only the records whose fields have these values (e.g.
-    ``{"dtype": "bfloat16"}``)."""
+    ``{"dtype": "bfloat16"}``); ``assume``: the value a record that lacks one of those fields is
+    taken to have (records made before the field existed; otherwise such a record is left out)."""
+    assumed = assume or {}
     per: dict[tuple, list[dict]] = defaultdict(list)
     for rec in _records(folder, notebook):
         preds = _field(rec, "predictions")
         if not isinstance(preds, dict) or "id" not in preds or rec.get("split") != "test":
             continue
-        if any(rec.get(k) != v for k, v in (where or {}).items()):
+        if any(rec.get(k, assumed.get(k)) != v for k, v in (where or {}).items()):
             continue
         triples = list(zip(preds["id"], preds["pred"], preds["gold"], strict=True))
         rows = {i: float(p == g) for i, p, g in triples}

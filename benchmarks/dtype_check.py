@@ -1,7 +1,9 @@
 """Is bfloat16 good enough for what the claims rest on? CAST minus each baseline, in both dtypes.
 
 Reads a batch folder whose records ran the same units in float32 and in bfloat16 (the notebooks'
-``dtype`` parameter; every record names its ``dtype``), e.g. ``papermill_runs/dtype_check.yaml``.
+``dtype`` parameter; every record names its ``dtype``), e.g. ``papermill_runs/dtype_check.yaml``,
+or a bfloat16 batch with ``--reference`` naming the folder of its float32 twin (records made
+before records named their dtype count only with ``--undated float32``).
 For each (target, seed) and each baseline B, on the test rows both dtypes scored (matched by
 example id):
 
@@ -16,6 +18,8 @@ The check can fail: a bfloat16 difference outside its float32 interval is printe
 the script exits with 1.
 
     python -m benchmarks.dtype_check runs_out/dtype_check [--notebook 02_cross_domain]
+    python -m benchmarks.dtype_check runs_out/dtype_check_qwen \
+        --reference papermill_runs/results/qwen_cpu_race --undated float32
 """
 
 from __future__ import annotations
@@ -55,10 +59,28 @@ def _matrix(entry: dict, ids: list) -> np.ndarray:
     return np.array([entry["rows"][i] for i in ids]).T  # [records, rows]
 
 
-def checks(folder: Path, notebook: str = "02_cross_domain", method: str = "cast") -> list[Check]:
-    """Every (target, seed, baseline) that both dtypes ran, with ``method`` among them."""
-    ref = correctness(folder, notebook, where={"dtype": REFERENCE})
+def _sides(
+    folder: Path, notebook: str, reference: Path | None, undated: str | None
+) -> tuple[dict, dict]:
+    """The float32 and the bfloat16 correctness (`before_after.correctness`); the float32 side
+    from ``reference`` when given, its records without a ``dtype`` taken as ``undated``."""
+    assume = {"dtype": undated} if undated else None
+    ref = correctness(reference or folder, notebook, where={"dtype": REFERENCE}, assume=assume)
     cand = correctness(folder, notebook, where={"dtype": CANDIDATE})
+    return ref, cand
+
+
+def checks(
+    folder: Path,
+    notebook: str = "02_cross_domain",
+    method: str = "cast",
+    reference: Path | None = None,
+    undated: str | None = None,
+) -> list[Check]:
+    """Every (target, seed, baseline) that both dtypes ran, with ``method`` among them; the
+    float32 records from ``reference`` when given (else ``folder``), and records there without
+    a ``dtype`` field taken to have run in ``undated`` (None: left out)."""
+    ref, cand = _sides(folder, notebook, reference, undated)
     out = []
     for target, name, seed in sorted(set(ref) & set(cand), key=str):
         if (
@@ -89,10 +111,14 @@ def checks(folder: Path, notebook: str = "02_cross_domain", method: str = "cast"
     return out
 
 
-def agreement(folder: Path, notebook: str = "02_cross_domain") -> dict[tuple, tuple[int, int]]:
+def agreement(
+    folder: Path,
+    notebook: str = "02_cross_domain",
+    reference: Path | None = None,
+    undated: str | None = None,
+) -> dict[tuple, tuple[int, int]]:
     """(target, method, seed) -> (rows predicted alike in both dtypes, rows both scored)."""
-    ref = correctness(folder, notebook, where={"dtype": REFERENCE})
-    cand = correctness(folder, notebook, where={"dtype": CANDIDATE})
+    ref, cand = _sides(folder, notebook, reference, undated)
     out = {}
     for key in sorted(set(ref) & set(cand), key=str):
         ids = set(ref[key]["preds"]) & set(cand[key]["preds"])
@@ -106,8 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--notebook", default="02_cross_domain")
     parser.add_argument("--method", default="cast")
+    parser.add_argument(
+        "--reference", type=Path, help="the float32 records' folder (default: FOLDER itself)"
+    )
+    parser.add_argument(
+        "--undated",
+        choices=(REFERENCE,),
+        help="take reference records without a dtype field (made before records named it) "
+        "as float32: true of this project's CPU runs, which all used dtype auto",
+    )
     args = parser.parse_args(argv)
-    rows = checks(args.folder, args.notebook, args.method)
+    rows = checks(args.folder, args.notebook, args.method, args.reference, args.undated)
     if not rows:
         print(f"no (target, seed) ran {args.method} in both {REFERENCE} and {CANDIDATE}")
         return 2
@@ -124,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     inside = sum(r.inside for r in rows)
     print(f"\n{inside} of {len(rows)} {CANDIDATE} differences inside their {REFERENCE} interval")
     print("\n| target | method | seed | same prediction in both dtypes |\n|---|---|---|---:|")
-    for (target, name, seed), (same, n) in agreement(args.folder, args.notebook).items():
+    for (target, name, seed), (same, n) in agreement(
+        args.folder, args.notebook, args.reference, args.undated
+    ).items():
         print(f"| {target} | {name} | {seed} | {same}/{n} ({same / n:.3f}) |")
     return 0 if inside == len(rows) else 1
 

@@ -57,3 +57,19 @@ def test_records_of_one_dtype_only_are_refused(tmp_path, capsys):
     _write(tmp_path, "float32", {"cast": np.ones(5, bool), "zero_shot": np.ones(5, bool)}, "a")
     assert dtype_check.main([str(tmp_path)]) == 2
     assert "in both float32 and bfloat16" in capsys.readouterr().out
+
+
+def test_a_float32_reference_elsewhere_counts_undated_records_only_when_told(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    cast, zero = rng.random(100) < 0.7, rng.random(100) < 0.5
+    ref, cand = tmp_path / "ref", tmp_path / "cand"
+    _write(ref, "float32", {"cast": cast, "zero_shot": zero}, "old")
+    for path in ref.glob("**/results.json"):  # records made before they named their dtype
+        recs = json.loads(path.read_text(encoding="utf-8"))
+        path.write_text(json.dumps([{k: v for k, v in r.items() if k != "dtype"} for r in recs]))
+    _write(cand, "bfloat16", {"cast": cast, "zero_shot": zero}, "new")
+    assert dtype_check.checks(cand, reference=ref) == []
+    (row,) = dtype_check.checks(cand, reference=ref, undated="float32")
+    assert row.inside and row.candidate == row.reference
+    assert dtype_check.main([str(cand), "--reference", str(ref), "--undated", "float32"]) == 0
+    assert "1 of 1 bfloat16 differences inside" in capsys.readouterr().out
